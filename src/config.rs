@@ -1,0 +1,444 @@
+//! Typed configuration: one TOML file (`config/broker.toml`, embedded in the
+//! binary as the default), overridden key by key by `ORDER_BROKER_<KEY>`
+//! environment variables, then by the command line. Defaults live in the
+//! `Default` impls below and nowhere else; `config/broker.toml` spells every
+//! key out with the same values (a test keeps the two in step).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The file `cargo run` uses, compiled in so the binary runs anywhere.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/broker.toml");
+/// Where the broker looks for its config file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/broker.toml";
+/// Prefix of the environment variables that override config keys.
+pub const ENV_PREFIX: &str = "ORDER_BROKER_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on (`--listen` and `ORDER_BROKER_LISTEN` override it).
+    pub listen: SocketAddr,
+    /// Log filter in `tracing` syntax (`info`, `order_broker=debug`); `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// The seed order_store's URLs (its `conf_order_store`).
+    pub order_store: OrderStoreUrls,
+    /// Which status words put an order in which stage; any other word means in progress.
+    pub stages: StageWords,
+    /// Limits that protect the broker from oversized or abusive input.
+    pub limits: Limits,
+    /// HTTP behaviour shared by every route.
+    pub http: HttpConfig,
+    /// The change feed.
+    pub events: Events,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrderStoreUrls {
+    /// Create or update an order (PUT or POST).
+    pub url_update: String,
+    /// More paths that behave exactly like `url_update`.
+    pub url_update_aliases: Vec<String>,
+    /// Every order: `[{"order_id", "status", "orderbot_id"}]`.
+    pub url_get_all: String,
+    /// Orders in progress: `{"incomplete_orders": [...]}`.
+    pub url_get_current_order: String,
+    /// Ids of completed orders: `{"completed_orders": [...]}`.
+    pub url_get_completed_orders: String,
+    /// Ids of new orders: `{"new_orders": [...]}`.
+    pub url_get_new_orders: String,
+    /// One order; must contain the `{id}` segment.
+    pub url_get_status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageWords {
+    /// Status words of new orders.
+    pub new: Vec<String>,
+    /// Status words of completed orders.
+    pub completed: Vec<String>,
+    /// Status words of cancelled orders (readable, but on no board view).
+    pub cancelled: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Longest status word or orderbot id accepted, in bytes.
+    pub max_text_bytes: usize,
+    /// Most distinct status words and orderbot ids kept (each order stores a
+    /// 4-byte handle to its texts); a new text past this is refused with 422.
+    pub max_symbols: usize,
+    /// Seconds a client may take to send a request's headers (slowloris guard).
+    pub header_read_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `Access-Control-Allow-Origin` sent on every response so a board served
+    /// from another origin can read the views; empty sends no CORS headers.
+    pub cors_allow_origin: String,
+    /// Seconds to let requests in flight finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// Recent changes kept in memory for subscribers that resume or fall behind.
+    pub history_size: usize,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            history_size: 65536,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8129)),
+            log_level: "info".into(),
+            order_store: OrderStoreUrls::default(),
+            stages: StageWords::default(),
+            limits: Limits::default(),
+            http: HttpConfig::default(),
+            events: Events::default(),
+        }
+    }
+}
+
+impl Default for OrderStoreUrls {
+    fn default() -> Self {
+        OrderStoreUrls {
+            url_update: "/update_order".into(),
+            url_update_aliases: vec!["/update-order".into()],
+            url_get_all: "/get_all".into(),
+            url_get_current_order: "/get_current_order".into(),
+            url_get_completed_orders: "/get_completed_orders".into(),
+            url_get_new_orders: "/get_new_orders".into(),
+            url_get_status: "/get_status/{id}".into(),
+        }
+    }
+}
+
+impl Default for StageWords {
+    fn default() -> Self {
+        StageWords {
+            new: vec!["Order Initiated".into()],
+            completed: vec!["Order Served".into()],
+            cancelled: vec!["Order Cancelled".into()],
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_text_bytes: 256,
+            max_symbols: 1 << 20,
+            header_read_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_allow_origin: "*".into(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded. The message names the file and
+/// the offending key; it never prints values, which may be secrets.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError(message.into())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads the config the way the binary does: `path` if given (it must
+    /// exist), else `config/broker.toml` if present, else the embedded
+    /// default; then applies `ORDER_BROKER_*` variables from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (source, text) = match path {
+            Some(p) => (p.to_path_buf(), read(p)?),
+            None if Path::new(DEFAULT_PATH).exists() => {
+                (PathBuf::from(DEFAULT_PATH), read(Path::new(DEFAULT_PATH))?)
+            }
+            None => (PathBuf::from("<embedded default>"), EMBEDDED_DEFAULT.into()),
+        };
+        let config = Self::from_toml(&text)
+            .map_err(|e| ConfigError(format!("{}: {e}", source.display())))?;
+        config.with_env(env)
+    }
+
+    /// Parses and validates one TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `ORDER_BROKER_<KEY>` overrides, where `<KEY>` is the key's path
+    /// joined by `_` in upper case (`ORDER_BROKER_LIMITS_MAX_BODY_BYTES`). A
+    /// value is read as TOML (`1024`, `["a", "b"]`) unless the key holds text.
+    /// An `ORDER_BROKER_` variable that names no key is an error.
+    pub fn with_env(
+        self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        if overrides.is_empty() {
+            return Ok(self);
+        }
+        let mut table = toml::Table::try_from(&self).map_err(|e| ConfigError(e.to_string()))?;
+        let keys = env_keys();
+        for (name, raw) in overrides {
+            let Some(path) = keys.iter().find(|(n, _)| *n == name).map(|(_, p)| p) else {
+                return Err(ConfigError(format!(
+                    "unknown environment variable {name}: no config key by that name \
+                     (known: {})",
+                    keys.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            set_path(&mut table, path, &raw).map_err(|e| ConfigError(format!("{name}: {e}")))?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("environment: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let urls = &self.order_store;
+        let all_urls = [
+            ("order_store.url_update", &urls.url_update),
+            ("order_store.url_get_all", &urls.url_get_all),
+            (
+                "order_store.url_get_current_order",
+                &urls.url_get_current_order,
+            ),
+            (
+                "order_store.url_get_completed_orders",
+                &urls.url_get_completed_orders,
+            ),
+            ("order_store.url_get_new_orders", &urls.url_get_new_orders),
+            ("order_store.url_get_status", &urls.url_get_status),
+        ]
+        .into_iter()
+        .chain(
+            urls.url_update_aliases
+                .iter()
+                .map(|u| ("order_store.url_update_aliases", u)),
+        );
+        for (key, url) in all_urls {
+            if !url.starts_with('/') {
+                return Err(ConfigError(format!(
+                    "{key} must start with '/' (got {url:?})"
+                )));
+            }
+        }
+        if !urls.url_get_status.contains("{id}") {
+            return Err(ConfigError(
+                "order_store.url_get_status must contain the segment {id}".into(),
+            ));
+        }
+        let s = &self.stages;
+        for (a_name, a, b_name, b) in [
+            ("new", &s.new, "completed", &s.completed),
+            ("new", &s.new, "cancelled", &s.cancelled),
+            ("completed", &s.completed, "cancelled", &s.cancelled),
+        ] {
+            if let Some(w) = a.iter().find(|w| b.contains(w)) {
+                return Err(ConfigError(format!(
+                    "status word {w:?} is in both stages.{a_name} and stages.{b_name}"
+                )));
+            }
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_text_bytes", l.max_text_bytes),
+            ("limits.max_symbols", l.max_symbols),
+            (
+                "limits.header_read_timeout_secs",
+                l.header_read_timeout_secs as usize,
+            ),
+            ("events.history_size", self.events.history_size),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{key} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))
+}
+
+/// Every leaf key of the config as (`ORDER_BROKER_...` name, key path).
+pub fn env_keys() -> Vec<(String, Vec<String>)> {
+    fn walk(table: &toml::Table, prefix: &[String], out: &mut Vec<(String, Vec<String>)>) {
+        for (key, value) in table {
+            let mut path = prefix.to_vec();
+            path.push(key.clone());
+            match value {
+                toml::Value::Table(inner) => walk(inner, &path, out),
+                _ => out.push((
+                    format!("{ENV_PREFIX}{}", path.join("_").to_uppercase()),
+                    path,
+                )),
+            }
+        }
+    }
+    let defaults = toml::Table::try_from(Config::default()).expect("config serializes");
+    let mut out = Vec::new();
+    walk(&defaults, &[], &mut out);
+    out
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("paths are non-empty");
+    let mut node = table;
+    for key in parents {
+        node = node
+            .get_mut(key)
+            .and_then(toml::Value::as_table_mut)
+            .ok_or_else(|| format!("no table {key}"))?;
+    }
+    let value = match node.get(last) {
+        Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
+        _ => toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| {
+                "value is not valid TOML (quote text, e.g. [\"a\", \"b\"])".to_string()
+            })?,
+    };
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_matches_default_impl() {
+        assert_eq!(
+            Config::from_toml(EMBEDDED_DEFAULT).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn env_overrides_each_kind_of_key() {
+        let config = Config::default()
+            .with_env(env(&[
+                ("ORDER_BROKER_LISTEN", "127.0.0.1:9000"),
+                ("ORDER_BROKER_LIMITS_MAX_BODY_BYTES", "1000"),
+                (
+                    "ORDER_BROKER_STAGES_NEW",
+                    r#"["Order Initiated", "Queued"]"#,
+                ),
+                ("ORDER_BROKER_ORDER_STORE_URL_GET_ALL", "/all"),
+                ("PATH", "/usr/bin"),
+            ]))
+            .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.limits.max_body_bytes, 1000);
+        assert_eq!(config.stages.new, ["Order Initiated", "Queued"]);
+        assert_eq!(config.order_store.url_get_all, "/all");
+    }
+
+    #[test]
+    fn unknown_or_bad_env_is_refused() {
+        let err = Config::default()
+            .with_env(env(&[("ORDER_BROKER_NOPE", "1")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("ORDER_BROKER_NOPE"), "{err}");
+        let err = Config::default()
+            .with_env(env(&[("ORDER_BROKER_LIMITS_MAX_BODY_BYTES", "lots")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("MAX_BODY_BYTES"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[limits]\nmax_body_byte = 10\n").unwrap_err();
+        assert!(err.to_string().contains("max_body_byte"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        for (text, needle) in [
+            ("[order_store]\nurl_get_status = \"/status\"\n", "{id}"),
+            ("[order_store]\nurl_get_all = \"all\"\n", "url_get_all"),
+            (
+                "[stages]\ncompleted = [\"Order Initiated\"]\n",
+                "Order Initiated",
+            ),
+            ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes"),
+            ("listen = \"nowhere\"\n", "listen"),
+        ] {
+            let err = Config::from_toml(text).unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/broker.toml")), env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/broker.toml"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! The change feed: every change to an order becomes one [`Event`] with the
+//! next global sequence number. Events are kept in a bounded history ring
+//! (owned by the broker's sequencer lock, so it is always in `seq` order) and
+//! subscribers are woken through a `watch` channel after that lock is dropped.
+//! Later parts (event streams, CPEE waiters, the journal) all read from here.
+
+use std::collections::VecDeque;
+
+use tokio::sync::watch;
+
+use crate::model::{Order, OrderId, Seq};
+
+/// One change: the order's full state right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub seq: Seq,
+    pub id: OrderId,
+    pub order: Order,
+}
+
+/// A reader asked for events older than the history still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lagged {
+    /// The oldest sequence number the history can still replay.
+    pub oldest: Seq,
+}
+
+/// The bounded ring of recent events. Lives inside the broker's sequencer lock.
+pub(crate) struct History {
+    events: VecDeque<Event>,
+    capacity: usize,
+}
+
+impl History {
+    pub(crate) fn new(capacity: usize) -> Self {
+        History {
+            events: VecDeque::with_capacity(capacity.min(1 << 16)),
+            capacity,
+        }
+    }
+
+    pub(crate) fn push(&mut self, event: Event) {
+        if self.events.len() == self.capacity {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// Up to `max` events with `seq >= from`. `last` is the newest seq issued.
+    pub(crate) fn since(&self, from: Seq, last: Seq, max: usize) -> Result<Vec<Event>, Lagged> {
+        if from > last {
+            return Ok(Vec::new());
+        }
+        let oldest = self.events.front().map_or(Seq(last.0 + 1), |e| e.seq);
+        if from < oldest {
+            return Err(Lagged { oldest });
+        }
+        // The ring holds consecutive seqs, so the offset is direct.
+        let start = (from.0 - oldest.0) as usize;
+        Ok(self.events.range(start..).take(max).copied().collect())
+    }
+}
+
+/// Wakes subscribers when the newest sequence number grows.
+pub(crate) struct Notifier(watch::Sender<Seq>);
+
+impl Notifier {
+    pub(crate) fn new(start: Seq) -> Self {
+        Notifier(watch::Sender::new(start))
+    }
+
+    /// Called after the sequencer lock is released; writers may finish out of
+    /// order, so the value only ever moves forward.
+    pub(crate) fn publish(&self, seq: Seq) {
+        self.0.send_if_modified(|current| {
+            if seq > *current {
+                *current = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<Seq> {
+        self.0.subscribe()
+    }
+}

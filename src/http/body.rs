@@ -1,0 +1,139 @@
+//! Request bodies: read with a size limit, then parsed by content type into
+//! [`Fields`], one flat name → value view over JSON objects, url-encoded
+//! forms and multipart forms (what process engines such as CPEE send).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// One field of a body: form and multipart fields are always text, JSON
+/// fields keep their type.
+#[derive(Debug, Clone, Copy)]
+pub enum Field<'a> {
+    Text(&'a str),
+    Json(&'a Value),
+}
+
+impl<'a> Field<'a> {
+    /// The text of a form field or a JSON string; None for other JSON types.
+    pub fn text(self) -> Option<&'a str> {
+        match self {
+            Field::Text(t) => Some(t),
+            Field::Json(Value::String(s)) => Some(s),
+            Field::Json(_) => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Fields {
+    Json(Map<String, Value>),
+    Text(Vec<(String, String)>),
+}
+
+impl Fields {
+    /// The first field called `name`.
+    pub fn get(&self, name: &str) -> Option<Field<'_>> {
+        match self {
+            Fields::Json(map) => map.get(name).map(Field::Json),
+            Fields::Text(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Field::Text(v)),
+        }
+    }
+
+    /// The first of `names` present, so callers can accept aliases.
+    pub fn any(&self, names: &[&str]) -> Option<Field<'_>> {
+        names.iter().find_map(|n| self.get(n))
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413 (before
+/// reading, when `Content-Length` already says so).
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read request body: {e}"
+        ))),
+    }
+}
+
+/// Parses a body by its `Content-Type`. With no content type, a body that
+/// starts with `{` is read as JSON and anything else as a url-encoded form.
+pub async fn parse_fields(headers: &HeaderMap, body: Bytes) -> Result<Fields, ApiError> {
+    let content_type = match headers.get(CONTENT_TYPE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Content-Type header is not valid text"))?,
+        ),
+    };
+    let essence = content_type.map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    match essence.as_deref() {
+        None if body.trim_ascii_start().starts_with(b"{") => parse_json(&body),
+        None | Some("application/x-www-form-urlencoded") => parse_form(&body),
+        Some("application/json") => parse_json(&body),
+        Some(e) if e.starts_with("application/") && e.ends_with("+json") => parse_json(&body),
+        Some("multipart/form-data") => {
+            parse_multipart(content_type.unwrap_or_default(), body).await
+        }
+        Some(_) => Err(ApiError::unsupported_media_type(
+            content_type.unwrap_or_default(),
+        )),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Fields, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(Fields::Json(map)),
+        Ok(_) => Err(ApiError::bad_request("invalid JSON: expected an object")),
+        Err(e) => Err(ApiError::bad_request(format!("invalid JSON: {e}"))),
+    }
+}
+
+fn parse_form(body: &[u8]) -> Result<Fields, ApiError> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .map(Fields::Text)
+        .map_err(|e| ApiError::bad_request(format!("invalid form body: {e}")))
+}
+
+async fn parse_multipart(content_type: &str, body: Bytes) -> Result<Fields, ApiError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+    let stream = futures_util::stream::iter([Ok::<Bytes, Infallible>(body)]);
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut pairs = Vec::new();
+    let invalid = |e: multer::Error| ApiError::bad_request(format!("invalid multipart body: {e}"));
+    while let Some(field) = multipart.next_field().await.map_err(invalid)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let value = field.text().await.map_err(invalid)?;
+        pairs.push((name, value));
+    }
+    Ok(Fields::Text(pairs))
+}

@@ -1,0 +1,240 @@
+//! The seed `order_store` API, body for body: CPEE pushes `update_order`, the
+//! robot bar's website polls the views. Views are rendered once per change
+//! of their stage and served from a cache in between, since boards poll far
+//! more often than orders change.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::body::{Field, Fields, parse_fields, read_limited};
+use super::error::ApiError;
+use super::{App, Body, json_bytes, json_response};
+use crate::model::{Millis, OrderId, Stage, Version};
+
+/// `PUT|POST /update_order`: create or update one order.
+pub async fn update(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_limited(&parts.headers, body, app.max_body_bytes).await?;
+    let fields = parse_fields(&parts.headers, bytes).await?;
+    let update = UpdateOrder::from_fields(&fields)?;
+    app.broker()
+        .update_status(update.id, update.status, update.orderbot_id.as_deref())?;
+    Ok(json_bytes(StatusCode::OK, r#"{"message":"Order updated"}"#))
+}
+
+/// The fields of an update, checked. JSON names the id `id`, forms `order_id`;
+/// both names are accepted in both.
+#[derive(Debug)]
+struct UpdateOrder<'a> {
+    id: OrderId,
+    status: &'a str,
+    orderbot_id: Option<String>,
+}
+
+impl<'a> UpdateOrder<'a> {
+    fn from_fields(fields: &'a Fields) -> Result<Self, ApiError> {
+        let id = fields.any(&["id", "order_id"]).filter(|f| !is_blank(*f));
+        let status = fields.get("status").filter(|f| !is_blank(*f));
+        let (Some(id), Some(status)) = (id, status) else {
+            return Err(ApiError::missing_data());
+        };
+        let orderbot_id = match fields.get("orderbot_id") {
+            None | Some(Field::Json(Value::Null)) => None,
+            Some(Field::Text(t)) => Some(t.to_string()),
+            Some(Field::Json(Value::String(s))) => Some(s.clone()),
+            Some(Field::Json(Value::Number(n))) => Some(n.to_string()),
+            Some(Field::Json(_)) => {
+                return Err(ApiError::bad_request(
+                    "orderbot_id must be a string or a number",
+                ));
+            }
+        };
+        let status = status
+            .text()
+            .ok_or_else(|| ApiError::bad_request("status must be a string"))?;
+        Ok(UpdateOrder {
+            id: parse_order_id(id)?,
+            status,
+            orderbot_id,
+        })
+    }
+}
+
+/// Absent in the seed's sense: null or empty text.
+fn is_blank(field: Field<'_>) -> bool {
+    match field {
+        Field::Json(v) if v.is_null() => true,
+        _ => field.text().is_some_and(str::is_empty),
+    }
+}
+
+/// A non-negative integer, as a JSON number or as decimal text.
+fn parse_order_id(field: Field<'_>) -> Result<OrderId, ApiError> {
+    let invalid = || ApiError::bad_request("id must be a non-negative integer");
+    let id = match field {
+        Field::Json(Value::Number(n)) => n.as_u64(),
+        _ => field
+            .text()
+            .map(str::trim)
+            .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse().ok()),
+    };
+    id.map(OrderId).ok_or_else(invalid)
+}
+
+/// `GET /get_status/{id}`: one order, or the seed's 404.
+pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiError> {
+    #[derive(Serialize)]
+    struct Status<'a> {
+        id: OrderId,
+        order_id: OrderId,
+        status: &'a str,
+        orderbot_id: Option<&'a str>,
+        stage: Stage,
+        version: Version,
+        created: Millis,
+        updated: Millis,
+    }
+    let not_found = || ApiError::not_found("Order not found");
+    let id = id
+        .and_then(|t| parse_order_id(Field::Text(t)).ok())
+        .ok_or_else(not_found)?;
+    let order = app.broker().get(id).ok_or_else(not_found)?;
+    let symbols = app.broker().symbols();
+    Ok(json_response(
+        StatusCode::OK,
+        &Status {
+            id,
+            order_id: id,
+            status: symbols.text(order.status),
+            orderbot_id: order.orderbot_id.map(|b| symbols.text(b)),
+            stage: order.stage,
+            version: order.version,
+            created: order.created,
+            updated: order.updated,
+        },
+    ))
+}
+
+/// `GET /get_all`: `[{"order_id", "status", "orderbot_id"}]`, every stage.
+pub fn get_all(app: &App) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        order_id: OrderId,
+        status: &'a str,
+        orderbot_id: Option<&'a str>,
+    }
+    app.views.serve(app, View::All, |broker| {
+        let orders = broker.all_orders();
+        let symbols = broker.symbols();
+        let rows: Vec<Row<'_>> = orders
+            .iter()
+            .map(|(id, o)| Row {
+                order_id: *id,
+                status: symbols.text(o.status),
+                orderbot_id: o.orderbot_id.map(|b| symbols.text(b)),
+            })
+            .collect();
+        serde_json::to_vec(&rows)
+    })
+}
+
+/// `GET /get_current_order`: `{"incomplete_orders": [{"id", "orderbot_id", "status"}]}`.
+pub fn get_current_order(app: &App) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        id: OrderId,
+        orderbot_id: Option<&'a str>,
+        status: &'a str,
+    }
+    app.views.serve(app, View::Current, |broker| {
+        let orders = broker.stage_orders(Stage::InProgress);
+        let symbols = broker.symbols();
+        let rows: Vec<Row<'_>> = orders
+            .iter()
+            .map(|(id, o)| Row {
+                id: *id,
+                orderbot_id: o.orderbot_id.map(|b| symbols.text(b)),
+                status: symbols.text(o.status),
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "incomplete_orders": rows }))
+    })
+}
+
+/// `GET /get_completed_orders`: `{"completed_orders": [ids]}`.
+pub fn get_completed_orders(app: &App) -> Response<Body> {
+    app.views.serve(app, View::Completed, |broker| {
+        let ids = broker.stage_ids(Stage::Completed);
+        serde_json::to_vec(&serde_json::json!({ "completed_orders": ids }))
+    })
+}
+
+/// `GET /get_new_orders`: `{"new_orders": [ids]}`.
+pub fn get_new_orders(app: &App) -> Response<Body> {
+    app.views.serve(app, View::New, |broker| {
+        let ids = broker.stage_ids(Stage::New);
+        serde_json::to_vec(&serde_json::json!({ "new_orders": ids }))
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum View {
+    All,
+    Current,
+    Completed,
+    New,
+}
+
+impl View {
+    fn stage(self) -> Option<Stage> {
+        match self {
+            View::All => None,
+            View::Current => Some(Stage::InProgress),
+            View::Completed => Some(Stage::Completed),
+            View::New => Some(Stage::New),
+        }
+    }
+}
+
+/// The last rendering of each view with the generation it was made at.
+#[derive(Default)]
+pub struct ViewCache {
+    slots: [Mutex<Option<(u64, Bytes)>>; 4],
+}
+
+impl ViewCache {
+    fn serve(
+        &self,
+        app: &App,
+        view: View,
+        render: impl FnOnce(&crate::Broker) -> serde_json::Result<Vec<u8>>,
+    ) -> Response<Body> {
+        let broker = app.broker();
+        // Read the generation first: what is rendered after it is at least that new.
+        let generation = broker.generation(view.stage());
+        let slot = &self.slots[view as usize];
+        if let Some((g, bytes)) = &*slot.lock()
+            && *g == generation
+        {
+            return json_bytes(StatusCode::OK, bytes.clone());
+        }
+        let bytes = match render(broker) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => {
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    .into_response();
+            }
+        };
+        let mut cached = slot.lock();
+        // Keep the newest rendering if another request raced this one.
+        if cached.as_ref().is_none_or(|(g, _)| *g < generation) {
+            *cached = Some((generation, bytes.clone()));
+        }
+        json_bytes(StatusCode::OK, bytes)
+    }
+}

@@ -1,0 +1,92 @@
+//! The `order-broker` binary: command line, config, logging, bind, serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use order_broker::{Config, server};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// An in-memory, concurrent order-state broker.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (default: config/broker.toml if present, else the embedded default).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to listen on; overrides `listen` from the config and ORDER_BROKER_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("order-broker: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("order-broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("order-broker: cannot listen on {}: {e}", config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map_or(config.listen, |a| a);
+        println!("order-broker listening on http://{addr}");
+        match server::run(listener, config, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("order-broker: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

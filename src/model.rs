@@ -1,0 +1,121 @@
+//! Domain types shared by every module: ids, sequence numbers, stages, and the
+//! compact in-memory order record.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::symbols::Sym;
+
+/// An order's key in the broker's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(pub u64);
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Position of a change in the broker's one global, gapless sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+/// Per-order change counter: 1 at creation, +1 per change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(pub u64);
+
+/// Milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Millis(since.as_millis() as u64)
+    }
+}
+
+/// Where an order stands, derived from its status word (never set directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    New,
+    InProgress,
+    Completed,
+    Cancelled,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::New,
+        Stage::InProgress,
+        Stage::Completed,
+        Stage::Cancelled,
+    ];
+
+    /// Dense index, for per-stage arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stage::New => "new",
+            Stage::InProgress => "in_progress",
+            Stage::Completed => "completed",
+            Stage::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One order as the map holds it. Kept small on purpose (40 bytes): text
+/// fields are interned symbols, so a million orders of the robot bar's shape
+/// fit in well under 150 bytes of RSS each. Resolve it with
+/// [`crate::Broker::resolve`] to get the texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    pub status: Sym,
+    pub orderbot_id: Option<Sym>,
+    /// Cached from `status` through the configured stage words.
+    pub stage: Stage,
+    pub version: Version,
+    pub created: Millis,
+    pub updated: Millis,
+}
+
+/// An order with its texts resolved: what clients and tests see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub id: OrderId,
+    pub status: String,
+    pub orderbot_id: Option<String>,
+    pub stage: Stage,
+    pub version: Version,
+    pub created: Millis,
+    pub updated: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_stays_compact() {
+        // The memory target (<= 150 B RSS per order) depends on this.
+        assert!(std::mem::size_of::<Order>() <= 40);
+    }
+}

@@ -1,0 +1,88 @@
+//! The server: accepts connections on an already-bound listener, serves each
+//! on its own task with hyper's HTTP/1 (keep-alive, header read timeout), and
+//! on shutdown stops accepting and lets requests in flight finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::http::App;
+
+/// Serves a new broker built from `config` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let broker = Broker::new(&config);
+    serve(listener, broker, &config, shutdown).await
+}
+
+/// Serves `broker` until `shutdown` resolves, then drains open connections
+/// for up to `http.shutdown_grace_secs`.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let app = Arc::new(
+        App::new(broker, config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+    );
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(req).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+    info!(
+        open = graceful.count(),
+        "shutting down: draining connections"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after {grace:?}; closing them");
+    }
+    Ok(())
+}
