@@ -171,9 +171,15 @@ impl Broker {
         status: &str,
         orderbot_id: Option<&str>,
     ) -> Result<Event, BrokerError> {
-        let status = self.intern("status", status)?;
+        // Check every text before interning any, so a refused change leaves
+        // nothing behind in the symbol table.
+        self.check_len("status", status)?;
+        if let Some(bot) = orderbot_id {
+            self.check_len("orderbot_id", bot)?;
+        }
+        let status = self.inner.symbols.intern(status)?;
         let orderbot_id = orderbot_id
-            .map(|b| self.intern("orderbot_id", b))
+            .map(|b| self.inner.symbols.intern(b))
             .transpose()?;
         Ok(self.apply(id, |current| match current {
             Some(order) => Order {
@@ -224,12 +230,12 @@ impl Broker {
         event
     }
 
-    fn intern(&self, field: &'static str, text: &str) -> Result<Sym, BrokerError> {
+    fn check_len(&self, field: &'static str, text: &str) -> Result<(), BrokerError> {
         let limit = self.inner.max_text_bytes;
         if text.len() > limit {
             return Err(BrokerError::TextTooLong { field, limit });
         }
-        Ok(self.inner.symbols.intern(text)?)
+        Ok(())
     }
 
     fn stage_of(&self, status: Sym) -> Stage {
@@ -392,4 +398,110 @@ fn random_epoch() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(Millis::now().0);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker_with_history(history_size: usize) -> Broker {
+        let mut config = Config::default();
+        config.events.history_size = history_size;
+        Broker::new(&config)
+    }
+
+    #[test]
+    fn many_threads_on_overlapping_orders_keep_every_invariant() {
+        const THREADS: u64 = 8;
+        const WRITES: u64 = 2000;
+        const ORDERS: u64 = 50;
+        let broker = broker_with_history(1 << 16);
+        let words = [
+            "Order Initiated",
+            "Mixing",
+            "Order Served",
+            "Order Cancelled",
+            "Pouring",
+        ];
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let broker = broker.clone();
+                s.spawn(move || {
+                    for n in 0..WRITES {
+                        let id = OrderId((n * 13 + t) % ORDERS);
+                        let word = words[((n + t) % 5) as usize];
+                        broker
+                            .update_status(id, word, Some(&format!("b{t}")))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let total = THREADS * WRITES;
+        assert_eq!(broker.last_seq(), Seq(total));
+        let events = broker.events_since(Seq(1), usize::MAX).unwrap();
+        assert!(
+            events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == Seq(i as u64 + 1))
+        );
+
+        let mut versions: HashMap<OrderId, u64> = HashMap::new();
+        let mut last: HashMap<OrderId, Order> = HashMap::new();
+        for e in &events {
+            let v = versions.entry(e.id).or_default();
+            *v += 1;
+            assert_eq!(e.order.version, Version(*v));
+            last.insert(e.id, e.order);
+        }
+        assert_eq!(versions.values().sum::<u64>(), total);
+        let mut by_stage: [BTreeSet<OrderId>; 4] = Default::default();
+        for (id, order) in broker.all_orders() {
+            assert_eq!(Some(&order), last.get(&id), "map and feed agree on {id}");
+            by_stage[order.stage.index()].insert(id);
+        }
+        for stage in Stage::ALL {
+            let ids: BTreeSet<OrderId> = broker.stage_ids(stage).into_iter().collect();
+            assert_eq!(ids, by_stage[stage.index()], "{stage} view");
+        }
+    }
+
+    #[test]
+    fn history_is_bounded_and_reports_lag() {
+        let broker = broker_with_history(4);
+        for n in 0..10 {
+            broker.update_status(OrderId(n), "Mixing", None).unwrap();
+        }
+        assert_eq!(
+            broker.events_since(Seq(1), 100),
+            Err(Lagged { oldest: Seq(7) })
+        );
+        let tail = broker.events_since(Seq(8), 100).unwrap();
+        assert_eq!(tail.iter().map(|e| e.seq.0).collect::<Vec<_>>(), [8, 9, 10]);
+        assert_eq!(broker.events_since(Seq(11), 100).unwrap(), []);
+        assert_eq!(broker.events_since(Seq(7), 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn stage_follows_status_and_generations_move() {
+        let broker = broker_with_history(16);
+        let id = OrderId(1);
+        let g_new = broker.generation(Some(Stage::New));
+        let e = broker
+            .update_status(id, "Order Initiated", Some("r1"))
+            .unwrap();
+        assert_eq!((e.order.stage, e.order.version), (Stage::New, Version(1)));
+        assert!(broker.generation(Some(Stage::New)) > g_new);
+        let g_done = broker.generation(Some(Stage::Completed));
+        let e = broker.update_status(id, "Order Served", None).unwrap();
+        assert_eq!(e.order.stage, Stage::Completed);
+        assert_eq!(e.order.orderbot_id, broker.get(id).unwrap().orderbot_id);
+        assert!(broker.generation(Some(Stage::Completed)) > g_done);
+        assert_eq!(broker.stage_ids(Stage::New), []);
+        assert_eq!(broker.stage_ids(Stage::Completed), [id]);
+        let view = broker.view(id).unwrap();
+        assert_eq!(view.orderbot_id.as_deref(), Some("r1"));
+        assert!(view.updated >= view.created);
+    }
 }
