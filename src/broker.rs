@@ -220,7 +220,10 @@ impl Broker {
                 order.version = Version(1);
                 order.created = now;
                 order.updated = now;
-                entry.insert(order);
+                // Keep the returned guard: the order must stay locked until
+                // its event is committed, or a second writer could commit
+                // version 2 before this commits version 1.
+                let _locked = entry.insert(order);
                 let event = self.inner.sequencer.lock().commit(id, None, order);
                 self.inner.generations.bump(None, order.stage);
                 event

@@ -55,19 +55,21 @@ async fn overlapping_writers_lose_nothing() {
     for (i, event) in feed.iter().enumerate() {
         assert_eq!(event.seq, Seq(i as u64 + 1));
     }
-    let symbols = server.broker.symbols();
-    let mut last_event: HashMap<u64, String> = HashMap::new();
-    let mut seen_versions: HashMap<u64, u64> = HashMap::new();
-    for event in &feed {
-        let v = seen_versions.entry(event.id.0).or_default();
-        *v += 1;
-        assert_eq!(
-            event.order.version.0, *v,
-            "versions step by one in seq order"
-        );
-        last_event.insert(event.id.0, symbols.text(event.order.status).to_string());
-    }
-    drop(symbols);
+    let last_event = {
+        let symbols = server.broker.symbols();
+        let mut last_event: HashMap<u64, String> = HashMap::new();
+        let mut seen_versions: HashMap<u64, u64> = HashMap::new();
+        for event in &feed {
+            let v = seen_versions.entry(event.id.0).or_default();
+            *v += 1;
+            assert_eq!(
+                event.order.version.0, *v,
+                "versions step by one in seq order"
+            );
+            last_event.insert(event.id.0, symbols.text(event.order.status).to_string());
+        }
+        last_event
+    };
     for (id, statuses) in &writes {
         let order = server.broker.view(OrderId(*id)).unwrap();
         assert_eq!(
