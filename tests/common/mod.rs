@@ -68,13 +68,7 @@ impl TestServer {
     }
 
     pub async fn put_json(&self, path: &str, body: &str) -> Reply {
-        self.send(
-            Method::PUT,
-            path,
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await
+        self.client().await.put_json(path, body).await
     }
 
     pub async fn post_form(&self, path: &str, body: &str) -> Reply {

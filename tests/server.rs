@@ -1,0 +1,55 @@
+//! Connection handling: slow clients are cut off, shutdown drains cleanly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use hyper::StatusCode;
+use order_broker::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let mut config = Config::default();
+    config.limits.header_read_timeout_secs = 1;
+    let server = TestServer::with_config(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /get_all HTTP/1.1\r\nhost: slow\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the server kept a half-sent request open");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // Other clients are served all along.
+    assert_eq!(server.get("/healthz").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_and_finishes() {
+    let server = TestServer::start().await;
+    let mut idle = server.client().await;
+    assert_eq!(
+        idle.put_json("/update_order", r#"{"id": 1, "status": "Mixing"}"#)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let addr = server.addr;
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
+        .await
+        .expect("an idle keep-alive connection held up shutdown");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
