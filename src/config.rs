@@ -34,6 +34,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The change feed.
     pub events: Events,
+    /// Money rules of shop orders.
+    pub shop: Shop,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +99,27 @@ pub struct Events {
     pub history_size: usize,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shop {
+    /// Tax on an order's total, as a fraction with up to 4 decimals ("0.10" = 10 %).
+    pub tax_rate: String,
+    /// Service charge on an order's total, as a fraction ("0.05" = 5 %).
+    pub service_charge_rate: String,
+    /// `storeName` in the Order Status API's answers.
+    pub store_name: String,
+}
+
+impl Default for Shop {
+    fn default() -> Self {
+        Shop {
+            tax_rate: "0".into(),
+            service_charge_rate: "0".into(),
+            store_name: "order-broker".into(),
+        }
+    }
+}
+
 impl Default for Events {
     fn default() -> Self {
         Events {
@@ -115,6 +138,7 @@ impl Default for Config {
             limits: Limits::default(),
             http: HttpConfig::default(),
             events: Events::default(),
+            shop: Shop::default(),
         }
     }
 }
@@ -291,6 +315,25 @@ impl Config {
                     "status word {w:?} is in both stages.{a_name} and stages.{b_name}"
                 )));
             }
+        }
+        for (w, stage) in crate::shop::Lifecycle::WORDS {
+            for (name, list, listed) in [
+                ("new", &s.new, crate::model::Stage::New),
+                ("completed", &s.completed, crate::model::Stage::Completed),
+                ("cancelled", &s.cancelled, crate::model::Stage::Cancelled),
+            ] {
+                if listed != stage && list.iter().any(|x| x == w) {
+                    return Err(ConfigError(format!(
+                        "stages.{name} lists {w:?}, a lifecycle word that always means stage {stage}"
+                    )));
+                }
+            }
+        }
+        for (key, rate) in [
+            ("shop.tax_rate", &self.shop.tax_rate),
+            ("shop.service_charge_rate", &self.shop.service_charge_rate),
+        ] {
+            crate::money::Rate::parse(rate).map_err(|e| ConfigError(format!("{key}: {e}")))?;
         }
         let l = &self.limits;
         for (key, value) in [

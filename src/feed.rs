@@ -8,14 +8,38 @@ use std::collections::VecDeque;
 
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::catalog::{Customer, CustomerId, Product, ProductId};
 use crate::model::{Order, OrderId, Seq};
 
-/// One change: the order's full state right after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One change, with its place in the global sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub seq: Seq,
-    pub id: OrderId,
-    pub order: Order,
+    pub change: Change,
+}
+
+/// What changed: the record's full state right after the change, so a late
+/// or repeated event is harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Order { id: OrderId, order: Order },
+    OrderRemoved { id: OrderId },
+    Product(Arc<Product>),
+    ProductRemoved(ProductId),
+    Customer(Arc<Customer>),
+    CustomerRemoved(CustomerId),
+}
+
+impl Event {
+    /// The order this event carries, if it is an order change.
+    pub fn order(&self) -> Option<(OrderId, &Order)> {
+        match &self.change {
+            Change::Order { id, order } => Some((*id, order)),
+            _ => None,
+        }
+    }
 }
 
 /// A reader asked for events older than the history still holds.
@@ -57,7 +81,7 @@ impl History {
         }
         // The ring holds consecutive seqs, so the offset is direct.
         let start = (from.0 - oldest.0) as usize;
-        Ok(self.events.range(start..).take(max).copied().collect())
+        Ok(self.events.range(start..).take(max).cloned().collect())
     }
 }
 

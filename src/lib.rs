@@ -18,11 +18,14 @@
 //! sets up logging, binds, and calls [`server::run`].
 
 pub mod broker;
+pub mod catalog;
 pub mod config;
 pub mod feed;
 pub mod http;
 pub mod model;
+pub mod money;
 pub mod server;
+pub mod shop;
 pub mod symbols;
 
 pub use broker::{Broker, BrokerError};

@@ -4,8 +4,11 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use crate::shop::ShopOrder;
 use crate::symbols::Sym;
 
 /// An order's key in the broker's maps.
@@ -24,10 +27,17 @@ impl fmt::Display for OrderId {
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
-/// Per-order change counter: 1 at creation, +1 per change.
+/// Per-record change counter: 1 at creation, +1 per change. 32 bits keep an
+/// order at 40 bytes; a record that would pass `u32::MAX` changes is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Version(pub u64);
+pub struct Version(pub u32);
+
+impl Version {
+    pub fn next(self) -> Option<Version> {
+        self.0.checked_add(1).map(Version)
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -83,10 +93,10 @@ impl fmt::Display for Stage {
 }
 
 /// One order as the map holds it. Kept small on purpose (40 bytes): text
-/// fields are interned symbols, so a million orders of the robot bar's shape
-/// fit in well under 150 bytes of RSS each. Resolve it with
-/// [`crate::Broker::resolve`] to get the texts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// fields are interned symbols and shop details sit behind one pointer, so a
+/// million orders of the robot bar's shape fit in well under 150 bytes of RSS
+/// each. Resolve it with [`crate::Broker::resolve`] to get the texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
     pub status: Sym,
     pub orderbot_id: Option<Sym>,
@@ -95,6 +105,9 @@ pub struct Order {
     pub version: Version,
     pub created: Millis,
     pub updated: Millis,
+    /// Items, customer, money and history of orders made through the shop
+    /// APIs; None for the robot bar's status-only orders.
+    pub shop: Option<Arc<ShopOrder>>,
 }
 
 /// An order with its texts resolved: what clients and tests see.

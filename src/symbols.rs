@@ -24,6 +24,8 @@ struct Table {
     ids: HashMap<Arc<str>, Sym>,
     /// `texts[sym - 1]` is the text of `sym`.
     texts: Vec<Arc<str>>,
+    /// How many texts came from `reserve` and do not count against the limit.
+    reserved: usize,
 }
 
 pub struct Symbols {
@@ -44,6 +46,17 @@ impl Symbols {
 
     /// The symbol for `text`, adding it to the table if it is new.
     pub fn intern(&self, text: &str) -> Result<Sym, SymbolsFull> {
+        self.add(text, false)
+    }
+
+    /// Like `intern`, for the words the broker itself needs (configured stage
+    /// words, lifecycle words): never refused, not counted against the limit.
+    pub fn reserve(&self, text: &str) -> Sym {
+        self.add(text, true)
+            .expect("reserved words are never refused")
+    }
+
+    fn add(&self, text: &str, reserved: bool) -> Result<Sym, SymbolsFull> {
         if let Some(&sym) = self.table.read().ids.get(text) {
             return Ok(sym);
         }
@@ -51,7 +64,9 @@ impl Symbols {
         if let Some(&sym) = table.ids.get(text) {
             return Ok(sym);
         }
-        if table.texts.len() >= self.limit {
+        if reserved {
+            table.reserved += 1;
+        } else if table.texts.len() - table.reserved >= self.limit {
             return Err(SymbolsFull { limit: self.limit });
         }
         let n = u32::try_from(table.texts.len() + 1).expect("limit keeps ids in u32");
@@ -98,6 +113,7 @@ mod tests {
     #[test]
     fn interning_is_stable_and_bounded() {
         let symbols = Symbols::new(2);
+        let reserved = symbols.reserve("Order Initiated");
         let a = symbols.intern("Mixing").unwrap();
         assert_eq!(symbols.intern("Mixing").unwrap(), a);
         let b = symbols.intern("Order Served").unwrap();
@@ -107,6 +123,7 @@ mod tests {
         let reader = symbols.reader();
         assert_eq!(reader.text(a), "Mixing");
         assert_eq!(reader.text(b), "Order Served");
+        assert_eq!(reader.text(reserved), "Order Initiated");
     }
 
     #[test]

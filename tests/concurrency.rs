@@ -58,15 +58,13 @@ async fn overlapping_writers_lose_nothing() {
     let last_event = {
         let symbols = server.broker.symbols();
         let mut last_event: HashMap<u64, String> = HashMap::new();
-        let mut seen_versions: HashMap<u64, u64> = HashMap::new();
+        let mut seen_versions: HashMap<u64, u32> = HashMap::new();
         for event in &feed {
-            let v = seen_versions.entry(event.id.0).or_default();
+            let (id, order) = event.order().unwrap();
+            let v = seen_versions.entry(id.0).or_default();
             *v += 1;
-            assert_eq!(
-                event.order.version.0, *v,
-                "versions step by one in seq order"
-            );
-            last_event.insert(event.id.0, symbols.text(event.order.status).to_string());
+            assert_eq!(order.version.0, *v, "versions step by one in seq order");
+            last_event.insert(id.0, symbols.text(order.status).to_string());
         }
         last_event
     };
@@ -74,7 +72,7 @@ async fn overlapping_writers_lose_nothing() {
         let order = server.broker.view(OrderId(*id)).unwrap();
         assert_eq!(
             order.version.0,
-            statuses.len() as u64,
+            statuses.len() as u32,
             "order {id}: versions count every write"
         );
         assert_eq!(
@@ -92,7 +90,11 @@ async fn overlapping_writers_lose_nothing() {
             .unwrap()
             .iter()
             .filter_map(|e| {
-                let s = server.broker.symbols().text(e.order.status).to_string();
+                let s = server
+                    .broker
+                    .symbols()
+                    .text(e.order().unwrap().1.status)
+                    .to_string();
                 s.strip_prefix(&prefix).map(|n| n.parse().unwrap())
             })
             .collect();
@@ -140,7 +142,7 @@ async fn overlapping_writers_lose_nothing() {
         let id = row["order_id"].as_u64().unwrap();
         assert_eq!(row["status"], STATUSES[(id % 4) as usize]);
         let order = server.broker.view(OrderId(id)).unwrap();
-        assert_eq!(order.version.0, writes[&id].len() as u64 + 1);
+        assert_eq!(order.version.0 as usize, writes[&id].len() + 1);
     }
     let counts = server.broker.stage_counts();
     assert_eq!(counts[Stage::Cancelled.index()] as u64, ORDERS / 4);

@@ -1,38 +1,109 @@
-//! The broker: every order's live state, the stage views derived from it, and
-//! the change feed. One cheap-to-clone handle shared by every connection.
+//! The broker: every order's live state, the stage views derived from it,
+//! the catalog and customers, and the change feed. One cheap-to-clone handle
+//! shared by every connection.
 //!
-//! Locking, in the only order it is ever taken:
+//! Locks, in the only order they are ever taken (so there is no deadlock):
 //! 1. the order's `DashMap` shard (write) — serialises writers of one order;
-//! 2. the `sequencer` mutex — gives the change its `seq`, moves the order
-//!    between stage indexes and appends to the history, all in one step, so
+//! 2. product locks, by ascending id; then the customer's lock;
+//! 3. the `sequencer` mutex — gives each change its `seq`, moves an order
+//!    between the stage indexes and appends to the history, in one step, so
 //!    the indexes and the history always agree with `seq` order.
 //!
-//! Both are held for a few hundred nanoseconds and never across `.await`.
-//! Subscribers are woken only after both are released.
+//! A record stays locked until its event is committed, so each record's
+//! events appear in version order. All are held for microseconds at most and
+//! never across `.await`. Subscribers are woken after every lock is released.
+//!
+//! Write paths: `update_status` (the seed API) here; orders with items,
+//! processing and the lifecycle in [`shop`]; products and customers in
+//! [`catalog`].
 
+mod catalog;
+mod shop;
+
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
+use crate::catalog::{Customer, CustomerId, Product, Table};
 use crate::config::Config;
-use crate::feed::{Event, History, Lagged, Notifier};
+use crate::feed::{Change, Event, History, Lagged, Notifier};
 use crate::model::{Millis, Order, OrderId, OrderView, Seq, Stage, Version};
+use crate::money::Rate;
+use crate::shop::{Lifecycle, Shortage};
 use crate::symbols::{Sym, Symbols, SymbolsFull, SymbolsReader};
+
+pub use catalog::{CustomerFields, ProductFields};
+pub use shop::{NewItem, NewOrder, OrderFilter, Transition};
 
 /// Why the broker refused a change. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerError {
     /// A text field is longer than `limits.max_text_bytes`.
-    TextTooLong { field: &'static str, limit: usize },
+    TextTooLong {
+        field: &'static str,
+        limit: usize,
+    },
     /// The text is new and the symbol table is full (`limits.max_symbols`).
-    TooManySymbols { limit: usize },
+    TooManySymbols {
+        limit: usize,
+    },
+    /// The record has changed `u32::MAX` times.
+    VersionExhausted,
+    OrderNotFound,
+    ProductNotFound(u64),
+    CustomerNotFound(u64),
+    /// An id chosen by the client is taken.
+    IdTaken(u64),
+    /// The request is valid but the record's state forbids it (409).
+    Conflict(String),
+    /// An item of an order is invalid; `index` counts from 0 (422).
+    InvalidItem {
+        index: usize,
+        reason: String,
+    },
+    /// A value is out of range, e.g. a sum that overflows (422).
+    Invalid(String),
+    /// The order asked for a stock check and these items are short (400).
+    OutOfStock(Vec<Shortage>),
+    /// Processing was refused; nothing changed (400).
+    ProcessRefused(ProcessRefusal),
+    /// A lifecycle transition is not allowed from the order's state (400).
+    Lifecycle(LifecycleError),
+    /// `If-Match` named another version than the current one (412).
+    VersionMismatch {
+        current: Version,
+    },
+}
+
+/// Why processing an order was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessRefusal {
+    AlreadyProcessed,
+    /// The customer's balance is not above zero.
+    Balance,
+    NoCustomer,
+    Cancelled,
+    /// `reject` found items short.
+    Rejected(Vec<Shortage>),
+}
+
+/// A refused lifecycle transition, with the Order Status API's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleError {
+    /// Confirm from a state other than New.
+    InvalidStatus(Lifecycle),
+    AlreadyPaid,
+    AlreadyCompleted,
+    AlreadyCanceled,
 }
 
 impl fmt::Display for BrokerError {
@@ -46,8 +117,46 @@ impl fmt::Display for BrokerError {
                 "too many distinct status words and orderbot ids (limit {limit}); \
                  reuse an existing one or raise limits.max_symbols"
             ),
+            BrokerError::VersionExhausted => f.write_str("this record cannot change any more"),
+            BrokerError::OrderNotFound => f.write_str("Order not found"),
+            BrokerError::ProductNotFound(id) => write!(f, "product {id} not found"),
+            BrokerError::CustomerNotFound(id) => write!(f, "customer {id} not found"),
+            BrokerError::IdTaken(id) => write!(f, "id {id} is taken"),
+            BrokerError::Conflict(why) | BrokerError::Invalid(why) => f.write_str(why),
+            BrokerError::InvalidItem { index, reason } => write!(f, "items[{index}]: {reason}"),
+            BrokerError::OutOfStock(short) => {
+                write!(f, "insufficient stock for {}", list(short))
+            }
+            BrokerError::ProcessRefused(why) => match why {
+                ProcessRefusal::AlreadyProcessed => f.write_str("order already processed"),
+                ProcessRefusal::Balance => f.write_str("customer balance must be above zero"),
+                ProcessRefusal::NoCustomer => f.write_str("order has no customer to charge"),
+                ProcessRefusal::Cancelled => f.write_str("order is cancelled"),
+                ProcessRefusal::Rejected(short) => {
+                    write!(f, "order rejected, insufficient stock for {}", list(short))
+                }
+            },
+            BrokerError::Lifecycle(e) => f.write_str(match e {
+                LifecycleError::InvalidStatus(_) => {
+                    "order cannot be confirmed in its current status"
+                }
+                LifecycleError::AlreadyPaid => "order is already paid",
+                LifecycleError::AlreadyCompleted => "order is already completed",
+                LifecycleError::AlreadyCanceled => "order is already canceled",
+            }),
+            BrokerError::VersionMismatch { current } => {
+                write!(f, "version mismatch: the order is at version {}", current.0)
+            }
         }
     }
+}
+
+fn list(short: &[Shortage]) -> String {
+    short
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl std::error::Error for BrokerError {}
@@ -56,6 +165,16 @@ impl From<SymbolsFull> for BrokerError {
     fn from(e: SymbolsFull) -> Self {
         BrokerError::TooManySymbols { limit: e.limit }
     }
+}
+
+/// Whether `apply` may create the order, change it, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Only a new order: an existing id is `IdTaken`.
+    Create,
+    /// Only an existing order: a missing id is `OrderNotFound`.
+    Update,
+    Upsert,
 }
 
 #[derive(Clone)]
@@ -74,9 +193,22 @@ struct Inner {
     generations: Generations,
     /// Interned status words and orderbot ids (its own lock).
     symbols: Symbols,
-    /// Stage of each configured status word; any other word is in progress.
-    /// Read-only after start.
+    /// Stage of each configured and lifecycle status word; any other word is
+    /// in progress. Read-only after start.
     stage_words: HashMap<Sym, Stage>,
+    /// Products and customers, each record behind its own lock.
+    products: Table<Product>,
+    customers: Table<Customer>,
+    /// Shop order numbers → ids. Written while the order's shard is locked.
+    numbers: DashMap<String, OrderId>,
+    /// Each customer's orders. Written while the order's shard is locked.
+    by_customer: DashMap<CustomerId, BTreeSet<OrderId>>,
+    /// Above every order id ever used, for ids the broker assigns.
+    next_order_id: AtomicU64,
+    /// Keys the order-number generator; random per boot.
+    number_seed: RandomState,
+    tax_rate: Rate,
+    service_charge_rate: Rate,
     /// Random per boot, so a client can tell a restart from a gap in `seq`.
     epoch: u64,
     max_text_bytes: usize,
@@ -89,6 +221,34 @@ struct Sequencer {
     history: History,
 }
 
+impl Sequencer {
+    /// Gives `change` the next seq and appends it to the history. For an
+    /// order, `before` is its stage before the change (None if new).
+    fn commit(&mut self, change: Change, before: Option<Stage>) -> Event {
+        match &change {
+            Change::Order { id, order } => {
+                if let Some(before) = before.filter(|b| *b != order.stage) {
+                    self.stages[before.index()].remove(id);
+                }
+                self.stages[order.stage.index()].insert(*id);
+            }
+            Change::OrderRemoved { id } => {
+                if let Some(before) = before {
+                    self.stages[before.index()].remove(id);
+                }
+            }
+            _ => {}
+        }
+        self.last = Seq(self.last.0 + 1);
+        let event = Event {
+            seq: self.last,
+            change,
+        };
+        self.history.push(event.clone());
+        event
+    }
+}
+
 /// Counters that let readers cache a rendering of a view: a rendering made
 /// after reading generation `g` reflects at least every change up to `g`.
 /// They are bumped after the change is in the map and the indexes, and
@@ -97,34 +257,19 @@ struct Sequencer {
 struct Generations {
     /// Per stage: bumped by every change that touches an order in the stage.
     stages: [AtomicU64; 4],
-    /// Bumped by every change.
+    /// Bumped by every order change.
     all: AtomicU64,
 }
 
 impl Generations {
-    fn bump(&self, before: Option<Stage>, after: Stage) {
-        if let Some(before) = before.filter(|b| *b != after) {
-            self.stages[before.index()].fetch_add(1, Ordering::Release);
+    fn bump(&self, before: Option<Stage>, after: Option<Stage>) {
+        for stage in [before, after.filter(|a| Some(*a) != before)]
+            .into_iter()
+            .flatten()
+        {
+            self.stages[stage.index()].fetch_add(1, Ordering::Release);
         }
-        self.stages[after.index()].fetch_add(1, Ordering::Release);
         self.all.fetch_add(1, Ordering::Release);
-    }
-}
-
-impl Sequencer {
-    fn commit(&mut self, id: OrderId, before: Option<Stage>, order: Order) -> Event {
-        self.last = Seq(self.last.0 + 1);
-        if let Some(before) = before.filter(|b| *b != order.stage) {
-            self.stages[before.index()].remove(&id);
-        }
-        self.stages[order.stage.index()].insert(id);
-        let event = Event {
-            seq: self.last,
-            id,
-            order,
-        };
-        self.history.push(event);
-        event
     }
 }
 
@@ -133,18 +278,20 @@ impl Broker {
         let symbols = Symbols::new(config.limits.max_symbols);
         let mut stage_words = HashMap::new();
         let words = &config.stages;
-        for (list, stage) in [
+        let configured = [
             (&words.new, Stage::New),
             (&words.completed, Stage::Completed),
             (&words.cancelled, Stage::Cancelled),
-        ] {
-            for word in list {
-                // Config words come first, so the table cannot be full yet.
-                if let Ok(sym) = symbols.intern(word) {
-                    stage_words.insert(sym, stage);
-                }
-            }
+        ];
+        let lifecycle = Lifecycle::WORDS.map(|(w, stage)| (w.to_string(), stage));
+        let all = configured
+            .iter()
+            .flat_map(|(list, stage)| list.iter().map(move |w| (w.clone(), *stage)))
+            .chain(lifecycle);
+        for (word, stage) in all {
+            stage_words.insert(symbols.reserve(&word), stage);
         }
+        let shop = &config.shop;
         Broker {
             inner: Arc::new(Inner {
                 orders: DashMap::new(),
@@ -157,6 +304,15 @@ impl Broker {
                 generations: Generations::default(),
                 symbols,
                 stage_words,
+                products: Table::default(),
+                customers: Table::default(),
+                numbers: DashMap::new(),
+                by_customer: DashMap::new(),
+                next_order_id: AtomicU64::new(1),
+                number_seed: RandomState::new(),
+                // Validated with the config.
+                tax_rate: Rate::parse(&shop.tax_rate).unwrap_or_default(),
+                service_charge_rate: Rate::parse(&shop.service_charge_rate).unwrap_or_default(),
                 epoch: random_epoch(),
                 max_text_bytes: config.limits.max_text_bytes,
             }),
@@ -181,56 +337,89 @@ impl Broker {
         let orderbot_id = orderbot_id
             .map(|b| self.inner.symbols.intern(b))
             .transpose()?;
-        Ok(self.apply(id, |current| match current {
-            Some(order) => Order {
-                status,
-                orderbot_id: orderbot_id.or(order.orderbot_id),
-                ..*order
-            },
-            None => Order::new(status, orderbot_id),
-        }))
+        self.inner
+            .next_order_id
+            .fetch_max(id.0.saturating_add(1), Ordering::Relaxed);
+        self.apply(id, Mode::Upsert, None, |current| {
+            Ok(match current {
+                Some(order) => Order {
+                    status,
+                    orderbot_id: orderbot_id.or(order.orderbot_id),
+                    ..order.clone()
+                },
+                None => Order::new(status, orderbot_id, None),
+            })
+        })
     }
 
-    /// The one way an order changes: `change` gets the current order (None if
-    /// new) and returns its next state. The broker then derives the stage,
-    /// bumps the version, stamps the times and publishes the event, all while
-    /// the order is locked, so concurrent changes to one order never interleave.
-    fn apply(&self, id: OrderId, change: impl FnOnce(Option<&Order>) -> Order) -> Event {
+    /// The one way a single order changes: `change` gets the current order
+    /// (None if new; see [`Mode`] for what happens when it exists or not)
+    /// and returns its next state or refuses. `expected` is an `If-Match`
+    /// version. The broker then derives the stage, bumps the version, stamps
+    /// the times and commits the event, all while the order is locked.
+    fn apply(
+        &self,
+        id: OrderId,
+        mode: Mode,
+        expected: Option<Version>,
+        change: impl FnOnce(Option<&Order>) -> Result<Order, BrokerError>,
+    ) -> Result<Event, BrokerError> {
         let now = Millis::now();
-        let event = match self.inner.orders.entry(id) {
+        let (event, before, after) = match self.inner.orders.entry(id) {
+            Entry::Occupied(_) if mode == Mode::Create => return Err(BrokerError::IdTaken(id.0)),
             Entry::Occupied(mut entry) => {
-                let before = *entry.get();
-                let mut order = change(Some(&before));
-                order.stage = self.stage_of(order.status);
-                order.version = Version(before.version.0 + 1);
-                order.created = before.created;
-                order.updated = now;
-                *entry.get_mut() = order;
-                let event = self
-                    .inner
-                    .sequencer
-                    .lock()
-                    .commit(id, Some(before.stage), order);
-                self.inner.generations.bump(Some(before.stage), order.stage);
-                event
+                check_version(entry.get(), expected)?;
+                let next = change(Some(entry.get()))?;
+                let order = self.stamp(Some(entry.get()), next, now)?;
+                let before = entry.get().stage;
+                *entry.get_mut() = order.clone();
+                let event = self.commit_order(id, Some(before), order);
+                (event, Some(before), entry.get().stage)
             }
             Entry::Vacant(entry) => {
-                let mut order = change(None);
-                order.stage = self.stage_of(order.status);
-                order.version = Version(1);
-                order.created = now;
-                order.updated = now;
+                if mode == Mode::Update || expected.is_some() {
+                    return Err(BrokerError::OrderNotFound);
+                }
+                let order = self.stamp(None, change(None)?, now)?;
+                let stage = order.stage;
                 // Keep the returned guard: the order must stay locked until
                 // its event is committed, or a second writer could commit
                 // version 2 before this commits version 1.
-                let _locked = entry.insert(order);
-                let event = self.inner.sequencer.lock().commit(id, None, order);
-                self.inner.generations.bump(None, order.stage);
-                event
+                let _locked = entry.insert(order.clone());
+                (self.commit_order(id, None, order), None, stage)
             }
         };
+        self.inner.generations.bump(before, Some(after));
         self.inner.notifier.publish(event.seq);
-        event
+        Ok(event)
+    }
+
+    /// Sets what the broker owns in a changed order: stage, version, times.
+    fn stamp(
+        &self,
+        before: Option<&Order>,
+        mut order: Order,
+        now: Millis,
+    ) -> Result<Order, BrokerError> {
+        order.stage = self.stage_of(order.status);
+        order.version = match before {
+            None => Version(1),
+            Some(b) => b.version.next().ok_or(BrokerError::VersionExhausted)?,
+        };
+        order.created = before.map_or(now, |b| b.created);
+        order.updated = now;
+        Ok(order)
+    }
+
+    fn commit_order(&self, id: OrderId, before: Option<Stage>, order: Order) -> Event {
+        self.inner
+            .sequencer
+            .lock()
+            .commit(Change::Order { id, order }, before)
+    }
+
+    fn sequencer(&self) -> MutexGuard<'_, Sequencer> {
+        self.inner.sequencer.lock()
     }
 
     fn check_len(&self, field: &'static str, text: &str) -> Result<(), BrokerError> {
@@ -250,7 +439,7 @@ impl Broker {
     }
 
     pub fn get(&self, id: OrderId) -> Option<Order> {
-        self.inner.orders.get(&id).map(|o| *o)
+        self.inner.orders.get(&id).map(|o| o.clone())
     }
 
     /// The order with its texts, or None if unknown.
@@ -278,15 +467,39 @@ impl Broker {
 
     /// The ids in one stage, ascending.
     pub fn stage_ids(&self, stage: Stage) -> Vec<OrderId> {
-        self.inner.sequencer.lock().stages[stage.index()]
+        self.sequencer().stages[stage.index()]
             .iter()
             .copied()
             .collect()
     }
 
+    /// Up to `limit` ids after `after`, ascending, from the given stages.
+    pub fn ids_after(
+        &self,
+        stages: &[Stage],
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Vec<OrderId> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let seq = self.sequencer();
+        let mut ids: Vec<OrderId> = stages
+            .iter()
+            .flat_map(|s| {
+                seq.stages[s.index()]
+                    .range((from, Bound::Unbounded))
+                    .take(limit)
+            })
+            .copied()
+            .collect();
+        drop(seq);
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids
+    }
+
     /// How many orders are in each stage, indexed by [`Stage::index`].
     pub fn stage_counts(&self) -> [usize; 4] {
-        let seq = self.inner.sequencer.lock();
+        let seq = self.sequencer();
         Stage::ALL.map(|s| seq.stages[s.index()].len())
     }
 
@@ -316,7 +529,7 @@ impl Broker {
             .inner
             .orders
             .iter()
-            .map(|e| (*e.key(), *e.value()))
+            .map(|e| (*e.key(), e.value().clone()))
             .collect();
         all.sort_unstable_by_key(|(id, _)| *id);
         all
@@ -336,13 +549,13 @@ impl Broker {
 
     /// The newest sequence number issued (0 before the first change).
     pub fn last_seq(&self) -> Seq {
-        self.inner.sequencer.lock().last
+        self.sequencer().last
     }
 
     /// Up to `max` events with `seq >= from`, oldest first, or `Lagged` when
     /// the history no longer reaches back that far.
     pub fn events_since(&self, from: Seq, max: usize) -> Result<Vec<Event>, Lagged> {
-        let seq = self.inner.sequencer.lock();
+        let seq = self.sequencer();
         seq.history.since(from, seq.last, max)
     }
 
@@ -356,9 +569,22 @@ impl Broker {
     }
 }
 
+fn check_version(order: &Order, expected: Option<Version>) -> Result<(), BrokerError> {
+    match expected {
+        Some(v) if v != order.version => Err(BrokerError::VersionMismatch {
+            current: order.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Order {
-    /// A new order's fields; `apply` stamps stage, version and times.
-    fn new(status: Sym, orderbot_id: Option<Sym>) -> Order {
+    /// A new order's fields; `stamp` sets stage, version and times.
+    fn new(
+        status: Sym,
+        orderbot_id: Option<Sym>,
+        shop: Option<Arc<crate::shop::ShopOrder>>,
+    ) -> Order {
         Order {
             status,
             orderbot_id,
@@ -366,6 +592,7 @@ impl Order {
             version: Version(0),
             created: Millis(0),
             updated: Millis(0),
+            shop,
         }
     }
 }
@@ -389,6 +616,7 @@ impl Subscription {
                 self.next = Seq(last.seq.0 + 1);
                 return Ok(batch);
             }
+            // The sender lives as long as the broker, which `self` keeps alive.
             if self.watch.changed().await.is_err() {
                 return Ok(Vec::new());
             }
@@ -398,7 +626,7 @@ impl Subscription {
 
 fn random_epoch() -> u64 {
     // RandomState is seeded from the OS per process; mix in the time for good measure.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let mut h = RandomState::new().build_hasher();
     h.write_u64(Millis::now().0);
     h.finish()
 }
@@ -450,15 +678,16 @@ mod tests {
                 .all(|(i, e)| e.seq == Seq(i as u64 + 1))
         );
 
-        let mut versions: HashMap<OrderId, u64> = HashMap::new();
+        let mut versions: HashMap<OrderId, u32> = HashMap::new();
         let mut last: HashMap<OrderId, Order> = HashMap::new();
         for e in &events {
-            let v = versions.entry(e.id).or_default();
+            let (id, order) = e.order().unwrap();
+            let v = versions.entry(id).or_default();
             *v += 1;
-            assert_eq!(e.order.version, Version(*v));
-            last.insert(e.id, e.order);
+            assert_eq!(order.version, Version(*v));
+            last.insert(id, order.clone());
         }
-        assert_eq!(versions.values().sum::<u64>(), total);
+        assert_eq!(versions.values().map(|v| u64::from(*v)).sum::<u64>(), total);
         let mut by_stage: [BTreeSet<OrderId>; 4] = Default::default();
         for (id, order) in broker.all_orders() {
             assert_eq!(Some(&order), last.get(&id), "map and feed agree on {id}");
@@ -494,12 +723,14 @@ mod tests {
         let e = broker
             .update_status(id, "Order Initiated", Some("r1"))
             .unwrap();
-        assert_eq!((e.order.stage, e.order.version), (Stage::New, Version(1)));
+        let order = e.order().unwrap().1;
+        assert_eq!((order.stage, order.version), (Stage::New, Version(1)));
         assert!(broker.generation(Some(Stage::New)) > g_new);
         let g_done = broker.generation(Some(Stage::Completed));
         let e = broker.update_status(id, "Order Served", None).unwrap();
-        assert_eq!(e.order.stage, Stage::Completed);
-        assert_eq!(e.order.orderbot_id, broker.get(id).unwrap().orderbot_id);
+        let order = e.order().unwrap().1;
+        assert_eq!(order.stage, Stage::Completed);
+        assert_eq!(order.orderbot_id, broker.get(id).unwrap().orderbot_id);
         assert!(broker.generation(Some(Stage::Completed)) > g_done);
         assert_eq!(broker.stage_ids(Stage::New), []);
         assert_eq!(broker.stage_ids(Stage::Completed), [id]);

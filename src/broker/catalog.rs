@@ -1,0 +1,246 @@
+//! Products and customers: create, change, delete, each one an event in the
+//! global sequence, committed while the record is locked.
+
+use std::sync::Arc;
+
+use super::{Broker, BrokerError};
+use crate::catalog::{Customer, CustomerId, Product, ProductId, Record, Table};
+use crate::feed::{Change, Event};
+use crate::model::Version;
+use crate::money::Money;
+
+/// Fields of a product to set; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct ProductFields {
+    pub name: Option<String>,
+    pub price: Option<Money>,
+    pub stock: Option<u64>,
+}
+
+/// Fields of a customer to set; `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct CustomerFields {
+    pub name: Option<String>,
+    pub phone: Option<Option<String>>,
+    pub balance: Option<Money>,
+}
+
+/// How a record type is published and versioned.
+trait Published: Record {
+    fn changed(record: Arc<Self>) -> Change;
+    fn removed(id: Self::Id) -> Change;
+    fn version_mut(&mut self) -> &mut u32;
+    fn not_found(id: Self::Id) -> BrokerError;
+}
+
+impl Published for Product {
+    fn changed(record: Arc<Self>) -> Change {
+        Change::Product(record)
+    }
+    fn removed(id: ProductId) -> Change {
+        Change::ProductRemoved(id)
+    }
+    fn version_mut(&mut self) -> &mut u32 {
+        &mut self.version
+    }
+    fn not_found(id: ProductId) -> BrokerError {
+        BrokerError::ProductNotFound(id.0)
+    }
+}
+
+impl Published for Customer {
+    fn changed(record: Arc<Self>) -> Change {
+        Change::Customer(record)
+    }
+    fn removed(id: CustomerId) -> Change {
+        Change::CustomerRemoved(id)
+    }
+    fn version_mut(&mut self) -> &mut u32 {
+        &mut self.version
+    }
+    fn not_found(id: CustomerId) -> BrokerError {
+        BrokerError::CustomerNotFound(id.0)
+    }
+}
+
+impl Broker {
+    pub fn products(&self) -> Vec<Product> {
+        self.inner.products.list()
+    }
+
+    pub fn product(&self, id: ProductId) -> Option<Product> {
+        self.inner.products.get(id)
+    }
+
+    pub fn create_product(
+        &self,
+        id: Option<u64>,
+        name: String,
+        price: Money,
+        stock: u64,
+    ) -> Result<Product, BrokerError> {
+        check_product(&name, price)?;
+        self.insert(&self.inner.products, id, |id| Product {
+            id,
+            name,
+            price,
+            stock,
+            version: 1,
+        })
+    }
+
+    pub fn update_product(
+        &self,
+        id: ProductId,
+        fields: ProductFields,
+    ) -> Result<Product, BrokerError> {
+        self.change(&self.inner.products, id, |p| {
+            if let Some(name) = fields.name {
+                p.name = name;
+            }
+            if let Some(price) = fields.price {
+                p.price = price;
+            }
+            if let Some(stock) = fields.stock {
+                p.stock = stock;
+            }
+            check_product(&p.name, p.price)
+        })
+    }
+
+    pub fn delete_product(&self, id: ProductId) -> Result<Product, BrokerError> {
+        self.remove(&self.inner.products, id)
+    }
+
+    pub fn customers(&self) -> Vec<Customer> {
+        self.inner.customers.list()
+    }
+
+    pub fn customer(&self, id: CustomerId) -> Option<Customer> {
+        self.inner.customers.get(id)
+    }
+
+    pub fn create_customer(
+        &self,
+        id: Option<u64>,
+        name: String,
+        phone: Option<String>,
+        balance: Money,
+    ) -> Result<Customer, BrokerError> {
+        check_name(&name)?;
+        self.insert(&self.inner.customers, id, |id| Customer {
+            id,
+            name,
+            phone,
+            balance,
+            version: 1,
+        })
+    }
+
+    pub fn update_customer(
+        &self,
+        id: CustomerId,
+        fields: CustomerFields,
+    ) -> Result<Customer, BrokerError> {
+        self.change(&self.inner.customers, id, |c| {
+            if let Some(name) = fields.name {
+                c.name = name;
+            }
+            if let Some(phone) = fields.phone {
+                c.phone = phone;
+            }
+            if let Some(balance) = fields.balance {
+                c.balance = balance;
+            }
+            check_name(&c.name)
+        })
+    }
+
+    pub fn delete_customer(&self, id: CustomerId) -> Result<Customer, BrokerError> {
+        self.remove(&self.inner.customers, id)
+    }
+
+    fn insert<T: Published>(
+        &self,
+        table: &Table<T>,
+        wanted: Option<u64>,
+        make: impl FnOnce(T::Id) -> T,
+    ) -> Result<T, BrokerError> {
+        let taken = || BrokerError::IdTaken(wanted.unwrap_or_default());
+        let id = table.claim_id(wanted).ok_or_else(taken)?;
+        let record = make(id);
+        let mut event = None;
+        let inserted = table.insert_with(record.clone(), |r| {
+            event = Some(
+                self.sequencer()
+                    .commit(T::changed(Arc::new(r.clone())), None),
+            );
+        });
+        if !inserted {
+            return Err(taken());
+        }
+        self.published(event);
+        Ok(record)
+    }
+
+    /// Changes one record under its lock: `edit` works on a copy, which
+    /// replaces the record only if `edit` accepts it.
+    fn change<T: Published>(
+        &self,
+        table: &Table<T>,
+        id: T::Id,
+        edit: impl FnOnce(&mut T) -> Result<(), BrokerError>,
+    ) -> Result<T, BrokerError> {
+        let slot = table.slot(id).ok_or_else(|| T::not_found(id))?;
+        let mut locked = slot.lock();
+        let current = locked.as_ref().ok_or_else(|| T::not_found(id))?;
+        let mut next = current.clone();
+        edit(&mut next)?;
+        let version = Version(*next.version_mut())
+            .next()
+            .ok_or(BrokerError::VersionExhausted)?;
+        *next.version_mut() = version.0;
+        let event = self
+            .sequencer()
+            .commit(T::changed(Arc::new(next.clone())), None);
+        *locked = Some(next.clone());
+        drop(locked);
+        self.published(Some(event));
+        Ok(next)
+    }
+
+    fn remove<T: Published>(&self, table: &Table<T>, id: T::Id) -> Result<T, BrokerError> {
+        let slot = table.slot(id).ok_or_else(|| T::not_found(id))?;
+        let mut locked = slot.lock();
+        let record = locked.take().ok_or_else(|| T::not_found(id))?;
+        let event = self.sequencer().commit(T::removed(id), None);
+        table.forget(id);
+        drop(locked);
+        self.published(Some(event));
+        Ok(record)
+    }
+
+    /// Wakes subscribers once a change's locks are released.
+    pub(super) fn published(&self, last: Option<Event>) {
+        if let Some(event) = last {
+            self.inner.notifier.publish(event.seq);
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), BrokerError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(BrokerError::Invalid(
+            "name must be 1 to 200 bytes of text".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_product(name: &str, price: Money) -> Result<(), BrokerError> {
+    check_name(name)?;
+    if price < Money::ZERO {
+        return Err(BrokerError::Invalid("price must not be negative".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,880 @@
+//! Orders with items: create, list, change status or items, delete, process
+//! against stock and balance, and the lifecycle (confirm / paid / complete /
+//! cancel). Processing locks the order, then its products by ascending id,
+//! then its customer, and commits every change under one sequencer lock, so
+//! stock and balances add up exactly under any concurrency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::mapref::entry::Entry;
+use parking_lot::MutexGuard;
+
+use super::{Broker, BrokerError, LifecycleError, ProcessRefusal, check_version};
+use crate::catalog::{CustomerId, Product, ProductId, Slot};
+use crate::feed::{Change, Event};
+use crate::model::{Millis, Order, OrderId, Stage, Version};
+use crate::shop::{
+    HistoryEntry, Item, Lifecycle, PaymentStatus, ShopOrder, Strategy, Totals, allocate,
+};
+
+/// One line of a new order, as the client sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewItem {
+    pub product_id: ProductId,
+    pub quantity: u64,
+}
+
+/// A new shop order.
+#[derive(Debug, Clone, Default)]
+pub struct NewOrder {
+    pub customer_id: Option<CustomerId>,
+    pub items: Vec<NewItem>,
+    pub notes: String,
+    pub table_number: Option<String>,
+    pub channel: String,
+    /// Refuse the order when an item asks for more than is in stock now.
+    pub check_stock: bool,
+}
+
+/// Which orders a listing returns, and the page.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub customer_id: Option<CustomerId>,
+    pub status: Option<String>,
+    pub stage: Option<Stage>,
+    /// Cursor: only ids above this one.
+    pub after: Option<OrderId>,
+    pub limit: usize,
+}
+
+/// The Order Status API's transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Confirm,
+    Paid,
+    Complete,
+    Cancel,
+}
+
+/// Order numbers use letters and digits that cannot be mistaken for each other.
+const NUMBER_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+static NUMBER_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Broker {
+    /// Creates a shop order with a fresh id and number, status "New".
+    pub fn create_order(&self, new: NewOrder) -> Result<Event, BrokerError> {
+        if new.items.is_empty() {
+            return Err(BrokerError::Invalid("items must not be empty".into()));
+        }
+        for (field, text) in [
+            ("notes", Some(&new.notes)),
+            ("table_number", new.table_number.as_ref()),
+            ("channel", Some(&new.channel)),
+        ] {
+            if text.is_some_and(|t| t.len() > 1000) {
+                return Err(BrokerError::TextTooLong { field, limit: 1000 });
+            }
+        }
+        if let Some(cid) = new.customer_id
+            && self.customer(cid).is_none()
+        {
+            return Err(BrokerError::CustomerNotFound(cid.0));
+        }
+        let items = self.price_items(&new.items)?;
+        if new.check_stock {
+            self.check_stock(&items)?;
+        }
+        let totals = self.totals(&items)?;
+        let status = self.inner.symbols.intern(Lifecycle::New.text())?;
+        let now = Millis::now();
+        let shop = ShopOrder {
+            number: String::new(),
+            customer_id: new.customer_id,
+            items,
+            notes: new.notes,
+            table_number: new.table_number,
+            channel: new.channel,
+            payment_status: PaymentStatus::Unpaid,
+            payment_method: None,
+            totals,
+            processed: None,
+            history: vec![HistoryEntry {
+                status: Lifecycle::New.text().into(),
+                at: now,
+            }],
+        };
+        loop {
+            let id = OrderId(self.inner.next_order_id.fetch_add(1, Ordering::Relaxed));
+            let result = self.apply(id, super::Mode::Create, None, |_| {
+                let mut shop = shop.clone();
+                shop.number = self.claim_number(id);
+                if let Some(cid) = shop.customer_id {
+                    self.inner.by_customer.entry(cid).or_default().insert(id);
+                }
+                Ok(Order::new(status, None, Some(Arc::new(shop))))
+            });
+            match result {
+                // A seed client used this id meanwhile: take the next.
+                Err(BrokerError::IdTaken(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// A fresh unique order number, registered to `id`.
+    fn claim_number(&self, id: OrderId) -> String {
+        loop {
+            let n = NUMBER_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let mut bits = self.inner.number_seed.hash_one(n);
+            let number: String = (0..8)
+                .map(|_| {
+                    let c = NUMBER_ALPHABET[(bits & 31) as usize] as char;
+                    bits >>= 5;
+                    c
+                })
+                .collect();
+            if let dashmap::mapref::entry::Entry::Vacant(v) =
+                self.inner.numbers.entry(number.clone())
+            {
+                v.insert(id);
+                return number;
+            }
+        }
+    }
+
+    /// Checks the items and captures each product's name and price.
+    fn price_items(&self, items: &[NewItem]) -> Result<Vec<Item>, BrokerError> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| {
+                if item.quantity == 0 {
+                    return Err(BrokerError::InvalidItem {
+                        index,
+                        reason: "quantity must be a positive integer".into(),
+                    });
+                }
+                let product =
+                    self.product(item.product_id)
+                        .ok_or_else(|| BrokerError::InvalidItem {
+                            index,
+                            reason: format!("product {} not found", item.product_id.0),
+                        })?;
+                Ok(Item {
+                    product_id: product.id,
+                    name: product.name,
+                    quantity: item.quantity,
+                    unit_price: product.price,
+                })
+            })
+            .collect()
+    }
+
+    /// Refuses items that ask for more than is in stock right now.
+    fn check_stock(&self, items: &[Item]) -> Result<(), BrokerError> {
+        let stock: HashMap<ProductId, u64> = items
+            .iter()
+            .filter_map(|i| self.product(i.product_id).map(|p| (p.id, p.stock)))
+            .collect();
+        allocate(items, &stock, Strategy::Reject)
+            .map(|_| ())
+            .map_err(BrokerError::OutOfStock)
+    }
+
+    fn totals(&self, items: &[Item]) -> Result<Totals, BrokerError> {
+        Totals::of(items, self.inner.tax_rate, self.inner.service_charge_rate)
+            .ok_or_else(|| BrokerError::Invalid("order total is too large".into()))
+    }
+
+    pub fn order_by_number(&self, number: &str) -> Option<(OrderId, Order)> {
+        let id = *self.inner.numbers.get(number)?;
+        self.get(id).map(|o| (id, o))
+    }
+
+    /// A customer's order ids, ascending.
+    pub fn customer_order_ids(&self, customer: CustomerId) -> Vec<OrderId> {
+        self.inner
+            .by_customer
+            .get(&customer)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// One page of orders matching `filter`, ascending by id, and the cursor
+    /// for the next page (None when this page is the last).
+    pub fn list_orders(&self, filter: &OrderFilter) -> (Vec<(OrderId, Order)>, Option<OrderId>) {
+        let limit = filter.limit.max(1);
+        let status = match &filter.status {
+            Some(text) => match self.inner.symbols.lookup(text) {
+                Some(sym) => Some(sym),
+                None => return (Vec::new(), None), // no order ever had it
+            },
+            None => None,
+        };
+        let stages: Vec<Stage> = filter.stage.map_or(Stage::ALL.to_vec(), |s| vec![s]);
+        let mut page = Vec::new();
+        let mut after = filter.after;
+        loop {
+            let batch = match filter.customer_id {
+                Some(cid) => self.customer_ids_after(cid, after, limit),
+                None => self.ids_after(&stages, after, limit),
+            };
+            let Some(&last) = batch.last() else {
+                return (page, None);
+            };
+            for id in batch {
+                let Some(order) = self.get(id) else { continue };
+                let matches =
+                    status.is_none_or(|s| s == order.status) && stages.contains(&order.stage);
+                if matches {
+                    page.push((id, order));
+                    if page.len() == limit {
+                        return (page, Some(id));
+                    }
+                }
+            }
+            after = Some(last);
+        }
+    }
+
+    fn customer_ids_after(
+        &self,
+        customer: CustomerId,
+        after: Option<OrderId>,
+        limit: usize,
+    ) -> Vec<OrderId> {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.inner
+            .by_customer
+            .get(&customer)
+            .map(|ids| {
+                ids.range((from, std::ops::Bound::Unbounded))
+                    .take(limit)
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sets the status of an existing order. A cancelled shop order is final.
+    pub fn set_status(
+        &self,
+        id: OrderId,
+        status: &str,
+        expected: Option<Version>,
+    ) -> Result<Event, BrokerError> {
+        self.check_len("status", status)?;
+        let sym = self.inner.symbols.intern(status)?;
+        self.apply(id, super::Mode::Update, expected, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            if current.shop.is_some() && current.stage == Stage::Cancelled {
+                return Err(BrokerError::Conflict(
+                    "order is cancelled; nothing reopens it".into(),
+                ));
+            }
+            Ok(Order {
+                status: sym,
+                shop: current
+                    .shop
+                    .as_ref()
+                    .map(|s| Arc::new(with_history(s, status))),
+                ..current.clone()
+            })
+        })
+    }
+
+    /// Replaces the items of a shop order that is neither processed nor confirmed.
+    pub fn replace_items(
+        &self,
+        id: OrderId,
+        items: &[NewItem],
+        expected: Option<Version>,
+    ) -> Result<Event, BrokerError> {
+        if items.is_empty() {
+            return Err(BrokerError::Invalid("items must not be empty".into()));
+        }
+        let priced = self.price_items(items)?;
+        let totals = self.totals(&priced)?;
+        self.apply(id, super::Mode::Update, expected, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            let shop = current
+                .shop
+                .as_ref()
+                .ok_or_else(|| BrokerError::Conflict("order has no items to replace".into()))?;
+            if shop.processed.is_some() || current.stage != Stage::New {
+                return Err(BrokerError::Conflict(
+                    "items can only change before the order is processed or confirmed".into(),
+                ));
+            }
+            let shop = ShopOrder {
+                items: priced,
+                totals,
+                ..(**shop).clone()
+            };
+            Ok(Order {
+                shop: Some(Arc::new(shop)),
+                ..current.clone()
+            })
+        })
+    }
+
+    /// Deletes an order unless it has been processed.
+    pub fn delete_order(
+        &self,
+        id: OrderId,
+        expected: Option<Version>,
+    ) -> Result<Order, BrokerError> {
+        let Entry::Occupied(entry) = self.inner.orders.entry(id) else {
+            return Err(BrokerError::OrderNotFound);
+        };
+        check_version(entry.get(), expected)?;
+        if let Some(shop) = &entry.get().shop {
+            if shop.processed.is_some() {
+                return Err(BrokerError::Conflict(
+                    "order is processed and cannot be deleted".into(),
+                ));
+            }
+            self.inner.numbers.remove(&shop.number);
+            if let Some(cid) = shop.customer_id
+                && let Some(mut ids) = self.inner.by_customer.get_mut(&cid)
+            {
+                ids.remove(&id);
+            }
+        }
+        let stage = entry.get().stage;
+        let event = self
+            .sequencer()
+            .commit(Change::OrderRemoved { id }, Some(stage));
+        let order = entry.remove();
+        self.inner.generations.bump(Some(stage), None);
+        self.published(Some(event));
+        Ok(order)
+    }
+
+    /// Processes an order (the store tutorial's rules): never twice; the
+    /// customer's balance must be above zero; short items follow `strategy`;
+    /// then stock is taken, the items priced, the total charged to the
+    /// balance and `processed` set — all or nothing.
+    pub fn process(
+        &self,
+        id: OrderId,
+        strategy: Strategy,
+        expected: Option<Version>,
+    ) -> Result<Event, BrokerError> {
+        let now = Millis::now();
+        let mut entry = self
+            .inner
+            .orders
+            .get_mut(&id)
+            .ok_or(BrokerError::OrderNotFound)?;
+        check_version(&entry, expected)?;
+        let shop = entry
+            .shop
+            .clone()
+            .ok_or_else(|| BrokerError::Conflict("order has no items to process".into()))?;
+        let refuse = |why| Err(BrokerError::ProcessRefused(why));
+        if shop.processed.is_some() {
+            return refuse(ProcessRefusal::AlreadyProcessed);
+        }
+        if entry.stage == Stage::Cancelled {
+            return refuse(ProcessRefusal::Cancelled);
+        }
+        let Some(customer_id) = shop.customer_id else {
+            return refuse(ProcessRefusal::NoCustomer);
+        };
+        let customer_slot = self
+            .inner
+            .customers
+            .slot(customer_id)
+            .ok_or(BrokerError::CustomerNotFound(customer_id.0))?;
+
+        // Lock the products by ascending id, then the customer.
+        let product_ids: std::collections::BTreeSet<ProductId> =
+            shop.items.iter().map(|i| i.product_id).collect();
+        let slots: Vec<Slot<Product>> = product_ids
+            .iter()
+            .map(|pid| {
+                self.inner
+                    .products
+                    .slot(*pid)
+                    .ok_or(BrokerError::ProductNotFound(pid.0))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut products: Vec<MutexGuard<'_, Option<Product>>> =
+            slots.iter().map(|s| s.lock()).collect();
+        let mut customer = customer_slot.lock();
+        let balance = customer
+            .as_ref()
+            .ok_or(BrokerError::CustomerNotFound(customer_id.0))?
+            .balance;
+        if balance <= crate::money::Money::ZERO {
+            return refuse(ProcessRefusal::Balance);
+        }
+        let mut stock = HashMap::new();
+        for (pid, guard) in product_ids.iter().zip(&products) {
+            let product = guard.as_ref().ok_or(BrokerError::ProductNotFound(pid.0))?;
+            stock.insert(*pid, product.stock);
+        }
+        let quantities = allocate(&shop.items, &stock, strategy)
+            .map_err(|short| BrokerError::ProcessRefused(ProcessRefusal::Rejected(short)))?;
+        let items: Vec<Item> = shop
+            .items
+            .iter()
+            .zip(&quantities)
+            .map(|(item, &quantity)| Item {
+                quantity,
+                ..item.clone()
+            })
+            .collect();
+        let totals = self.totals(&items)?;
+        let new_balance = balance
+            .checked_sub(totals.grand_total)
+            .ok_or_else(|| BrokerError::Invalid("balance would overflow".into()))?;
+        let mut taken: BTreeMap<ProductId, u64> = BTreeMap::new();
+        for item in &items {
+            *taken.entry(item.product_id).or_default() += item.quantity;
+        }
+
+        // Every check passed: build the new records, then commit them together.
+        let mut new_products = Vec::new();
+        for guard in &products {
+            let product = guard.as_ref().expect("checked above");
+            let units = taken.get(&product.id).copied().unwrap_or(0);
+            if units > 0 {
+                let version = Version(product.version)
+                    .next()
+                    .ok_or(BrokerError::VersionExhausted)?;
+                new_products.push(Product {
+                    stock: product.stock - units,
+                    version: version.0,
+                    ..product.clone()
+                });
+            }
+        }
+        let mut new_customer = customer.clone().expect("checked above");
+        new_customer.balance = new_balance;
+        new_customer.version = Version(new_customer.version)
+            .next()
+            .ok_or(BrokerError::VersionExhausted)?
+            .0;
+        let next_shop = ShopOrder {
+            items,
+            totals,
+            processed: Some(now),
+            ..(*shop).clone()
+        };
+        let next = self.stamp(
+            Some(&entry),
+            Order {
+                shop: Some(Arc::new(next_shop)),
+                ..entry.clone()
+            },
+            now,
+        )?;
+        let before = entry.stage;
+        let event = {
+            let mut seq = self.sequencer();
+            for product in new_products {
+                let slot = products
+                    .iter_mut()
+                    .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
+                    .expect("locked above");
+                seq.commit(Change::Product(Arc::new(product.clone())), None);
+                **slot = Some(product);
+            }
+            seq.commit(Change::Customer(Arc::new(new_customer.clone())), None);
+            *customer = Some(new_customer);
+            *entry = next.clone();
+            seq.commit(Change::Order { id, order: next }, Some(before))
+        };
+        drop(customer);
+        drop(products);
+        self.inner.generations.bump(Some(before), Some(entry.stage));
+        drop(entry);
+        self.published(Some(event.clone()));
+        Ok(event)
+    }
+
+    /// A lifecycle transition on the order with this number.
+    pub fn transition(
+        &self,
+        number: &str,
+        transition: Transition,
+        payment_method: Option<String>,
+    ) -> Result<Event, BrokerError> {
+        let id = *self
+            .inner
+            .numbers
+            .get(number)
+            .ok_or(BrokerError::OrderNotFound)?;
+        let words = Lifecycle::WORDS.map(|(w, _)| self.inner.symbols.lookup(w));
+        self.apply(id, super::Mode::Update, None, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            let shop = current.shop.as_ref().ok_or(BrokerError::OrderNotFound)?;
+            let state = Lifecycle::of(current.stage);
+            let paid = shop.payment_status == PaymentStatus::Paid;
+            let refuse = |e| Err(BrokerError::Lifecycle(e));
+            let (next_state, pay) = match transition {
+                Transition::Confirm if state != Lifecycle::New => {
+                    return refuse(LifecycleError::InvalidStatus(state));
+                }
+                Transition::Confirm => (Lifecycle::Confirmed, false),
+                _ if state == Lifecycle::Cancelled => {
+                    return refuse(LifecycleError::AlreadyCanceled);
+                }
+                Transition::Paid if paid => return refuse(LifecycleError::AlreadyPaid),
+                Transition::Paid => (state, true),
+                Transition::Complete if state == Lifecycle::Complete => {
+                    return refuse(LifecycleError::AlreadyCompleted);
+                }
+                Transition::Complete => (Lifecycle::Complete, true),
+                Transition::Cancel => (Lifecycle::Cancelled, false),
+            };
+            let mut next_shop = if next_state == state {
+                (**shop).clone()
+            } else {
+                with_history(shop, next_state.text())
+            };
+            if pay {
+                next_shop.payment_status = PaymentStatus::Paid;
+                if payment_method.is_some() {
+                    next_shop.payment_method = payment_method;
+                }
+            }
+            let status = if next_state == state {
+                current.status
+            } else {
+                words[next_state as usize].expect("lifecycle words are interned at start")
+            };
+            Ok(Order {
+                status,
+                shop: Some(Arc::new(next_shop)),
+                ..current.clone()
+            })
+        })
+    }
+}
+
+fn with_history(shop: &ShopOrder, status: &str) -> ShopOrder {
+    let mut next = shop.clone();
+    next.history.push(HistoryEntry {
+        status: status.to_string(),
+        at: Millis::now(),
+    });
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::catalog::Customer;
+    use crate::config::Config;
+    use crate::feed::Change;
+    use crate::model::Seq;
+    use crate::money::Money;
+
+    fn broker() -> Broker {
+        let mut config = Config::default();
+        config.events.history_size = 1 << 20;
+        Broker::new(&config)
+    }
+
+    fn order(broker: &Broker, customer: u64, items: &[(u64, u64)]) -> OrderId {
+        let new = NewOrder {
+            customer_id: (customer != 0).then_some(CustomerId(customer)),
+            items: items
+                .iter()
+                .map(|&(p, q)| NewItem {
+                    product_id: ProductId(p),
+                    quantity: q,
+                })
+                .collect(),
+            ..NewOrder::default()
+        };
+        broker.create_order(new).unwrap().order().unwrap().0
+    }
+
+    #[test]
+    fn concurrent_processing_never_oversells_and_sums_add_up() {
+        const PRODUCTS: u64 = 5;
+        const CUSTOMERS: u64 = 12;
+        const ORDERS: u64 = 300;
+        const THREADS: usize = 8;
+        let broker = broker();
+        for p in 1..=PRODUCTS {
+            broker
+                .create_product(Some(p), format!("p{p}"), Money(100 * p as i64 + 5), 60)
+                .unwrap();
+        }
+        for c in 1..=CUSTOMERS {
+            broker
+                .create_customer(Some(c), format!("c{c}"), None, Money(20_000))
+                .unwrap();
+        }
+        let ids: Vec<OrderId> = (0..ORDERS)
+            .map(|n| {
+                let a = 1 + n % PRODUCTS;
+                let b = 1 + (n * 3 + 1) % PRODUCTS;
+                order(
+                    &broker,
+                    1 + n % CUSTOMERS,
+                    &[(a, 1 + n % 4), (b, 1 + n % 3), (a, 1)],
+                )
+            })
+            .collect();
+        let strategies = [Strategy::Adjust, Strategy::Reject, Strategy::Ignore];
+        // Every thread tries every order, in its own order: each must be
+        // processed at most once, whoever wins.
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (broker, ids) = (&broker, &ids);
+                s.spawn(move || {
+                    for k in 0..ids.len() {
+                        let id = ids[(k * 7 + t * 31) % ids.len()];
+                        let strategy = strategies[(id.0 % 3) as usize];
+                        match broker.process(id, strategy, None) {
+                            Ok(_)
+                            | Err(BrokerError::ProcessRefused(
+                                ProcessRefusal::AlreadyProcessed
+                                | ProcessRefusal::Balance
+                                | ProcessRefusal::Rejected(_),
+                            )) => {}
+                            Err(e) => panic!("unexpected refusal: {e}"),
+                        }
+                    }
+                });
+            }
+        });
+
+        let mut sold: HashMap<ProductId, u64> = HashMap::new();
+        let mut spent: HashMap<CustomerId, i64> = HashMap::new();
+        let mut processed = 0;
+        for id in &ids {
+            let order = broker.get(*id).unwrap();
+            let shop = order.shop.as_ref().unwrap();
+            if shop.processed.is_none() {
+                continue;
+            }
+            processed += 1;
+            for item in &shop.items {
+                *sold.entry(item.product_id).or_default() += item.quantity;
+            }
+            *spent.entry(shop.customer_id.unwrap()).or_default() += shop.totals.grand_total.0;
+            let priced = Totals::of(&shop.items, Default::default(), Default::default()).unwrap();
+            assert_eq!(
+                priced, shop.totals,
+                "order {id} is priced from its final items"
+            );
+        }
+        assert!(processed > 0);
+        for p in 1..=PRODUCTS {
+            let product = broker.product(ProductId(p)).unwrap();
+            let units = sold.get(&ProductId(p)).copied().unwrap_or(0);
+            assert_eq!(
+                product.stock + units,
+                60,
+                "product {p}: no unit sold twice or lost"
+            );
+        }
+        for c in 1..=CUSTOMERS {
+            let customer: Customer = broker.customer(CustomerId(c)).unwrap();
+            let paid = spent.get(&CustomerId(c)).copied().unwrap_or(0);
+            assert_eq!(
+                customer.balance.0 + paid,
+                20_000,
+                "customer {c}: balance adds up"
+            );
+        }
+
+        // The feed saw every record's versions in order, with no gap in seq.
+        let events = broker.events_since(Seq(1), usize::MAX).unwrap();
+        assert!(
+            events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.seq == Seq(i as u64 + 1))
+        );
+        let mut last_version: HashMap<String, u32> = HashMap::new();
+        for e in &events {
+            let (key, version) = match &e.change {
+                Change::Order { id, order } => (format!("o{id}"), order.version.0),
+                Change::Product(p) => (format!("p{}", p.id.0), p.version),
+                Change::Customer(c) => (format!("c{}", c.id.0), c.version),
+                other => panic!("unexpected {other:?}"),
+            };
+            let last = last_version.insert(key.clone(), version).unwrap_or(0);
+            assert_eq!(version, last + 1, "{key} versions step by one in seq order");
+        }
+    }
+
+    #[test]
+    fn processing_rules_and_refusals() {
+        let broker = broker();
+        broker
+            .create_product(Some(1), "tea".into(), Money(250), 3)
+            .unwrap();
+        broker
+            .create_product(Some(2), "cake".into(), Money(400), 10)
+            .unwrap();
+        broker
+            .create_customer(Some(1), "Ann".into(), None, Money(1_000))
+            .unwrap();
+        broker
+            .create_customer(Some(2), "Bob".into(), None, Money(0))
+            .unwrap();
+
+        // reject: nothing changes, the reason names the short item.
+        let id = order(&broker, 1, &[(1, 5), (2, 1)]);
+        let err = broker.process(id, Strategy::Reject, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "order rejected, insufficient stock for product 1 (requested 5, in stock 3)"
+        );
+        assert_eq!(broker.product(ProductId(1)).unwrap().stock, 3);
+        assert_eq!(
+            broker.customer(CustomerId(1)).unwrap().balance,
+            Money(1_000)
+        );
+
+        // adjust: lowered to what is in stock, charged for what is sold.
+        broker.process(id, Strategy::Adjust, None).unwrap();
+        let shop = broker.get(id).unwrap().shop.unwrap();
+        assert_eq!(
+            shop.items.iter().map(|i| i.quantity).collect::<Vec<_>>(),
+            [3, 1]
+        );
+        assert_eq!(shop.totals.grand_total, Money(3 * 250 + 400));
+        assert!(shop.processed.is_some());
+        assert_eq!(broker.product(ProductId(1)).unwrap().stock, 0);
+        assert_eq!(
+            broker.customer(CustomerId(1)).unwrap().balance,
+            Money(1_000 - 1_150)
+        );
+
+        // never twice; balance must be above zero.
+        let again = broker.process(id, Strategy::Adjust, None).unwrap_err();
+        assert_eq!(
+            again,
+            BrokerError::ProcessRefused(ProcessRefusal::AlreadyProcessed)
+        );
+        let broke = order(&broker, 2, &[(2, 1)]);
+        let err = broker.process(broke, Strategy::Adjust, None).unwrap_err();
+        assert_eq!(err, BrokerError::ProcessRefused(ProcessRefusal::Balance));
+        // Ann's balance is now negative too.
+        let second = order(&broker, 1, &[(2, 1)]);
+        assert_eq!(
+            broker.process(second, Strategy::Adjust, None).unwrap_err(),
+            BrokerError::ProcessRefused(ProcessRefusal::Balance)
+        );
+
+        // ignore: a short item drops to 0.
+        broker
+            .update_customer(
+                CustomerId(2),
+                crate::broker::CustomerFields {
+                    balance: Some(Money(5_000)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let id = order(&broker, 2, &[(1, 2), (2, 2)]);
+        broker.process(id, Strategy::Ignore, None).unwrap();
+        let shop = broker.get(id).unwrap().shop.unwrap();
+        assert_eq!(
+            shop.items.iter().map(|i| i.quantity).collect::<Vec<_>>(),
+            [0, 2]
+        );
+        assert_eq!(
+            broker.customer(CustomerId(2)).unwrap().balance,
+            Money(5_000 - 800)
+        );
+
+        // A processed order cannot be deleted; an unprocessed one can.
+        assert!(matches!(
+            broker.delete_order(id, None),
+            Err(BrokerError::Conflict(_))
+        ));
+        let fresh = order(&broker, 2, &[(2, 1)]);
+        let number = broker.get(fresh).unwrap().shop.unwrap().number.clone();
+        broker.delete_order(fresh, None).unwrap();
+        assert!(broker.get(fresh).is_none());
+        assert!(broker.order_by_number(&number).is_none());
+        assert!(!broker.customer_order_ids(CustomerId(2)).contains(&fresh));
+    }
+
+    #[test]
+    fn lifecycle_follows_the_order_status_api() {
+        let broker = broker();
+        broker
+            .create_product(Some(1), "tea".into(), Money(250), 3)
+            .unwrap();
+        let id = order(&broker, 0, &[(1, 1)]);
+        let number = broker.get(id).unwrap().shop.unwrap().number.clone();
+        assert_eq!(number.len(), 8);
+        let stage = |b: &Broker| b.get(id).unwrap().stage;
+        let err = |t| broker.transition(&number, t, None).unwrap_err();
+
+        assert_eq!(stage(&broker), Stage::New);
+        broker
+            .transition(&number, Transition::Confirm, None)
+            .unwrap();
+        assert_eq!(stage(&broker), Stage::InProgress);
+        assert_eq!(
+            err(Transition::Confirm),
+            BrokerError::Lifecycle(LifecycleError::InvalidStatus(Lifecycle::Confirmed))
+        );
+        broker
+            .transition(&number, Transition::Paid, Some("card".into()))
+            .unwrap();
+        assert_eq!(
+            err(Transition::Paid),
+            BrokerError::Lifecycle(LifecycleError::AlreadyPaid)
+        );
+        broker
+            .transition(&number, Transition::Complete, None)
+            .unwrap();
+        assert_eq!(stage(&broker), Stage::Completed);
+        assert_eq!(
+            err(Transition::Complete),
+            BrokerError::Lifecycle(LifecycleError::AlreadyCompleted)
+        );
+        broker
+            .transition(&number, Transition::Cancel, None)
+            .unwrap();
+        assert_eq!(stage(&broker), Stage::Cancelled);
+        for t in [
+            Transition::Confirm,
+            Transition::Paid,
+            Transition::Complete,
+            Transition::Cancel,
+        ] {
+            let e = err(t);
+            assert!(
+                matches!(
+                    e,
+                    BrokerError::Lifecycle(
+                        LifecycleError::AlreadyCanceled | LifecycleError::InvalidStatus(_)
+                    )
+                ),
+                "{t:?}: {e:?}"
+            );
+        }
+        assert!(matches!(
+            broker.set_status(id, "Mixing", None),
+            Err(BrokerError::Conflict(_))
+        ));
+        let shop = broker.get(id).unwrap().shop.unwrap();
+        let history: Vec<&str> = shop.history.iter().map(|h| h.status.as_str()).collect();
+        assert_eq!(history, ["New", "Confirmed", "Complete", "Cancelled"]);
+        assert_eq!(shop.payment_method.as_deref(), Some("card"));
+        assert_eq!(
+            broker.transition("NOPE", Transition::Confirm, None),
+            Err(BrokerError::OrderNotFound)
+        );
+    }
+}

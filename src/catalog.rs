@@ -1,0 +1,162 @@
+//! Products and customers: small tables of records, each behind its own
+//! mutex (`DashMap<id, Arc<Mutex<T>>>`), so processing an order can lock
+//! exactly the products and the customer it touches, in a fixed order.
+//! Changes go through the broker, which gives each one its event.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::money::Money;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ProductId(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CustomerId(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Product {
+    pub id: ProductId,
+    pub name: String,
+    /// Unit price.
+    pub price: Money,
+    /// Units in stock; processing never takes it below zero.
+    pub stock: u64,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Customer {
+    pub id: CustomerId,
+    pub name: String,
+    pub phone: Option<String>,
+    /// What the customer can spend; processing needs it above zero.
+    pub balance: Money,
+    pub version: u32,
+}
+
+/// A record a [`Table`] can hold.
+pub trait Record: Clone {
+    type Id: Copy + Eq + Ord + std::hash::Hash;
+    fn id(&self) -> Self::Id;
+    fn from_raw(raw: u64) -> Self::Id;
+    fn raw(id: Self::Id) -> u64;
+}
+
+impl Record for Product {
+    type Id = ProductId;
+    fn id(&self) -> ProductId {
+        self.id
+    }
+    fn from_raw(raw: u64) -> ProductId {
+        ProductId(raw)
+    }
+    fn raw(id: ProductId) -> u64 {
+        id.0
+    }
+}
+
+impl Record for Customer {
+    type Id = CustomerId;
+    fn id(&self) -> CustomerId {
+        self.id
+    }
+    fn from_raw(raw: u64) -> CustomerId {
+        CustomerId(raw)
+    }
+    fn raw(id: CustomerId) -> u64 {
+        id.0
+    }
+}
+
+/// One record's lock. `None` once the record is deleted, so a writer that
+/// fetched the slot before the delete finds nothing to change.
+pub type Slot<T> = Arc<Mutex<Option<T>>>;
+
+/// Records by id, each behind its own lock. Ids are chosen by the caller or
+/// assigned in increasing order.
+pub struct Table<T: Record> {
+    rows: DashMap<T::Id, Slot<T>>,
+    /// Next id to hand out; always above every id in `rows`.
+    next_id: AtomicU64,
+}
+
+impl<T: Record> Default for Table<T> {
+    fn default() -> Self {
+        Table {
+            rows: DashMap::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl<T: Record> Table<T> {
+    /// A fresh id, or `wanted` if it is free. None if `wanted` is taken.
+    pub fn claim_id(&self, wanted: Option<u64>) -> Option<T::Id> {
+        match wanted {
+            None => Some(T::from_raw(self.next_id.fetch_add(1, Ordering::Relaxed))),
+            Some(raw) => {
+                let id = T::from_raw(raw);
+                if self.rows.contains_key(&id) {
+                    return None;
+                }
+                self.next_id
+                    .fetch_max(raw.saturating_add(1), Ordering::Relaxed);
+                Some(id)
+            }
+        }
+    }
+
+    /// Inserts `record` under its id and runs `then` while it is still
+    /// locked (to commit its event first). False if the id is taken.
+    pub fn insert_with(&self, record: T, then: impl FnOnce(&T)) -> bool {
+        use dashmap::mapref::entry::Entry;
+        let slot: Slot<T> = Arc::new(Mutex::new(None));
+        let mut locked = slot.lock();
+        match self.rows.entry(record.id()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(slot.clone());
+                then(&record);
+                *locked = Some(record);
+                true
+            }
+        }
+    }
+
+    pub fn slot(&self, id: T::Id) -> Option<Slot<T>> {
+        self.rows.get(&id).map(|r| r.value().clone())
+    }
+
+    pub fn get(&self, id: T::Id) -> Option<T> {
+        self.slot(id).and_then(|s| s.lock().clone())
+    }
+
+    /// Forgets the slot; callers first empty it under its lock.
+    pub fn forget(&self, id: T::Id) {
+        self.rows.remove(&id);
+    }
+
+    /// Every record, ascending by id.
+    pub fn list(&self) -> Vec<T> {
+        // Take the slots first: no record lock is taken under a map shard lock.
+        let slots: Vec<Slot<T>> = self.rows.iter().map(|r| r.value().clone()).collect();
+        let mut all: Vec<T> = slots.iter().filter_map(|s| s.lock().clone()).collect();
+        all.sort_unstable_by_key(|r| r.id());
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}

@@ -1,0 +1,256 @@
+//! Shop orders: the details an order carries beyond the robot bar's status
+//! word (items, customer, money, payment, history), and the pure rules of
+//! pricing and processing. Locking and publishing live in `broker::shop`.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{CustomerId, ProductId};
+use crate::model::{Millis, Stage};
+use crate::money::{Money, Rate};
+
+/// The details of an order created through the shop APIs. Shared by `Arc`
+/// between the map and the events; a change makes a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShopOrder {
+    /// Unique human code, e.g. "FR9TL74P".
+    pub number: String,
+    pub customer_id: Option<CustomerId>,
+    pub items: Vec<Item>,
+    pub notes: String,
+    pub table_number: Option<String>,
+    pub channel: String,
+    pub payment_status: PaymentStatus,
+    pub payment_method: Option<String>,
+    #[serde(flatten)]
+    pub totals: Totals,
+    /// When stock and balance were charged; null until then.
+    pub processed: Option<Millis>,
+    /// Every status the order had, with when it got it.
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub product_id: ProductId,
+    /// The product's name when the order was made.
+    pub name: String,
+    pub quantity: u64,
+    /// The product's price when the order was made.
+    pub unit_price: Money,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub total: Money,
+    pub tax: Money,
+    pub service_charge: Money,
+    pub grand_total: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    pub status: String,
+    pub at: Millis,
+}
+
+/// The Order Status API's payment states: 1 unpaid, 2 paid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Unpaid = 1,
+    Paid = 2,
+}
+
+impl Serialize for PaymentStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+/// The four lifecycle states of the Order Status API. They are the stages:
+/// New ↔ new, Confirmed ↔ in_progress, Complete ↔ completed, Cancelled ↔ cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    New,
+    Confirmed,
+    Complete,
+    Cancelled,
+}
+
+impl Lifecycle {
+    /// The status words; they are reserved and always mean their stage.
+    pub const WORDS: [(&'static str, Stage); 4] = [
+        ("New", Stage::New),
+        ("Confirmed", Stage::InProgress),
+        ("Complete", Stage::Completed),
+        ("Cancelled", Stage::Cancelled),
+    ];
+
+    pub fn of(stage: Stage) -> Lifecycle {
+        match stage {
+            Stage::New => Lifecycle::New,
+            Stage::InProgress => Lifecycle::Confirmed,
+            Stage::Completed => Lifecycle::Complete,
+            Stage::Cancelled => Lifecycle::Cancelled,
+        }
+    }
+
+    /// Numeric status code: 1, 10, 20, 30.
+    pub fn code(self) -> u8 {
+        match self {
+            Lifecycle::New => 1,
+            Lifecycle::Confirmed => 10,
+            Lifecycle::Complete => 20,
+            Lifecycle::Cancelled => 30,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        Self::WORDS[self as usize].0
+    }
+}
+
+impl Totals {
+    /// Prices the items: total, then tax and service charge on the total.
+    /// None if the sums overflow.
+    pub fn of(items: &[Item], tax: Rate, service: Rate) -> Option<Totals> {
+        let mut total = Money::ZERO;
+        for item in items {
+            total = total.checked_add(item.unit_price.times(item.quantity)?)?;
+        }
+        let tax = total.at_rate(tax);
+        let service_charge = total.at_rate(service);
+        let grand_total = total.checked_add(tax)?.checked_add(service_charge)?;
+        Some(Totals {
+            total,
+            tax,
+            service_charge,
+            grand_total,
+        })
+    }
+}
+
+/// What to do with an item that asks for more than is in stock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Lower the quantity to what is in stock.
+    #[default]
+    Adjust,
+    /// Refuse the whole order; nothing changes.
+    Reject,
+    /// Set the item's quantity to 0.
+    Ignore,
+}
+
+/// An item that asked for more than was in stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shortage {
+    pub product_id: ProductId,
+    pub requested: u64,
+    pub available: u64,
+}
+
+/// Applies `strategy` to `items` against `stock` (units per product),
+/// consuming stock item by item so two items of one product share it.
+/// Returns the new quantities, or the shortages when `Reject` refuses.
+pub fn allocate(
+    items: &[Item],
+    stock: &HashMap<ProductId, u64>,
+    strategy: Strategy,
+) -> Result<Vec<u64>, Vec<Shortage>> {
+    let mut left = stock.clone();
+    let mut quantities = Vec::with_capacity(items.len());
+    let mut short = Vec::new();
+    for item in items {
+        let available = left.get(&item.product_id).copied().unwrap_or(0);
+        let quantity = if item.quantity <= available {
+            item.quantity
+        } else {
+            short.push(Shortage {
+                product_id: item.product_id,
+                requested: item.quantity,
+                available,
+            });
+            match strategy {
+                Strategy::Adjust => available,
+                Strategy::Reject | Strategy::Ignore => 0,
+            }
+        };
+        left.insert(item.product_id, available - quantity);
+        quantities.push(quantity);
+    }
+    if strategy == Strategy::Reject && !short.is_empty() {
+        return Err(short);
+    }
+    Ok(quantities)
+}
+
+impl fmt::Display for Shortage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "product {} (requested {}, in stock {})",
+            self.product_id.0, self.requested, self.available
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(product: u64, quantity: u64, cents: i64) -> Item {
+        Item {
+            product_id: ProductId(product),
+            name: format!("p{product}"),
+            quantity,
+            unit_price: Money(cents),
+        }
+    }
+
+    #[test]
+    fn totals_price_items_then_rates() {
+        let items = [item(1, 3, 250), item(2, 1, 1999)];
+        let t = Totals::of(
+            &items,
+            Rate::parse("0.1").unwrap(),
+            Rate::parse("0.05").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(t.total, Money(2749));
+        assert_eq!(t.tax, Money(275)); // 274.9
+        assert_eq!(t.service_charge, Money(137)); // 137.45
+        assert_eq!(t.grand_total, Money(2749 + 275 + 137));
+        assert_eq!(Totals::of(&[item(1, u64::MAX, 2)], Rate(0), Rate(0)), None);
+    }
+
+    #[test]
+    fn strategies_against_shared_stock() {
+        let items = [item(1, 4, 100), item(2, 2, 100), item(1, 3, 100)];
+        let stock = HashMap::from([(ProductId(1), 5), (ProductId(2), 9)]);
+        assert_eq!(
+            allocate(&items, &stock, Strategy::Adjust),
+            Ok(vec![4, 2, 1])
+        );
+        assert_eq!(
+            allocate(&items, &stock, Strategy::Ignore),
+            Ok(vec![4, 2, 0])
+        );
+        assert_eq!(
+            allocate(&items, &stock, Strategy::Reject),
+            Err(vec![Shortage {
+                product_id: ProductId(1),
+                requested: 3,
+                available: 1
+            }])
+        );
+        let enough = HashMap::from([(ProductId(1), 7), (ProductId(2), 2)]);
+        assert_eq!(
+            allocate(&items, &enough, Strategy::Reject),
+            Ok(vec![4, 2, 3])
+        );
+    }
+}
