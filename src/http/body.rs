@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -136,4 +138,40 @@ async fn parse_multipart(content_type: &str, body: Bytes) -> Result<Fields, ApiE
         pairs.push((name, value));
     }
     Ok(Fields::Text(pairs))
+}
+
+/// Parses a JSON body into `T`: 415 for another content type, 400 for bytes
+/// that are not JSON, 422 for JSON of the wrong shape (missing, unknown or
+/// mistyped fields), each naming what is wrong.
+pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json"
+            && !(essence.starts_with("application/") && essence.ends_with("+json"))
+        {
+            return Err(ApiError::new(
+                hyper::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content type {ct:?}; send application/json"),
+            ));
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            Category::Data if path == "." => ApiError::unprocessable(inner.to_string()),
+            Category::Data => ApiError::unprocessable(format!("{path}: {inner}")),
+            _ => ApiError::bad_request(format!("invalid JSON: {inner}")),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    Ok(value)
 }

@@ -7,7 +7,7 @@ use hyper::header::{ALLOW, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use super::{Body, json_response};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, ProcessRefusal};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -15,6 +15,9 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// For 405: the methods the route does take.
     pub allow: Option<&'static str>,
+    /// A whole body to send instead of `{"error": message}`, for APIs whose
+    /// clients expect their own error shape.
+    pub body: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
             status,
             message: message.into(),
             allow: None,
+            body: None,
         }
     }
 
@@ -67,9 +71,16 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }
 
+    pub fn with_body(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
     pub fn into_response(self) -> Response<Body> {
-        let mut response =
-            json_response(self.status, &serde_json::json!({ "error": self.message }));
+        let body = self
+            .body
+            .unwrap_or_else(|| serde_json::json!({ "error": self.message }));
+        let mut response = json_response(self.status, &body);
         if let Some(allow) = self.allow {
             response
                 .headers_mut()
@@ -81,6 +92,42 @@ impl ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
-        ApiError::unprocessable(e.to_string())
+        use serde_json::json;
+        let message = e.to_string();
+        match e {
+            BrokerError::OrderNotFound
+            | BrokerError::ProductNotFound(_)
+            | BrokerError::CustomerNotFound(_) => ApiError::not_found(message),
+            BrokerError::IdTaken(_) | BrokerError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, message)
+            }
+            BrokerError::VersionMismatch { current } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, message.clone())
+                    .with_body(json!({ "error": message, "version": current }))
+            }
+            BrokerError::InvalidItem { index, .. } => ApiError::unprocessable(message.clone())
+                .with_body(json!({ "error": message, "item": index })),
+            BrokerError::OutOfStock(short) => ApiError::bad_request(message.clone())
+                .with_body(json!({ "error": message, "items": short })),
+            BrokerError::ProcessRefused(why) => {
+                let (reason, items) = match why {
+                    ProcessRefusal::AlreadyProcessed => ("already_processed", None),
+                    ProcessRefusal::Balance => ("insufficient_balance", None),
+                    ProcessRefusal::NoCustomer => ("no_customer", None),
+                    ProcessRefusal::Cancelled => ("cancelled", None),
+                    ProcessRefusal::Rejected(short) => ("rejected", Some(short)),
+                };
+                let mut body = json!({ "error": message, "reason": reason });
+                if let Some(items) = items {
+                    body["items"] = json!(items);
+                }
+                ApiError::bad_request(message).with_body(body)
+            }
+            BrokerError::Lifecycle(_) => ApiError::bad_request(message),
+            BrokerError::TextTooLong { .. }
+            | BrokerError::TooManySymbols { .. }
+            | BrokerError::VersionExhausted
+            | BrokerError::Invalid(_) => ApiError::unprocessable(message),
+        }
     }
 }

@@ -3,9 +3,12 @@
 //! live in one module per API group; errors become responses in `error`.
 
 pub mod body;
+mod catalog;
 pub mod error;
+mod lifecycle;
 mod ops;
 mod order_store;
+mod orders;
 
 use std::convert::Infallible;
 
@@ -27,12 +30,26 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// What a path leads to; the methods each takes are in [`Route::allow`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
+    // The seed order_store API (paths from the config).
     Update,
     GetAll,
     GetCurrentOrder,
     GetCompletedOrders,
     GetNewOrders,
     GetStatus,
+    // Catalog and customers.
+    Products,
+    Product,
+    Customers,
+    Customer,
+    CustomerOrders,
+    // Orders with items.
+    Orders,
+    MyOrders,
+    Order,
+    OrderItems,
+    ProcessOrder,
+    Lifecycle,
     Healthz,
 }
 
@@ -41,8 +58,57 @@ impl Route {
     fn allow(self) -> &'static str {
         match self {
             Route::Update => "PUT, POST, OPTIONS",
+            Route::Products | Route::Customers | Route::CustomerOrders | Route::Orders => {
+                "GET, HEAD, POST, OPTIONS"
+            }
+            Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
+            Route::OrderItems => "PUT, OPTIONS",
+            Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
+            Route::Lifecycle => "POST, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
+    }
+
+    /// The fixed paths; the seed's come from the config.
+    const FIXED: [(&'static str, Route); 12] = [
+        ("/healthz", Route::Healthz),
+        ("/products", Route::Products),
+        ("/products/{id}", Route::Product),
+        ("/customers", Route::Customers),
+        ("/customers/{id}", Route::Customer),
+        ("/customers/{id}/orders", Route::CustomerOrders),
+        ("/orders", Route::Orders),
+        ("/orders/my-orders", Route::MyOrders),
+        ("/orders/{id}", Route::Order),
+        ("/orders/{id}/items", Route::OrderItems),
+        ("/api/orders/{id}", Route::ProcessOrder),
+        ("/api/store/orders/{action}", Route::Lifecycle),
+    ];
+}
+
+/// A request whose body has been read (within the size limit).
+pub struct Req {
+    pub method: Method,
+    pub uri: hyper::Uri,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+    /// The path parameter (`{id}` or `{action}`), if the route has one.
+    pub param: Option<String>,
+}
+
+impl Req {
+    /// The query string's pairs, decoded.
+    pub fn query(&self) -> Result<Vec<(String, String)>, ApiError> {
+        serde_urlencoded::from_str(self.uri.query().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+    }
+
+    /// The path parameter as a numeric id; 404 with `what` if it is not one.
+    pub fn id(&self, what: &'static str) -> Result<u64, ApiError> {
+        self.param
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| ApiError::not_found(what))
     }
 }
 
@@ -53,6 +119,7 @@ pub struct App {
     max_body_bytes: usize,
     cors_origin: Option<HeaderValue>,
     views: order_store::ViewCache,
+    store_name: String,
 }
 
 impl App {
@@ -67,13 +134,13 @@ impl App {
             (&urls.url_get_completed_orders, Route::GetCompletedOrders),
             (&urls.url_get_new_orders, Route::GetNewOrders),
             (&urls.url_get_status, Route::GetStatus),
-            ("/healthz", Route::Healthz),
         ];
         routes.extend(
             urls.url_update_aliases
                 .iter()
                 .map(|u| (u.as_str(), Route::Update)),
         );
+        routes.extend(Route::FIXED);
         let mut router = matchit::Router::new();
         for (path, route) in routes {
             router
@@ -92,6 +159,7 @@ impl App {
             max_body_bytes: config.limits.max_body_bytes,
             cors_origin,
             views: order_store::ViewCache::default(),
+            store_name: config.shop.store_name.clone(),
         })
     }
 
@@ -119,32 +187,65 @@ impl App {
             .at(req.uri().path())
             .map_err(|_| ApiError::not_found("Not found"))?;
         let route = *matched.value;
-        // Only get_status has a parameter; copy it out so `req` can move on.
-        let id_param = matched.params.get("id").map(str::to_owned);
-        let method = req.method().clone();
-        if method == Method::OPTIONS {
-            return Ok(preflight(route, &req));
+        let param = matched.params.iter().next().map(|(_, v)| v.to_owned());
+        if req.method() == Method::OPTIONS {
+            return Ok(preflight(route, req.headers()));
         }
-        let read = method == Method::GET || method == Method::HEAD;
-        let write = method == Method::PUT || method == Method::POST;
+        let (parts, body) = req.into_parts();
+        let body = body::read_limited(&parts.headers, body, self.max_body_bytes).await?;
+        let req = Req {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+            param,
+        };
+        let read = req.method == Method::GET || req.method == Method::HEAD;
+        let m = &req.method;
         match route {
-            Route::Update if write => order_store::update(self, req).await,
+            Route::Update if m == Method::PUT || m == Method::POST => {
+                order_store::update(self, &req).await
+            }
             Route::GetAll if read => Ok(order_store::get_all(self)),
             Route::GetCurrentOrder if read => Ok(order_store::get_current_order(self)),
             Route::GetCompletedOrders if read => Ok(order_store::get_completed_orders(self)),
             Route::GetNewOrders if read => Ok(order_store::get_new_orders(self)),
-            Route::GetStatus if read => order_store::get_status(self, id_param.as_deref()),
+            Route::GetStatus if read => order_store::get_status(self, req.param.as_deref()),
             Route::Healthz if read => Ok(ops::healthz(self)),
+
+            Route::Products if read => catalog::list_products(self),
+            Route::Products if m == Method::POST => catalog::create_product(self, &req),
+            Route::Product if read => catalog::get_product(self, &req),
+            Route::Product if m == Method::PUT => catalog::update_product(self, &req),
+            Route::Product if m == Method::DELETE => catalog::delete_product(self, &req),
+            Route::Customers if read => catalog::list_customers(self),
+            Route::Customers if m == Method::POST => catalog::create_customer(self, &req),
+            Route::Customer if read => catalog::get_customer(self, &req),
+            Route::Customer if m == Method::PUT => catalog::update_customer(self, &req),
+            Route::Customer if m == Method::DELETE => catalog::delete_customer(self, &req),
+
+            Route::Orders if read => orders::list(self, &req),
+            Route::Orders if m == Method::POST => orders::create(self, &req, None),
+            Route::CustomerOrders if read => orders::customer_orders(self, &req),
+            Route::CustomerOrders if m == Method::POST => {
+                let customer = req.id("Customer not found")?;
+                orders::create(self, &req, Some(customer))
+            }
+            Route::Order | Route::ProcessOrder if read => orders::get(self, &req),
+            Route::Order if m == Method::PUT => orders::set_status(self, &req),
+            Route::Order if m == Method::DELETE => orders::delete(self, &req),
+            Route::OrderItems if m == Method::PUT => orders::replace_items(self, &req),
+            Route::ProcessOrder if m == Method::PUT => orders::process(self, &req),
+            Route::Lifecycle if m == Method::POST => lifecycle::transition(self, &req),
             _ => Err(ApiError::method_not_allowed(route.allow())),
         }
     }
 }
 
 /// `OPTIONS`: the methods the route takes, and CORS preflight answers.
-fn preflight(route: Route, req: &Request<Incoming>) -> Response<Body> {
+fn preflight(route: Route, headers: &hyper::HeaderMap) -> Response<Body> {
     let allow = HeaderValue::from_static(route.allow());
-    let requested = req
-        .headers()
+    let requested = headers
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("content-type"));

@@ -4,22 +4,19 @@
 //! more often than orders change.
 
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::body::{Field, Fields, parse_fields, read_limited};
+use super::body::{Field, Fields, parse_fields};
 use super::error::ApiError;
-use super::{App, Body, json_bytes, json_response};
+use super::{App, Body, Req, json_bytes, json_response};
 use crate::model::{Millis, OrderId, Stage, Version};
 
 /// `PUT|POST /update_order`: create or update one order.
-pub async fn update(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let (parts, body) = req.into_parts();
-    let bytes = read_limited(&parts.headers, body, app.max_body_bytes).await?;
-    let fields = parse_fields(&parts.headers, bytes).await?;
+pub async fn update(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let fields = parse_fields(&req.headers, req.body.clone()).await?;
     let update = UpdateOrder::from_fields(&fields)?;
     app.broker()
         .update_status(update.id, update.status, update.orderbot_id.as_deref())?;

@@ -1,0 +1,138 @@
+//! The Order Status API: `POST /api/store/orders/{confirm,paid,complete,cancel}`
+//! by order number, with the seed's response shape, numeric codes and error
+//! bodies (`{"error_message", "error_code", "errors": {field: message}}`).
+
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{App, Body, Req, json_response};
+use crate::broker::{BrokerError, LifecycleError, Transition};
+use crate::model::{Order, OrderId};
+use crate::shop::Lifecycle;
+
+pub fn transition(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let action = match req.param.as_deref() {
+        Some("confirm") => Transition::Confirm,
+        Some("paid") => Transition::Paid,
+        Some("complete") => Transition::Complete,
+        Some("cancel") => Transition::Cancel,
+        _ => return Err(ApiError::not_found("Not found")),
+    };
+    // confirm names the order `number`, the others `order`; take either.
+    let field = if action == Transition::Confirm {
+        "number"
+    } else {
+        "order"
+    };
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let number = ["number", "order"]
+        .iter()
+        .find_map(|k| body.get(k))
+        .and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            refusal(
+                "invalid_order_number",
+                "Invalid order number",
+                field,
+                "Order number is required",
+            )
+        })?;
+    let method = ["payment_method", "paymentMethod"]
+        .iter()
+        .find_map(|k| body.get(k))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let event = app
+        .broker()
+        .transition(&number, action, method)
+        .map_err(|e| match e {
+            BrokerError::OrderNotFound => refusal(
+                "invalid_order_number",
+                "Invalid order number",
+                field,
+                "Order not found",
+            ),
+            BrokerError::Lifecycle(e) => lifecycle_refusal(e, field),
+            other => other.into(),
+        })?;
+    let (id, order) = event.order().expect("transitions publish the order");
+    Ok(json_response(StatusCode::OK, &answer(app, id, order)))
+}
+
+fn lifecycle_refusal(e: LifecycleError, field: &str) -> ApiError {
+    match e {
+        LifecycleError::InvalidStatus(state) => refusal(
+            "invalid_status",
+            "Invalid order status",
+            "status",
+            &format!(
+                "Order is {}; only New orders can be confirmed",
+                state.text()
+            ),
+        ),
+        LifecycleError::AlreadyPaid => refusal(
+            "already_paid",
+            "Order already paid",
+            field,
+            "Order already paid",
+        ),
+        LifecycleError::AlreadyCompleted => refusal(
+            "order_already_completed",
+            "Order already completed",
+            field,
+            "Order already completed",
+        ),
+        LifecycleError::AlreadyCanceled => refusal(
+            "order_already_canceled",
+            "Order already canceled",
+            field,
+            "Order already canceled",
+        ),
+    }
+}
+
+/// 400 in the seed's error shape.
+fn refusal(code: &str, message: &str, field: &str, detail: &str) -> ApiError {
+    ApiError::bad_request(message.to_string()).with_body(json!({
+        "error_message": message,
+        "error_code": code,
+        "errors": { field: detail },
+    }))
+}
+
+/// The seed's order answer.
+fn answer(app: &App, id: OrderId, order: &Order) -> Value {
+    let shop = order
+        .shop
+        .as_deref()
+        .expect("orders with numbers have shop details");
+    let state = Lifecycle::of(order.stage);
+    let customer = shop.customer_id.and_then(|c| app.broker().customer(c));
+    json!({
+        "id": id,
+        "number": shop.number,
+        "total": shop.totals.total,
+        "tax": shop.totals.tax,
+        "serviceCharge": shop.totals.service_charge,
+        "grandTotal": shop.totals.grand_total,
+        "tableNumber": shop.table_number,
+        "channel": shop.channel,
+        "notes": shop.notes,
+        "status": state.code(),
+        "deliveryStatus": Value::Null,
+        "statusText": state.text(),
+        "storeName": app.store_name,
+        "userID": shop.customer_id,
+        "created": order.created.0 / 1000,
+        "paymentMethod": shop.payment_method,
+        "paymentStatus": shop.payment_status,
+        "user": customer.map(|c| json!({"id": c.id, "name": c.name, "phone": c.phone})),
+        "delivery_info": Value::Null,
+        "version": order.version,
+    })
+}

@@ -1,0 +1,364 @@
+//! `/orders`: shop orders with items (create, list with filters and a
+//! cursor, read, change status or items, delete) and processing against
+//! stock and balance (`PUT /api/orders/{id}`). Every order answer carries
+//! its version as an `ETag`; writes honour `If-Match` (412 when stale).
+
+use hyper::header::{ETAG, HeaderValue, IF_MATCH, LINK};
+use hyper::{Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::body::json;
+use super::catalog::created;
+use super::error::ApiError;
+use super::{App, Body, Req, empty, json_response};
+use crate::broker::{BrokerError, NewItem, NewOrder, OrderFilter};
+use crate::catalog::{CustomerId, ProductId};
+use crate::feed::Event;
+use crate::model::{Millis, Order, OrderId, Stage, Version};
+use crate::shop::{ShopOrder, Strategy};
+use crate::symbols::SymbolsReader;
+
+const NO_ORDER: &str = "Order not found";
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// An order as the `/orders` API shows it: the core fields, and the shop
+/// details when it has them.
+#[derive(Serialize)]
+pub struct OrderBody<'a> {
+    id: OrderId,
+    status: &'a str,
+    stage: Stage,
+    orderbot_id: Option<&'a str>,
+    version: Version,
+    created: Millis,
+    updated: Millis,
+    #[serde(flatten)]
+    shop: Option<&'a ShopOrder>,
+}
+
+impl<'a> OrderBody<'a> {
+    pub fn new(id: OrderId, order: &'a Order, symbols: &'a SymbolsReader<'_>) -> Self {
+        OrderBody {
+            id,
+            status: symbols.text(order.status),
+            stage: order.stage,
+            orderbot_id: order.orderbot_id.map(|b| symbols.text(b)),
+            version: order.version,
+            created: order.created,
+            updated: order.updated,
+            shop: order.shop.as_deref(),
+        }
+    }
+}
+
+/// One order with its `ETag`.
+fn order_response(app: &App, status: StatusCode, id: OrderId, order: &Order) -> Response<Body> {
+    let symbols = app.broker().symbols();
+    let mut response = json_response(status, &OrderBody::new(id, order, &symbols));
+    drop(symbols);
+    with_etag(&mut response, order.version);
+    response
+}
+
+fn with_etag(response: &mut Response<Body>, version: Version) {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{}\"", version.0)) {
+        response.headers_mut().insert(ETAG, value);
+    }
+}
+
+fn event_response(app: &App, status: StatusCode, event: &Event) -> Response<Body> {
+    let (id, order) = event.order().expect("order operations publish the order");
+    order_response(app, status, id, order)
+}
+
+/// The version an `If-Match` header asks for: `"3"`, `W/"3"` or `3`; `*` is
+/// any version. Anything else is 400.
+fn expected_version(req: &Req) -> Result<Option<Version>, ApiError> {
+    let Some(value) = req.headers.get(IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    bare.parse()
+        .map(|v| Some(Version(v)))
+        .map_err(|_| ApiError::bad_request("If-Match must be an ETag such as \"3\""))
+}
+
+fn order_id(req: &Req) -> Result<OrderId, ApiError> {
+    req.id(NO_ORDER).map(OrderId)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderIn {
+    customer_id: Option<u64>,
+    items: Vec<Value>,
+    #[serde(default)]
+    notes: String,
+    table_number: Option<Value>,
+    #[serde(default)]
+    channel: String,
+    /// Refuse the order when an item asks for more than is in stock now.
+    #[serde(default)]
+    check_stock: bool,
+}
+
+/// Reads items: each an object with `product_id` and a positive integer
+/// `quantity`; other keys (a client's own price, a name) are ignored, since
+/// prices are taken from the catalog.
+fn parse_items(items: &[Value]) -> Result<Vec<NewItem>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let bad = |reason: &str| {
+                ApiError::from(BrokerError::InvalidItem {
+                    index,
+                    reason: reason.into(),
+                })
+            };
+            let product_id = item
+                .get("product_id")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("product_id must be a non-negative integer"))?;
+            let quantity = item
+                .get("quantity")
+                .and_then(Value::as_u64)
+                .filter(|q| *q > 0)
+                .ok_or_else(|| bad("quantity must be a positive integer"))?;
+            Ok(NewItem {
+                product_id: ProductId(product_id),
+                quantity,
+            })
+        })
+        .collect()
+}
+
+/// `POST /orders` and `POST /customers/{id}/orders`.
+pub fn create(
+    app: &App,
+    req: &Req,
+    path_customer: Option<u64>,
+) -> Result<Response<Body>, ApiError> {
+    let body: OrderIn = json(&req.headers, &req.body)?;
+    if let Some(c) = path_customer {
+        if app.broker().customer(CustomerId(c)).is_none() {
+            return Err(ApiError::not_found("Customer not found"));
+        }
+        if body.customer_id.is_some_and(|b| b != c) {
+            return Err(ApiError::unprocessable(
+                "customer_id differs from the customer in the path",
+            ));
+        }
+    }
+    let table_number = match body.table_number {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "table_number must be text or a number",
+            ));
+        }
+    };
+    let new = NewOrder {
+        customer_id: path_customer.or(body.customer_id).map(CustomerId),
+        items: parse_items(&body.items)?,
+        notes: body.notes,
+        table_number,
+        channel: body.channel,
+        check_stock: body.check_stock,
+    };
+    let event = app.broker().create_order(new).map_err(|e| match e {
+        // A customer named in the body is bad data, not a missing page.
+        BrokerError::CustomerNotFound(_) => ApiError::unprocessable(e.to_string()),
+        other => other.into(),
+    })?;
+    let (id, order) = event.order().expect("create publishes the order");
+    let symbols = app.broker().symbols();
+    let mut response = created(
+        &format!("/orders/{id}"),
+        &OrderBody::new(id, order, &symbols),
+    );
+    drop(symbols);
+    with_etag(&mut response, order.version);
+    Ok(response)
+}
+
+/// `GET /orders?customer_id=&status=&stage=&limit=&after=`: a JSON array,
+/// ascending by id; `Link: <...>; rel="next"` and `X-Next-Cursor` name the
+/// next page when there may be one.
+pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let mut filter = OrderFilter {
+        limit: DEFAULT_PAGE,
+        ..OrderFilter::default()
+    };
+    let number = |key: &str, value: &str| {
+        value
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("{key} must be a non-negative integer")))
+    };
+    for (key, value) in req.query()? {
+        match key.as_str() {
+            "customer_id" => filter.customer_id = Some(CustomerId(number(&key, &value)?)),
+            "status" => filter.status = Some(value),
+            "stage" => {
+                filter.stage = Some(
+                    Stage::ALL
+                        .into_iter()
+                        .find(|s| s.as_str() == value)
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "stage must be new, in_progress, completed or cancelled",
+                            )
+                        })?,
+                )
+            }
+            "limit" => {
+                let limit = number(&key, &value)? as usize;
+                if !(1..=MAX_PAGE).contains(&limit) {
+                    return Err(ApiError::bad_request(format!(
+                        "limit must be 1 to {MAX_PAGE}"
+                    )));
+                }
+                filter.limit = limit;
+            }
+            "after" => filter.after = Some(OrderId(number(&key, &value)?)),
+            _ => {}
+        }
+    }
+    let (page, next) = app.broker().list_orders(&filter);
+    let symbols = app.broker().symbols();
+    let bodies: Vec<OrderBody<'_>> = page
+        .iter()
+        .map(|(id, o)| OrderBody::new(*id, o, &symbols))
+        .collect();
+    let mut response = json_response(StatusCode::OK, &bodies);
+    drop(bodies);
+    drop(symbols);
+    if let Some(next) = next {
+        let mut query: Vec<(String, String)> = req
+            .query()?
+            .into_iter()
+            .filter(|(k, _)| k != "after")
+            .collect();
+        query.push(("after".into(), next.to_string()));
+        let link = format!(
+            "</orders?{}>; rel=\"next\"",
+            serde_urlencoded::to_string(&query).unwrap_or_default()
+        );
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            headers.insert(LINK, v);
+        }
+        headers.insert("x-next-cursor", HeaderValue::from(next.0));
+    }
+    Ok(response)
+}
+
+/// `GET /customers/{id}/orders`: 404 when the customer has none, as the seed does.
+pub fn customer_orders(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let customer = CustomerId(req.id("Customer not found")?);
+    let ids = app.broker().customer_order_ids(customer);
+    let orders: Vec<(OrderId, Order)> = ids
+        .into_iter()
+        .filter_map(|id| app.broker().get(id).map(|o| (id, o)))
+        .collect();
+    if orders.is_empty() {
+        return Err(ApiError::not_found("No orders found for this customer"));
+    }
+    let symbols = app.broker().symbols();
+    let bodies: Vec<OrderBody<'_>> = orders
+        .iter()
+        .map(|(id, o)| OrderBody::new(*id, o, &symbols))
+        .collect();
+    Ok(json_response(StatusCode::OK, &bodies))
+}
+
+/// `GET /orders/{id}` (and `GET /api/orders/{id}`).
+pub fn get(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = order_id(req)?;
+    let order = app
+        .broker()
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(NO_ORDER))?;
+    Ok(order_response(app, StatusCode::OK, id, &order))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusIn {
+    status: String,
+}
+
+/// `PUT /orders/{id}` `{"status": ...}`.
+pub fn set_status(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = order_id(req)?;
+    let body: StatusIn = json(&req.headers, &req.body)?;
+    if body.status.is_empty() {
+        return Err(ApiError::unprocessable("status must not be empty"));
+    }
+    let event = app
+        .broker()
+        .set_status(id, &body.status, expected_version(req)?)?;
+    Ok(event_response(app, StatusCode::OK, &event))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemsIn {
+    items: Vec<Value>,
+}
+
+/// `PUT /orders/{id}/items`: only before the order is processed or confirmed.
+pub fn replace_items(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = order_id(req)?;
+    let body: ItemsIn = json(&req.headers, &req.body)?;
+    let items = parse_items(&body.items)?;
+    let event = app
+        .broker()
+        .replace_items(id, &items, expected_version(req)?)?;
+    Ok(event_response(app, StatusCode::OK, &event))
+}
+
+/// `DELETE /orders/{id}`: 409 once processed.
+pub fn delete(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    app.broker()
+        .delete_order(order_id(req)?, expected_version(req)?)?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+#[derive(Deserialize)]
+struct ProcessIn {
+    #[serde(default)]
+    process: Value,
+    #[serde(default)]
+    strategy: Value,
+}
+
+/// `PUT /api/orders/{id}` `{"process": true, "strategy": "adjust"|"reject"|"ignore"}`.
+pub fn process(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = order_id(req)?;
+    let body: ProcessIn = json(&req.headers, &req.body)?;
+    let strategy = match &body.strategy {
+        Value::Null => Strategy::default(),
+        Value::String(s) if s == "adjust" => Strategy::Adjust,
+        Value::String(s) if s == "reject" => Strategy::Reject,
+        Value::String(s) if s == "ignore" => Strategy::Ignore,
+        _ => {
+            return Err(ApiError::bad_request(
+                "strategy must be adjust, reject or ignore",
+            ));
+        }
+    };
+    if body.process != Value::Bool(true) {
+        return get(app, req);
+    }
+    let event = app.broker().process(id, strategy, expected_version(req)?)?;
+    Ok(event_response(app, StatusCode::OK, &event))
+}
