@@ -80,6 +80,9 @@ pub struct Limits {
     pub max_symbols: usize,
     /// Seconds a client may take to send a request's headers (slowloris guard).
     pub header_read_timeout_secs: u64,
+    /// Most `Idempotency-Key` answers kept at once; past it (after dropping
+    /// expired ones) a new key gets 503.
+    pub max_idempotency_keys: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +93,8 @@ pub struct HttpConfig {
     pub cors_allow_origin: String,
     /// Seconds to let requests in flight finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
+    /// Seconds an `Idempotency-Key`'s first answer is kept for replays.
+    pub idempotency_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +179,7 @@ impl Default for Limits {
             max_text_bytes: 256,
             max_symbols: 1 << 20,
             header_read_timeout_secs: 10,
+            max_idempotency_keys: 100_000,
         }
     }
 }
@@ -183,6 +189,7 @@ impl Default for HttpConfig {
         HttpConfig {
             cors_allow_origin: "*".into(),
             shutdown_grace_secs: 10,
+            idempotency_ttl_secs: 600,
         }
     }
 }
@@ -345,6 +352,11 @@ impl Config {
                 l.header_read_timeout_secs as usize,
             ),
             ("events.history_size", self.events.history_size),
+            ("limits.max_idempotency_keys", l.max_idempotency_keys),
+            (
+                "http.idempotency_ttl_secs",
+                self.http.idempotency_ttl_secs as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError(format!("{key} must be greater than 0")));

@@ -5,6 +5,7 @@
 pub mod body;
 mod catalog;
 pub mod error;
+mod idempotency;
 mod lifecycle;
 mod ops;
 mod order_store;
@@ -120,6 +121,7 @@ pub struct App {
     cors_origin: Option<HeaderValue>,
     views: order_store::ViewCache,
     store_name: String,
+    idempotency: idempotency::Idempotency,
 }
 
 impl App {
@@ -160,6 +162,10 @@ impl App {
             cors_origin,
             views: order_store::ViewCache::default(),
             store_name: config.shop.store_name.clone(),
+            idempotency: idempotency::Idempotency::new(
+                std::time::Duration::from_secs(config.http.idempotency_ttl_secs),
+                config.limits.max_idempotency_keys,
+            ),
         })
     }
 
@@ -200,11 +206,34 @@ impl App {
             body,
             param,
         };
+        if req.method == Method::GET || req.method == Method::HEAD {
+            return self.dispatch(route, &req).await;
+        }
+        match self.idempotency.claim(&req)? {
+            None => self.dispatch(route, &req).await,
+            Some(idempotency::Claim::Answer(response)) => Ok(response),
+            Some(idempotency::Claim::Run { scope, fingerprint }) => {
+                let mut guard = idempotency::ClaimGuard {
+                    idempotency: &self.idempotency,
+                    scope: Some(scope),
+                };
+                let response = match self.dispatch(route, &req).await {
+                    Ok(response) => response,
+                    Err(e) => e.into_response(),
+                };
+                let scope = guard.scope.take().expect("set above");
+                Ok(self.idempotency.finish(scope, fingerprint, response).await)
+            }
+        }
+    }
+
+    /// Sends a request to its handler by route and method.
+    async fn dispatch(&self, route: Route, req: &Req) -> Result<Response<Body>, ApiError> {
         let read = req.method == Method::GET || req.method == Method::HEAD;
         let m = &req.method;
         match route {
             Route::Update if m == Method::PUT || m == Method::POST => {
-                order_store::update(self, &req).await
+                order_store::update(self, req).await
             }
             Route::GetAll if read => Ok(order_store::get_all(self)),
             Route::GetCurrentOrder if read => Ok(order_store::get_current_order(self)),
@@ -214,29 +243,29 @@ impl App {
             Route::Healthz if read => Ok(ops::healthz(self)),
 
             Route::Products if read => catalog::list_products(self),
-            Route::Products if m == Method::POST => catalog::create_product(self, &req),
-            Route::Product if read => catalog::get_product(self, &req),
-            Route::Product if m == Method::PUT => catalog::update_product(self, &req),
-            Route::Product if m == Method::DELETE => catalog::delete_product(self, &req),
+            Route::Products if m == Method::POST => catalog::create_product(self, req),
+            Route::Product if read => catalog::get_product(self, req),
+            Route::Product if m == Method::PUT => catalog::update_product(self, req),
+            Route::Product if m == Method::DELETE => catalog::delete_product(self, req),
             Route::Customers if read => catalog::list_customers(self),
-            Route::Customers if m == Method::POST => catalog::create_customer(self, &req),
-            Route::Customer if read => catalog::get_customer(self, &req),
-            Route::Customer if m == Method::PUT => catalog::update_customer(self, &req),
-            Route::Customer if m == Method::DELETE => catalog::delete_customer(self, &req),
+            Route::Customers if m == Method::POST => catalog::create_customer(self, req),
+            Route::Customer if read => catalog::get_customer(self, req),
+            Route::Customer if m == Method::PUT => catalog::update_customer(self, req),
+            Route::Customer if m == Method::DELETE => catalog::delete_customer(self, req),
 
-            Route::Orders if read => orders::list(self, &req),
-            Route::Orders if m == Method::POST => orders::create(self, &req, None),
-            Route::CustomerOrders if read => orders::customer_orders(self, &req),
+            Route::Orders if read => orders::list(self, req),
+            Route::Orders if m == Method::POST => orders::create(self, req, None),
+            Route::CustomerOrders if read => orders::customer_orders(self, req),
             Route::CustomerOrders if m == Method::POST => {
                 let customer = req.id("Customer not found")?;
-                orders::create(self, &req, Some(customer))
+                orders::create(self, req, Some(customer))
             }
-            Route::Order | Route::ProcessOrder if read => orders::get(self, &req),
-            Route::Order if m == Method::PUT => orders::set_status(self, &req),
-            Route::Order if m == Method::DELETE => orders::delete(self, &req),
-            Route::OrderItems if m == Method::PUT => orders::replace_items(self, &req),
-            Route::ProcessOrder if m == Method::PUT => orders::process(self, &req),
-            Route::Lifecycle if m == Method::POST => lifecycle::transition(self, &req),
+            Route::Order | Route::ProcessOrder if read => orders::get(self, req),
+            Route::Order if m == Method::PUT => orders::set_status(self, req),
+            Route::Order if m == Method::DELETE => orders::delete(self, req),
+            Route::OrderItems if m == Method::PUT => orders::replace_items(self, req),
+            Route::ProcessOrder if m == Method::PUT => orders::process(self, req),
+            Route::Lifecycle if m == Method::POST => lifecycle::transition(self, req),
             _ => Err(ApiError::method_not_allowed(route.allow())),
         }
     }

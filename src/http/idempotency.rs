@@ -1,0 +1,197 @@
+//! `Idempotency-Key` on writes: the first answer to a key is kept for
+//! `http.idempotency_ttl_secs` and replayed to any repeat of the same request
+//! (same credentials, method, path and body) without running it again. A
+//! repeat while the first is still running gets 409; the same key with a
+//! different request gets 422. Keys are scoped to the caller's credentials,
+//! so one client never sees another's answer.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use super::error::ApiError;
+use super::{Body, Req, full};
+
+pub const HEADER: &str = "idempotency-key";
+const MAX_KEY_BYTES: usize = 255;
+
+enum Slot {
+    Running,
+    Done {
+        fingerprint: u64,
+        at: Instant,
+        answer: Stored,
+    },
+}
+
+#[derive(Clone)]
+struct Stored {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+pub struct Idempotency {
+    /// Scope (credentials, method, path, key) → the first request's slot.
+    slots: DashMap<String, Slot>,
+    ttl: Duration,
+    max_keys: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// What to do with a request that carries a key.
+pub enum Claim {
+    /// Run it, then `finish` with its answer.
+    Run { scope: String, fingerprint: u64 },
+    /// Answer with this, without running it.
+    Answer(Response<Body>),
+}
+
+impl Idempotency {
+    pub fn new(ttl: Duration, max_keys: usize) -> Self {
+        Idempotency {
+            slots: DashMap::new(),
+            ttl,
+            max_keys,
+            hasher: Default::default(),
+        }
+    }
+
+    /// Claims the request's key; None if the request has no key.
+    pub fn claim(&self, req: &Req) -> Result<Option<Claim>, ApiError> {
+        let Some(key) = req.headers.get(HEADER) else {
+            return Ok(None);
+        };
+        let key = key
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_BYTES)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Idempotency-Key must be 1 to {MAX_KEY_BYTES} characters of text"
+                ))
+            })?;
+        let credentials = req
+            .headers
+            .get(AUTHORIZATION)
+            .map(|v| self.hasher.hash_one(v.as_bytes()))
+            .unwrap_or(0);
+        let scope = format!("{credentials:x} {} {} {key}", req.method, req.uri.path());
+        let mut h = self.hasher.build_hasher();
+        req.uri.query().hash(&mut h);
+        req.body.hash(&mut h);
+        let fingerprint = h.finish();
+
+        // Size checks first: `len` and `retain` lock every shard, so they
+        // must not run while `entry` holds one.
+        if self.slots.len() >= self.max_keys {
+            self.slots.retain(|_, slot| !self.expired(slot));
+        }
+        let full = self.slots.len() >= self.max_keys;
+        match self.slots.entry(scope.clone()) {
+            Entry::Occupied(mut e) => match e.get() {
+                slot if self.expired(slot) => {
+                    e.insert(Slot::Running);
+                    Ok(Some(Claim::Run { scope, fingerprint }))
+                }
+                Slot::Running => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "a request with this Idempotency-Key is still in progress",
+                )),
+                Slot::Done { fingerprint: f, .. } if *f != fingerprint => {
+                    Err(ApiError::unprocessable(
+                        "this Idempotency-Key was used for a different request",
+                    ))
+                }
+                Slot::Done { answer, .. } => Ok(Some(Claim::Answer(replay(answer.clone())))),
+            },
+            Entry::Vacant(v) => {
+                if full {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many Idempotency-Keys in use; retry later",
+                    ));
+                }
+                v.insert(Slot::Running);
+                Ok(Some(Claim::Run { scope, fingerprint }))
+            }
+        }
+    }
+
+    /// Keeps the answer for replays (server errors are not kept: a retry
+    /// should run again) and returns it to send.
+    pub async fn finish(
+        &self,
+        scope: String,
+        fingerprint: u64,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        use http_body_util::BodyExt;
+        if response.status().is_server_error() {
+            self.slots.remove(&scope);
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        // Write answers are buffered bodies; collecting them cannot fail.
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let answer = Stored {
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        };
+        self.slots.insert(
+            scope,
+            Slot::Done {
+                fingerprint,
+                at: Instant::now(),
+                answer,
+            },
+        );
+        Response::from_parts(parts, full(body))
+    }
+
+    /// Frees the key if the request never finished (its task was dropped).
+    pub fn abandon(&self, scope: &str) {
+        self.slots
+            .remove_if(scope, |_, slot| matches!(slot, Slot::Running));
+    }
+
+    fn expired(&self, slot: &Slot) -> bool {
+        matches!(slot, Slot::Done { at, .. } if at.elapsed() >= self.ttl)
+    }
+}
+
+fn replay(answer: Stored) -> Response<Body> {
+    let mut response = Response::new(full(answer.body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    response.headers_mut().insert(
+        HeaderName::from_static("idempotent-replayed"),
+        HeaderValue::from_static("true"),
+    );
+    response
+}
+
+/// Frees a claimed key if the handler's future is dropped before it finishes
+/// (the client went away mid-request).
+pub struct ClaimGuard<'a> {
+    pub idempotency: &'a Idempotency,
+    pub scope: Option<String>,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(scope) = &self.scope {
+            self.idempotency.abandon(scope);
+        }
+    }
+}
