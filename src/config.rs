@@ -36,6 +36,8 @@ pub struct Config {
     pub events: Events,
     /// Money rules of shop orders.
     pub shop: Shop,
+    /// Who may call; with no tokens and no JWT secret the broker is open.
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +117,18 @@ pub struct Shop {
     pub store_name: String,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Static tokens, each `{ token = "...", role = "staff", subject = "..." }`;
+    /// a customer's subject is their customer id.
+    pub tokens: Vec<crate::auth::StaticToken>,
+    /// HS256 secret for JWTs with claims `sub`, `role` and `exp`; empty: none.
+    pub jwt_secret: crate::auth::Secret,
+    /// Whether the board views (the seed's GET endpoints) need a token too.
+    pub protect_views: bool,
+}
+
 impl Default for Shop {
     fn default() -> Self {
         Shop {
@@ -144,6 +158,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             events: Events::default(),
             shop: Shop::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -342,6 +357,22 @@ impl Config {
         ] {
             crate::money::Rate::parse(rate).map_err(|e| ConfigError(format!("{key}: {e}")))?;
         }
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.token.0.trim().is_empty() {
+                return Err(ConfigError(format!(
+                    "auth.tokens[{i}].token must not be empty"
+                )));
+            }
+            let numeric = t
+                .subject
+                .as_deref()
+                .is_some_and(|s| s.parse::<u64>().is_ok());
+            if t.role == crate::auth::Role::Customer && !numeric {
+                return Err(ConfigError(format!(
+                    "auth.tokens[{i}] has role customer, so its subject must be a customer id"
+                )));
+            }
+        }
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_body_bytes", l.max_body_bytes),
@@ -486,6 +517,30 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn auth_tokens_load_and_are_checked() {
+        let config = Config::from_toml(
+            "[auth]\ntokens = [{ token = \"t1\", role = \"staff\" }, \
+             { token = \"t2\", role = \"customer\", subject = \"4\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(config.auth.tokens.len(), 2);
+        assert!(!format!("{config:?}").contains("t1"), "secrets never print");
+        let err = Config::from_toml("[auth]\ntokens = [{ token = \"t\", role = \"customer\" }]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("customer id"), "{err}");
+        let err = Config::from_toml("[auth]\ntokens = [{ token = \"t\", role = \"king\" }]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("king"), "{err}");
+        let config = Config::default()
+            .with_env(env(&[(
+                "ORDER_BROKER_AUTH_TOKENS",
+                r#"[{token = "x", role = "admin"}]"#,
+            )]))
+            .unwrap();
+        assert_eq!(config.auth.tokens[0].role, crate::auth::Role::Admin);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! The binary (`main.rs`) only parses the command line, loads the config,
 //! sets up logging, binds, and calls [`server::run`].
 
+pub mod auth;
 pub mod broker;
 pub mod catalog;
 pub mod config;

@@ -18,6 +18,8 @@ pub struct ApiError {
     /// A whole body to send instead of `{"error": message}`, for APIs whose
     /// clients expect their own error shape.
     pub body: Option<serde_json::Value>,
+    /// For 401: the `WWW-Authenticate` challenge.
+    pub www_authenticate: Option<HeaderValue>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             message: message.into(),
             allow: None,
             body: None,
+            www_authenticate: None,
         }
     }
 
@@ -81,6 +84,11 @@ impl ApiError {
             .body
             .unwrap_or_else(|| serde_json::json!({ "error": self.message }));
         let mut response = json_response(self.status, &body);
+        if let Some(challenge) = self.www_authenticate {
+            response
+                .headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, challenge);
+        }
         if let Some(allow) = self.allow {
             response
                 .headers_mut()

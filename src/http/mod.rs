@@ -2,6 +2,7 @@
 //! each (route, method) to its handler, and the response helpers. Handlers
 //! live in one module per API group; errors become responses in `error`.
 
+mod access;
 pub mod body;
 mod catalog;
 pub mod error;
@@ -30,7 +31,7 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// What a path leads to; the methods each takes are in [`Route::allow`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub(crate) enum Route {
     // The seed order_store API (paths from the config).
     Update,
     GetAll,
@@ -122,6 +123,9 @@ pub struct App {
     views: order_store::ViewCache,
     store_name: String,
     idempotency: idempotency::Idempotency,
+    auth: crate::auth::Auth,
+    /// Whether the board views need a token (`auth.protect_views`).
+    protect_views: bool,
 }
 
 impl App {
@@ -166,6 +170,8 @@ impl App {
                 std::time::Duration::from_secs(config.http.idempotency_ttl_secs),
                 config.limits.max_idempotency_keys,
             ),
+            auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret),
+            protect_views: config.auth.protect_views,
         })
     }
 
@@ -206,18 +212,20 @@ impl App {
             body,
             param,
         };
+        let caller = access::authorize(self, route, &req)?;
+        let caller = caller.as_ref();
         if req.method == Method::GET || req.method == Method::HEAD {
-            return self.dispatch(route, &req).await;
+            return self.dispatch(route, &req, caller).await;
         }
         match self.idempotency.claim(&req)? {
-            None => self.dispatch(route, &req).await,
+            None => self.dispatch(route, &req, caller).await,
             Some(idempotency::Claim::Answer(response)) => Ok(response),
             Some(idempotency::Claim::Run { scope, fingerprint }) => {
                 let mut guard = idempotency::ClaimGuard {
                     idempotency: &self.idempotency,
                     scope: Some(scope),
                 };
-                let response = match self.dispatch(route, &req).await {
+                let response = match self.dispatch(route, &req, caller).await {
                     Ok(response) => response,
                     Err(e) => e.into_response(),
                 };
@@ -228,7 +236,12 @@ impl App {
     }
 
     /// Sends a request to its handler by route and method.
-    async fn dispatch(&self, route: Route, req: &Req) -> Result<Response<Body>, ApiError> {
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: &Req,
+        caller: Option<&crate::auth::Caller>,
+    ) -> Result<Response<Body>, ApiError> {
         let read = req.method == Method::GET || req.method == Method::HEAD;
         let m = &req.method;
         match route {
@@ -254,11 +267,12 @@ impl App {
             Route::Customer if m == Method::DELETE => catalog::delete_customer(self, req),
 
             Route::Orders if read => orders::list(self, req),
-            Route::Orders if m == Method::POST => orders::create(self, req, None),
+            Route::MyOrders if read => orders::my_orders(self, caller),
+            Route::Orders if m == Method::POST => orders::create(self, req, caller, None),
             Route::CustomerOrders if read => orders::customer_orders(self, req),
             Route::CustomerOrders if m == Method::POST => {
                 let customer = req.id("Customer not found")?;
-                orders::create(self, req, Some(customer))
+                orders::create(self, req, caller, Some(customer))
             }
             Route::Order | Route::ProcessOrder if read => orders::get(self, req),
             Route::Order if m == Method::PUT => orders::set_status(self, req),

@@ -8,10 +8,12 @@ use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::access::forbidden;
 use super::body::json;
 use super::catalog::created;
 use super::error::ApiError;
 use super::{App, Body, Req, empty, json_response};
+use crate::auth::Caller;
 use crate::broker::{BrokerError, NewItem, NewOrder, OrderFilter};
 use crate::catalog::{CustomerId, ProductId};
 use crate::feed::Event;
@@ -139,13 +141,21 @@ fn parse_items(items: &[Value]) -> Result<Vec<NewItem>, ApiError> {
         .collect()
 }
 
-/// `POST /orders` and `POST /customers/{id}/orders`.
+/// `POST /orders` and `POST /customers/{id}/orders`. A customer caller's
+/// order is always their own.
 pub fn create(
     app: &App,
     req: &Req,
+    caller: Option<&Caller>,
     path_customer: Option<u64>,
 ) -> Result<Response<Body>, ApiError> {
-    let body: OrderIn = json(&req.headers, &req.body)?;
+    let mut body: OrderIn = json(&req.headers, &req.body)?;
+    if let Some(own) = caller.and_then(Caller::customer_id) {
+        if body.customer_id.is_some_and(|c| c != own) || path_customer.is_some_and(|c| c != own) {
+            return Err(forbidden());
+        }
+        body.customer_id = Some(own);
+    }
     if let Some(c) = path_customer {
         if app.broker().customer(CustomerId(c)).is_none() {
             return Err(ApiError::not_found("Customer not found"));
@@ -272,6 +282,25 @@ pub fn customer_orders(app: &App, req: &Req) -> Result<Response<Body>, ApiError>
     if orders.is_empty() {
         return Err(ApiError::not_found("No orders found for this customer"));
     }
+    let symbols = app.broker().symbols();
+    let bodies: Vec<OrderBody<'_>> = orders
+        .iter()
+        .map(|(id, o)| OrderBody::new(*id, o, &symbols))
+        .collect();
+    Ok(json_response(StatusCode::OK, &bodies))
+}
+
+/// `GET /orders/my-orders`: the calling customer's orders (an empty list
+/// when they have none).
+pub fn my_orders(app: &App, caller: Option<&Caller>) -> Result<Response<Body>, ApiError> {
+    let customer = caller
+        .and_then(Caller::customer_id)
+        .ok_or_else(|| ApiError::bad_request("my-orders needs a customer's token (auth is off)"))?;
+    let ids = app.broker().customer_order_ids(CustomerId(customer));
+    let orders: Vec<(OrderId, Order)> = ids
+        .into_iter()
+        .filter_map(|id| app.broker().get(id).map(|o| (id, o)))
+        .collect();
     let symbols = app.broker().symbols();
     let bodies: Vec<OrderBody<'_>> = orders
         .iter()

@@ -1,0 +1,125 @@
+//! What each caller may do, route by route. With auth off everything is
+//! open. With auth on: writes need a token; staff, admin and service may do
+//! everything; listing all orders and all customers is for staff and admin;
+//! customers see and act on their own orders and record only; the board
+//! views need a token only when `auth.protect_views` is set.
+//! Missing or bad token → 401 `{"detail": "Invalid token"}`; a valid token
+//! without the right → 403.
+
+use hyper::header::{AUTHORIZATION, HeaderValue};
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{App, Req, Route};
+use crate::auth::{Caller, Role};
+use crate::model::OrderId;
+
+/// Who a route lets in.
+enum Need {
+    /// Anyone, with or without a token.
+    Nobody,
+    /// Any valid token.
+    Anyone,
+    /// Staff, admin or service.
+    Privileged,
+    /// Staff or admin.
+    StaffOrAdmin,
+    /// A customer (acting on their own orders).
+    Customer,
+    /// Privileged, or the customer with this id.
+    CustomerSelf(Option<u64>),
+    /// Privileged, or the customer who owns this order.
+    OrderOwner(Option<OrderId>),
+}
+
+pub fn unauthorized() -> ApiError {
+    let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "Invalid token")
+        .with_body(json!({"detail": "Invalid token"}));
+    e.www_authenticate = Some(HeaderValue::from_static("Bearer"));
+    e
+}
+
+pub fn forbidden() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "Not enough permissions")
+        .with_body(json!({"detail": "Not enough permissions"}))
+}
+
+/// The caller, if the route lets them in; None when auth is off.
+pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, ApiError> {
+    if !app.auth.enabled() {
+        return Ok(None);
+    }
+    let caller = match req.headers.get(AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| unauthorized())?;
+            Some(app.auth.identify(text).map_err(|_| unauthorized())?)
+        }
+    };
+    let read = req.method == Method::GET || req.method == Method::HEAD;
+    let path_id = || req.param.as_deref().and_then(|p| p.parse::<u64>().ok());
+    let need = match route {
+        Route::Healthz => Need::Nobody,
+        Route::GetAll
+        | Route::GetCurrentOrder
+        | Route::GetCompletedOrders
+        | Route::GetNewOrders
+        | Route::GetStatus => {
+            if app.protect_views {
+                Need::Anyone
+            } else {
+                Need::Nobody
+            }
+        }
+        Route::Products | Route::Product if read => Need::Nobody,
+        Route::Orders | Route::Customers if read => Need::StaffOrAdmin,
+        Route::Orders => Need::Anyone, // the handler ties a customer's order to them
+        Route::MyOrders => Need::Customer,
+        Route::Customer if read => Need::CustomerSelf(path_id()),
+        Route::CustomerOrders => Need::CustomerSelf(path_id()),
+        Route::Order | Route::ProcessOrder if read => Need::OrderOwner(path_id().map(OrderId)),
+        Route::Order if req.method == Method::DELETE => Need::OrderOwner(path_id().map(OrderId)),
+        Route::OrderItems => Need::OrderOwner(path_id().map(OrderId)),
+        Route::Lifecycle if req.param.as_deref() == Some("cancel") => {
+            Need::OrderOwner(order_in_body(app, req))
+        }
+        _ => Need::Privileged,
+    };
+    if matches!(need, Need::Nobody) {
+        return Ok(caller);
+    }
+    let caller = caller.ok_or_else(unauthorized)?;
+    let allowed = match need {
+        Need::Nobody | Need::Anyone => true,
+        Need::Privileged => caller.is_privileged(),
+        Need::StaffOrAdmin => matches!(caller.role, Role::Staff | Role::Admin),
+        Need::Customer => caller.customer_id().is_some(),
+        Need::CustomerSelf(id) => {
+            caller.is_privileged() || (id.is_some() && caller.customer_id() == id)
+        }
+        Need::OrderOwner(order) => {
+            caller.is_privileged() || {
+                let owner = order
+                    .and_then(|id| app.broker().get(id))
+                    .and_then(|o| o.shop.as_ref().and_then(|s| s.customer_id))
+                    .map(|c| c.0);
+                owner.is_some() && owner == caller.customer_id()
+            }
+        }
+    };
+    if allowed {
+        Ok(Some(caller))
+    } else {
+        Err(forbidden())
+    }
+}
+
+/// The order a lifecycle request names by number.
+fn order_in_body(app: &App, req: &Req) -> Option<OrderId> {
+    let body: Value = serde_json::from_slice(&req.body).ok()?;
+    let number = ["order", "number"]
+        .iter()
+        .find_map(|k| body.get(k)?.as_str())?;
+    app.broker().order_by_number(number).map(|(id, _)| id)
+}
