@@ -327,6 +327,17 @@ impl Broker {
         status: &str,
         orderbot_id: Option<&str>,
     ) -> Result<Event, BrokerError> {
+        self.update_status_if(id, status, orderbot_id, None)
+    }
+
+    /// `update_status` with an `If-Match` version: the order must exist at it.
+    pub fn update_status_if(
+        &self,
+        id: OrderId,
+        status: &str,
+        orderbot_id: Option<&str>,
+        expected: Option<Version>,
+    ) -> Result<Event, BrokerError> {
         // Check every text before interning any, so a refused change leaves
         // nothing behind in the symbol table.
         self.check_len("status", status)?;
@@ -340,7 +351,7 @@ impl Broker {
         self.inner
             .next_order_id
             .fetch_max(id.0.saturating_add(1), Ordering::Relaxed);
-        self.apply(id, Mode::Upsert, None, |current| {
+        self.apply(id, Mode::Upsert, expected, |current| {
             Ok(match current {
                 Some(order) => Order {
                     status,

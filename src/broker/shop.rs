@@ -504,6 +504,7 @@ impl Broker {
         number: &str,
         transition: Transition,
         payment_method: Option<String>,
+        expected: Option<Version>,
     ) -> Result<Event, BrokerError> {
         let id = *self
             .inner
@@ -511,7 +512,7 @@ impl Broker {
             .get(number)
             .ok_or(BrokerError::OrderNotFound)?;
         let words = Lifecycle::WORDS.map(|(w, _)| self.inner.symbols.lookup(w));
-        self.apply(id, super::Mode::Update, None, |current| {
+        self.apply(id, super::Mode::Update, expected, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
             let shop = current.shop.as_ref().ok_or(BrokerError::OrderNotFound)?;
             let state = Lifecycle::of(current.stage);
@@ -817,11 +818,11 @@ mod tests {
         let number = broker.get(id).unwrap().shop.unwrap().number.clone();
         assert_eq!(number.len(), 8);
         let stage = |b: &Broker| b.get(id).unwrap().stage;
-        let err = |t| broker.transition(&number, t, None).unwrap_err();
+        let err = |t| broker.transition(&number, t, None, None).unwrap_err();
 
         assert_eq!(stage(&broker), Stage::New);
         broker
-            .transition(&number, Transition::Confirm, None)
+            .transition(&number, Transition::Confirm, None, None)
             .unwrap();
         assert_eq!(stage(&broker), Stage::InProgress);
         assert_eq!(
@@ -829,14 +830,14 @@ mod tests {
             BrokerError::Lifecycle(LifecycleError::InvalidStatus(Lifecycle::Confirmed))
         );
         broker
-            .transition(&number, Transition::Paid, Some("card".into()))
+            .transition(&number, Transition::Paid, Some("card".into()), None)
             .unwrap();
         assert_eq!(
             err(Transition::Paid),
             BrokerError::Lifecycle(LifecycleError::AlreadyPaid)
         );
         broker
-            .transition(&number, Transition::Complete, None)
+            .transition(&number, Transition::Complete, None, None)
             .unwrap();
         assert_eq!(stage(&broker), Stage::Completed);
         assert_eq!(
@@ -844,7 +845,7 @@ mod tests {
             BrokerError::Lifecycle(LifecycleError::AlreadyCompleted)
         );
         broker
-            .transition(&number, Transition::Cancel, None)
+            .transition(&number, Transition::Cancel, None, None)
             .unwrap();
         assert_eq!(stage(&broker), Stage::Cancelled);
         for t in [
@@ -873,7 +874,7 @@ mod tests {
         assert_eq!(history, ["New", "Confirmed", "Complete", "Cancelled"]);
         assert_eq!(shop.payment_method.as_deref(), Some("card"));
         assert_eq!(
-            broker.transition("NOPE", Transition::Confirm, None),
+            broker.transition("NOPE", Transition::Confirm, None, None),
             Err(BrokerError::OrderNotFound)
         );
     }

@@ -6,7 +6,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{App, Body, Req, json_response};
+use super::{App, Body, Req, if_match, json_response, with_etag};
 use crate::broker::{BrokerError, LifecycleError, Transition};
 use crate::model::{Order, OrderId};
 use crate::shop::Lifecycle;
@@ -49,7 +49,7 @@ pub fn transition(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         .map(str::to_string);
     let event = app
         .broker()
-        .transition(&number, action, method)
+        .transition(&number, action, method, if_match(req)?)
         .map_err(|e| match e {
             BrokerError::OrderNotFound => refusal(
                 "invalid_order_number",
@@ -58,10 +58,13 @@ pub fn transition(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
                 "Order not found",
             ),
             BrokerError::Lifecycle(e) => lifecycle_refusal(e, field),
+            // A stale If-Match keeps its 412.
             other => other.into(),
         })?;
     let (id, order) = event.order().expect("transitions publish the order");
-    Ok(json_response(StatusCode::OK, &answer(app, id, order)))
+    let mut response = json_response(StatusCode::OK, &answer(app, id, order));
+    with_etag(&mut response, order.version);
+    Ok(response)
 }
 
 fn lifecycle_refusal(e: LifecycleError, field: &str) -> ApiError {

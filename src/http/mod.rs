@@ -330,3 +330,26 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     json_bytes(status, bytes)
 }
+
+/// Tags a response with an order's version: `ETag: "3"`.
+pub fn with_etag(response: &mut Response<Body>, version: crate::model::Version) {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{}\"", version.0)) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+}
+
+/// The version an `If-Match` header asks for: `"3"`, `W/"3"` or `3`; `*`
+/// (any version) and no header are None. Anything else is 400.
+pub fn if_match(req: &Req) -> Result<Option<crate::model::Version>, ApiError> {
+    let Some(value) = req.headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    bare.parse()
+        .map(|v| Some(crate::model::Version(v)))
+        .map_err(|_| ApiError::bad_request("If-Match must be an ETag such as \"3\""))
+}

@@ -11,16 +11,24 @@ use serde_json::Value;
 
 use super::body::{Field, Fields, parse_fields};
 use super::error::ApiError;
-use super::{App, Body, Req, json_bytes, json_response};
+use super::{App, Body, Req, if_match, json_bytes, json_response, with_etag};
 use crate::model::{Millis, OrderId, Stage, Version};
 
 /// `PUT|POST /update_order`: create or update one order.
 pub async fn update(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let fields = parse_fields(&req.headers, req.body.clone()).await?;
     let update = UpdateOrder::from_fields(&fields)?;
-    app.broker()
-        .update_status(update.id, update.status, update.orderbot_id.as_deref())?;
-    Ok(json_bytes(StatusCode::OK, r#"{"message":"Order updated"}"#))
+    let event = app.broker().update_status_if(
+        update.id,
+        update.status,
+        update.orderbot_id.as_deref(),
+        if_match(req)?,
+    )?;
+    let mut response = json_bytes(StatusCode::OK, r#"{"message":"Order updated"}"#);
+    if let Some((_, order)) = event.order() {
+        with_etag(&mut response, order.version);
+    }
+    Ok(response)
 }
 
 /// The fields of an update, checked. JSON names the id `id`, forms `order_id`;
@@ -102,7 +110,7 @@ pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiErro
         .ok_or_else(not_found)?;
     let order = app.broker().get(id).ok_or_else(not_found)?;
     let symbols = app.broker().symbols();
-    Ok(json_response(
+    let mut response = json_response(
         StatusCode::OK,
         &Status {
             id,
@@ -114,7 +122,9 @@ pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiErro
             created: order.created,
             updated: order.updated,
         },
-    ))
+    );
+    with_etag(&mut response, order.version);
+    Ok(response)
 }
 
 /// `GET /get_all`: `[{"order_id", "status", "orderbot_id"}]`, every stage.

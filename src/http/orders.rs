@@ -3,7 +3,7 @@
 //! stock and balance (`PUT /api/orders/{id}`). Every order answer carries
 //! its version as an `ETag`; writes honour `If-Match` (412 when stale).
 
-use hyper::header::{ETAG, HeaderValue, IF_MATCH, LINK};
+use hyper::header::{HeaderValue, LINK};
 use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,7 +12,7 @@ use super::access::forbidden;
 use super::body::json;
 use super::catalog::created;
 use super::error::ApiError;
-use super::{App, Body, Req, empty, json_response};
+use super::{App, Body, Req, empty, if_match, json_response, with_etag};
 use crate::auth::Caller;
 use crate::broker::{BrokerError, NewItem, NewOrder, OrderFilter};
 use crate::catalog::{CustomerId, ProductId};
@@ -64,31 +64,9 @@ fn order_response(app: &App, status: StatusCode, id: OrderId, order: &Order) -> 
     response
 }
 
-fn with_etag(response: &mut Response<Body>, version: Version) {
-    if let Ok(value) = HeaderValue::from_str(&format!("\"{}\"", version.0)) {
-        response.headers_mut().insert(ETAG, value);
-    }
-}
-
 fn event_response(app: &App, status: StatusCode, event: &Event) -> Response<Body> {
     let (id, order) = event.order().expect("order operations publish the order");
     order_response(app, status, id, order)
-}
-
-/// The version an `If-Match` header asks for: `"3"`, `W/"3"` or `3`; `*` is
-/// any version. Anything else is 400.
-fn expected_version(req: &Req) -> Result<Option<Version>, ApiError> {
-    let Some(value) = req.headers.get(IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = value.to_str().unwrap_or_default().trim();
-    if text == "*" {
-        return Ok(None);
-    }
-    let bare = text.trim_start_matches("W/").trim_matches('"');
-    bare.parse()
-        .map(|v| Some(Version(v)))
-        .map_err(|_| ApiError::bad_request("If-Match must be an ETag such as \"3\""))
 }
 
 fn order_id(req: &Req) -> Result<OrderId, ApiError> {
@@ -332,9 +310,7 @@ pub fn set_status(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     if body.status.is_empty() {
         return Err(ApiError::unprocessable("status must not be empty"));
     }
-    let event = app
-        .broker()
-        .set_status(id, &body.status, expected_version(req)?)?;
+    let event = app.broker().set_status(id, &body.status, if_match(req)?)?;
     Ok(event_response(app, StatusCode::OK, &event))
 }
 
@@ -349,16 +325,13 @@ pub fn replace_items(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let id = order_id(req)?;
     let body: ItemsIn = json(&req.headers, &req.body)?;
     let items = parse_items(&body.items)?;
-    let event = app
-        .broker()
-        .replace_items(id, &items, expected_version(req)?)?;
+    let event = app.broker().replace_items(id, &items, if_match(req)?)?;
     Ok(event_response(app, StatusCode::OK, &event))
 }
 
 /// `DELETE /orders/{id}`: 409 once processed.
 pub fn delete(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
-    app.broker()
-        .delete_order(order_id(req)?, expected_version(req)?)?;
+    app.broker().delete_order(order_id(req)?, if_match(req)?)?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -388,6 +361,6 @@ pub fn process(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     if body.process != Value::Bool(true) {
         return get(app, req);
     }
-    let event = app.broker().process(id, strategy, expected_version(req)?)?;
+    let event = app.broker().process(id, strategy, if_match(req)?)?;
     Ok(event_response(app, StatusCode::OK, &event))
 }
