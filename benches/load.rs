@@ -4,7 +4,7 @@
 //! broker's throughput as a ratio of the bare server's.
 //!
 //! Options (after `--`): `--seconds N` per run (5), `--rounds N` (3),
-//! `--connections N` (32).
+//! `--connections N` (32), `--only update|view`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +26,8 @@ struct Options {
     seconds: u64,
     rounds: usize,
     connections: usize,
+    /// Run only the scenario whose name contains this (`update`, `view`).
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -33,6 +35,7 @@ fn options() -> Options {
         seconds: 5,
         rounds: 3,
         connections: 32,
+        only: None,
     };
     let args: Vec<String> = std::env::args().collect();
     for pair in args.windows(2) {
@@ -41,6 +44,7 @@ fn options() -> Options {
             ("--seconds", Some(v)) => o.seconds = v,
             ("--rounds", Some(v)) => o.rounds = v as usize,
             ("--connections", Some(v)) => o.connections = v as usize,
+            ("--only", _) => o.only = Some(pair[1].clone()),
             _ => {}
         }
     }
@@ -238,40 +242,47 @@ fn main() {
     let client = build("client");
     println!("order-broker load bench: {threads} cores; servers and clients share them");
 
+    let wanted = |name: &str| opts.only.as_deref().is_none_or(|o| name.contains(o));
+
     // PUT /update_order over 10,000 live orders.
-    let broker = Broker::new(&Config::default());
-    for id in 0..10_000 {
-        broker
-            .update_status(OrderId(id), "Mixing", Some("bot-1"))
-            .unwrap();
-    }
-    let ok = Bytes::from_static(br#"{"message":"Order updated"}"#);
-    let (bare, addr) =
-        servers.block_on(async { (bare_server(ok).await, broker_server(broker).await) });
-    let statuses = ["Order Initiated", "Mixing", "Pouring", "Order Served"];
-    let make: MakeRequest = Arc::new(move |n| {
-        let body = format!(
-            r#"{{"id": {}, "orderbot_id": "bot-{}", "status": "{}"}}"#,
-            n % 10_000,
-            n % 5,
-            statuses[(n % 4) as usize]
+    if wanted("update") {
+        let broker = Broker::new(&Config::default());
+        for id in 0..10_000 {
+            broker
+                .update_status(OrderId(id), "Mixing", Some("bot-1"))
+                .unwrap();
+        }
+        let ok = Bytes::from_static(br#"{"message":"Order updated"}"#);
+        let (bare, addr) =
+            servers.block_on(async { (bare_server(ok).await, broker_server(broker).await) });
+        let statuses = ["Order Initiated", "Mixing", "Pouring", "Order Served"];
+        let make: MakeRequest = Arc::new(move |n| {
+            let body = format!(
+                r#"{{"id": {}, "orderbot_id": "bot-{}", "status": "{}"}}"#,
+                n % 10_000,
+                n % 5,
+                statuses[(n % 4) as usize]
+            );
+            Request::builder()
+                .method(Method::PUT)
+                .uri("/update_order")
+                .header("host", "bench")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        });
+        compare(
+            "PUT /update_order, 10,000 live orders",
+            &opts,
+            &client,
+            bare,
+            addr,
+            make,
         );
-        Request::builder()
-            .method(Method::PUT)
-            .uri("/update_order")
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap()
-    });
-    compare(
-        "PUT /update_order, 10,000 live orders",
-        &opts,
-        &client,
-        bare,
-        addr,
-        make,
-    );
+    }
+    if !wanted("view") {
+        return;
+    }
 
     // GET /get_current_order with 1,000 live orders in progress.
     let broker = Broker::new(&Config::default());

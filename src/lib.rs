@@ -6,12 +6,22 @@
 //!   compact `Order` record the maps hold.
 //! - [`symbols`]: the interned texts (status words, orderbot ids) that keep an
 //!   order at 40 bytes.
-//! - [`broker`]: the [`Broker`] handle: the sharded order map, the stage
-//!   indexes (the views), the global sequence, and every write path.
-//! - [`feed`]: change events, the bounded history ring, and subscriptions.
+//! - [`money`]: integer-cent amounts and rates, parsed exactly.
+//! - [`catalog`]: products and customers, each record behind its own lock.
+//! - [`shop`]: shop order details (items, totals, history, payment) and the
+//!   pure rules: pricing, stock allocation per strategy, lifecycle states.
+//! - [`broker`]: the [`Broker`] handle and every write path, with the lock
+//!   order that keeps them consistent: the seed status update and views
+//!   (`broker/mod.rs`), orders with items, processing and the lifecycle
+//!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`).
+//! - [`feed`]: change events (orders, products, customers), the bounded
+//!   history ring, and subscriptions.
+//! - [`auth`]: who is calling (static tokens, JWTs) and their role.
 //! - [`config`]: the typed TOML config, its defaults, env overrides, validation.
-//! - [`http`]: routing, body parsing, errors, and one module per API group
-//!   (`order_store` is the seed robot-bar API, `ops` the health endpoint).
+//! - [`http`]: routing, body parsing, errors, access rules (`access`),
+//!   `Idempotency-Key` (`idempotency`), and one module per API group:
+//!   `order_store` (the seed robot-bar API), `catalog`, `orders` (incl.
+//!   processing), `lifecycle` (the Order Status API), `ops`.
 //! - [`server`]: accept loop, connections, graceful shutdown (`run`, `serve`).
 //!
 //! The binary (`main.rs`) only parses the command line, loads the config,

@@ -14,8 +14,8 @@
 //! never across `.await`. Subscribers are woken after every lock is released.
 //!
 //! Write paths: `update_status` (the seed API) here; orders with items,
-//! processing and the lifecycle in [`shop`]; products and customers in
-//! [`catalog`].
+//! processing and the lifecycle in `shop.rs`; products and customers in
+//! `catalog.rs`.
 
 mod catalog;
 mod shop;
@@ -348,9 +348,12 @@ impl Broker {
         let orderbot_id = orderbot_id
             .map(|b| self.inner.symbols.intern(b))
             .transpose()?;
-        self.inner
-            .next_order_id
-            .fetch_max(id.0.saturating_add(1), Ordering::Relaxed);
+        // Keep assigned ids above client-chosen ones; a read first, so the
+        // common case does not write a cache line every writer shares.
+        let next = id.0.saturating_add(1);
+        if self.inner.next_order_id.load(Ordering::Relaxed) < next {
+            self.inner.next_order_id.fetch_max(next, Ordering::Relaxed);
+        }
         self.apply(id, Mode::Upsert, expected, |current| {
             Ok(match current {
                 Some(order) => Order {
@@ -515,7 +518,7 @@ impl Broker {
     }
 
     /// The change counter of one stage (`None`: of all orders). A rendering
-    /// made after reading `g` is at least as new as `g`; see [`Generations`].
+    /// made after reading `g` is at least as new as `g` (see `Generations`).
     pub fn generation(&self, stage: Option<Stage>) -> u64 {
         let g = &self.inner.generations;
         match stage {
