@@ -194,13 +194,17 @@ impl Broker {
         self.get(id).map(|o| (id, o))
     }
 
-    /// A customer's order ids, ascending.
-    pub fn customer_order_ids(&self, customer: CustomerId) -> Vec<OrderId> {
-        self.inner
+    /// A customer's orders, ascending by id.
+    pub fn customer_orders(&self, customer: CustomerId) -> Vec<(OrderId, Order)> {
+        let ids: Vec<OrderId> = self
+            .inner
             .by_customer
             .get(&customer)
             .map(|ids| ids.iter().copied().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        ids.into_iter()
+            .filter_map(|id| self.get(id).map(|o| (id, o)))
+            .collect()
     }
 
     /// One page of orders matching `filter`, ascending by id, and the cursor
@@ -805,7 +809,12 @@ mod tests {
         broker.delete_order(fresh, None).unwrap();
         assert!(broker.get(fresh).is_none());
         assert!(broker.order_by_number(&number).is_none());
-        assert!(!broker.customer_order_ids(CustomerId(2)).contains(&fresh));
+        assert!(
+            broker
+                .customer_orders(CustomerId(2))
+                .iter()
+                .all(|(id, _)| *id != fresh)
+        );
     }
 
     #[test]

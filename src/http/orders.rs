@@ -221,14 +221,7 @@ pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         }
     }
     let (page, next) = app.broker().list_orders(&filter);
-    let symbols = app.broker().symbols();
-    let bodies: Vec<OrderBody<'_>> = page
-        .iter()
-        .map(|(id, o)| OrderBody::new(*id, o, &symbols))
-        .collect();
-    let mut response = json_response(StatusCode::OK, &bodies);
-    drop(bodies);
-    drop(symbols);
+    let mut response = orders_response(app, &page);
     if let Some(next) = next {
         let mut query: Vec<(String, String)> = req
             .query()?
@@ -252,20 +245,11 @@ pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 /// `GET /customers/{id}/orders`: 404 when the customer has none, as the seed does.
 pub fn customer_orders(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let customer = CustomerId(req.id("Customer not found")?);
-    let ids = app.broker().customer_order_ids(customer);
-    let orders: Vec<(OrderId, Order)> = ids
-        .into_iter()
-        .filter_map(|id| app.broker().get(id).map(|o| (id, o)))
-        .collect();
+    let orders = app.broker().customer_orders(customer);
     if orders.is_empty() {
         return Err(ApiError::not_found("No orders found for this customer"));
     }
-    let symbols = app.broker().symbols();
-    let bodies: Vec<OrderBody<'_>> = orders
-        .iter()
-        .map(|(id, o)| OrderBody::new(*id, o, &symbols))
-        .collect();
-    Ok(json_response(StatusCode::OK, &bodies))
+    Ok(orders_response(app, &orders))
 }
 
 /// `GET /orders/my-orders`: the calling customer's orders (an empty list
@@ -274,17 +258,18 @@ pub fn my_orders(app: &App, caller: Option<&Caller>) -> Result<Response<Body>, A
     let customer = caller
         .and_then(Caller::customer_id)
         .ok_or_else(|| ApiError::bad_request("my-orders needs a customer's token (auth is off)"))?;
-    let ids = app.broker().customer_order_ids(CustomerId(customer));
-    let orders: Vec<(OrderId, Order)> = ids
-        .into_iter()
-        .filter_map(|id| app.broker().get(id).map(|o| (id, o)))
-        .collect();
+    let orders = app.broker().customer_orders(CustomerId(customer));
+    Ok(orders_response(app, &orders))
+}
+
+/// A JSON array of orders.
+fn orders_response(app: &App, orders: &[(OrderId, Order)]) -> Response<Body> {
     let symbols = app.broker().symbols();
     let bodies: Vec<OrderBody<'_>> = orders
         .iter()
         .map(|(id, o)| OrderBody::new(*id, o, &symbols))
         .collect();
-    Ok(json_response(StatusCode::OK, &bodies))
+    json_response(StatusCode::OK, &bodies)
 }
 
 /// `GET /orders/{id}` (and `GET /api/orders/{id}`).
