@@ -104,6 +104,15 @@ pub struct HttpConfig {
 pub struct Events {
     /// Recent changes kept in memory for subscribers that resume or fall behind.
     pub history_size: usize,
+    /// Seconds between heartbeat comments on an idle event stream.
+    pub heartbeat_secs: u64,
+    /// `retry:` hint sent to EventSource clients, in milliseconds.
+    pub retry_ms: u64,
+    /// Most event streams open at once; past it a new one gets 503.
+    pub max_streams: usize,
+    /// Rendered events buffered for live streams; a stream that falls this far
+    /// behind catches up from the history, or gets `resync`.
+    pub live_buffer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +152,10 @@ impl Default for Events {
     fn default() -> Self {
         Events {
             history_size: 65536,
+            heartbeat_secs: 15,
+            retry_ms: 3000,
+            max_streams: 10_000,
+            live_buffer: 4096,
         }
     }
 }
@@ -383,6 +396,9 @@ impl Config {
                 l.header_read_timeout_secs as usize,
             ),
             ("events.history_size", self.events.history_size),
+            ("events.heartbeat_secs", self.events.heartbeat_secs as usize),
+            ("events.max_streams", self.events.max_streams),
+            ("events.live_buffer", self.events.live_buffer),
             ("limits.max_idempotency_keys", l.max_idempotency_keys),
             (
                 "http.idempotency_ttl_secs",

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use crate::catalog::{Customer, CustomerId, Product, ProductId};
-use crate::model::{Order, OrderId, Seq};
+use crate::model::{Order, OrderId, Seq, Stage};
 
 /// One change, with its place in the global sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,17 @@ pub struct Event {
 /// or repeated event is harmless.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Order { id: OrderId, order: Order },
-    OrderRemoved { id: OrderId },
+    /// `from` is the order's stage before the change (None: it is new), so a
+    /// reader filtering by stage sees an order leave the stage too.
+    Order {
+        id: OrderId,
+        order: Order,
+        from: Option<Stage>,
+    },
+    OrderRemoved {
+        id: OrderId,
+        from: Stage,
+    },
     Product(Arc<Product>),
     ProductRemoved(ProductId),
     Customer(Arc<Customer>),
@@ -36,7 +45,7 @@ impl Event {
     /// The order this event carries, if it is an order change.
     pub fn order(&self) -> Option<(OrderId, &Order)> {
         match &self.change {
-            Change::Order { id, order } => Some((*id, order)),
+            Change::Order { id, order, .. } => Some((*id, order)),
             _ => None,
         }
     }

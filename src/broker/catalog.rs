@@ -171,10 +171,7 @@ impl Broker {
         let record = make(id);
         let mut event = None;
         let inserted = table.insert_with(record.clone(), |r| {
-            event = Some(
-                self.sequencer()
-                    .commit(T::changed(Arc::new(r.clone())), None),
-            );
+            event = Some(self.sequencer().commit(T::changed(Arc::new(r.clone()))));
         });
         if !inserted {
             return Err(taken());
@@ -200,9 +197,7 @@ impl Broker {
             .next()
             .ok_or(BrokerError::VersionExhausted)?;
         *next.version_mut() = version.0;
-        let event = self
-            .sequencer()
-            .commit(T::changed(Arc::new(next.clone())), None);
+        let event = self.sequencer().commit(T::changed(Arc::new(next.clone())));
         *locked = Some(next.clone());
         drop(locked);
         self.published(Some(event));
@@ -213,7 +208,7 @@ impl Broker {
         let slot = table.slot(id).ok_or_else(|| T::not_found(id))?;
         let mut locked = slot.lock();
         let record = locked.take().ok_or_else(|| T::not_found(id))?;
-        let event = self.sequencer().commit(T::removed(id), None);
+        let event = self.sequencer().commit(T::removed(id));
         table.forget(id);
         drop(locked);
         self.published(Some(event));

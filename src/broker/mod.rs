@@ -222,20 +222,18 @@ struct Sequencer {
 }
 
 impl Sequencer {
-    /// Gives `change` the next seq and appends it to the history. For an
-    /// order, `before` is its stage before the change (None if new).
-    fn commit(&mut self, change: Change, before: Option<Stage>) -> Event {
+    /// Gives `change` the next seq, moves an order between the stage
+    /// indexes, and appends the event to the history.
+    fn commit(&mut self, change: Change) -> Event {
         match &change {
-            Change::Order { id, order } => {
-                if let Some(before) = before.filter(|b| *b != order.stage) {
-                    self.stages[before.index()].remove(id);
+            Change::Order { id, order, from } => {
+                if let Some(from) = from.filter(|f| *f != order.stage) {
+                    self.stages[from.index()].remove(id);
                 }
                 self.stages[order.stage.index()].insert(*id);
             }
-            Change::OrderRemoved { id } => {
-                if let Some(before) = before {
-                    self.stages[before.index()].remove(id);
-                }
+            Change::OrderRemoved { id, from } => {
+                self.stages[from.index()].remove(id);
             }
             _ => {}
         }
@@ -426,10 +424,11 @@ impl Broker {
     }
 
     fn commit_order(&self, id: OrderId, before: Option<Stage>, order: Order) -> Event {
-        self.inner
-            .sequencer
-            .lock()
-            .commit(Change::Order { id, order }, before)
+        self.inner.sequencer.lock().commit(Change::Order {
+            id,
+            order,
+            from: before,
+        })
     }
 
     fn sequencer(&self) -> MutexGuard<'_, Sequencer> {
@@ -509,6 +508,25 @@ impl Broker {
         ids.sort_unstable();
         ids.truncate(limit);
         ids
+    }
+
+    /// The ids of some stages and the seq they reflect, taken at one moment.
+    pub fn snapshot(&self, stages: &[Stage]) -> (Seq, Vec<Vec<OrderId>>) {
+        let seq = self.sequencer();
+        let ids = stages
+            .iter()
+            .map(|s| seq.stages[s.index()].iter().copied().collect())
+            .collect();
+        (seq.last, ids)
+    }
+
+    /// The oldest seq the history can still replay.
+    pub fn oldest_seq(&self) -> Seq {
+        let seq = self.sequencer();
+        match seq.history.since(Seq(0), seq.last, 1) {
+            Ok(events) => events.first().map_or(Seq(seq.last.0 + 1), |e| e.seq),
+            Err(lagged) => lagged.oldest,
+        }
     }
 
     /// How many orders are in each stage, indexed by [`Stage::index`].

@@ -351,7 +351,7 @@ impl Broker {
         let stage = entry.get().stage;
         let event = self
             .sequencer()
-            .commit(Change::OrderRemoved { id }, Some(stage));
+            .commit(Change::OrderRemoved { id, from: stage });
         let order = entry.remove();
         self.inner.generations.bump(Some(stage), None);
         self.published(Some(event));
@@ -486,13 +486,17 @@ impl Broker {
                     .iter_mut()
                     .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
                     .expect("locked above");
-                seq.commit(Change::Product(Arc::new(product.clone())), None);
+                seq.commit(Change::Product(Arc::new(product.clone())));
                 **slot = Some(product);
             }
-            seq.commit(Change::Customer(Arc::new(new_customer.clone())), None);
+            seq.commit(Change::Customer(Arc::new(new_customer.clone())));
             *customer = Some(new_customer);
             *entry = next.clone();
-            seq.commit(Change::Order { id, order: next }, Some(before))
+            seq.commit(Change::Order {
+                id,
+                order: next,
+                from: Some(before),
+            })
         };
         drop(customer);
         drop(products);
@@ -707,7 +711,7 @@ mod tests {
         let mut last_version: HashMap<String, u32> = HashMap::new();
         for e in &events {
             let (key, version) = match &e.change {
-                Change::Order { id, order } => (format!("o{id}"), order.version.0),
+                Change::Order { id, order, .. } => (format!("o{id}"), order.version.0),
                 Change::Product(p) => (format!("p{}", p.id.0), p.version),
                 Change::Customer(c) => (format!("c{}", c.id.0), c.version),
                 other => panic!("unexpected {other:?}"),

@@ -65,7 +65,9 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
         | Route::GetCurrentOrder
         | Route::GetCompletedOrders
         | Route::GetNewOrders
-        | Route::GetStatus => {
+        | Route::GetStatus
+        | Route::Events
+        | Route::Views => {
             if app.protect_views {
                 Need::Anyone
             } else {
@@ -78,7 +80,9 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
         Route::MyOrders => Need::Customer,
         Route::Customer if read => Need::CustomerSelf(path_id()),
         Route::CustomerOrders => Need::CustomerSelf(path_id()),
-        Route::Order | Route::ProcessOrder if read => Need::OrderOwner(path_id().map(OrderId)),
+        Route::Order | Route::ProcessOrder | Route::TrackingStream if read => {
+            Need::OrderOwner(path_id().map(OrderId))
+        }
         Route::Order if req.method == Method::DELETE => Need::OrderOwner(path_id().map(OrderId)),
         Route::OrderItems => Need::OrderOwner(path_id().map(OrderId)),
         Route::Lifecycle if req.param.as_deref() == Some("cancel") => {

@@ -8,6 +8,7 @@ mod catalog;
 pub mod error;
 mod idempotency;
 mod lifecycle;
+pub mod live;
 mod ops;
 mod order_store;
 mod orders;
@@ -52,6 +53,10 @@ pub(crate) enum Route {
     OrderItems,
     ProcessOrder,
     Lifecycle,
+    // Live views.
+    Events,
+    Views,
+    TrackingStream,
     Healthz,
 }
 
@@ -72,7 +77,10 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 12] = [
+    const FIXED: [(&'static str, Route); 15] = [
+        ("/events", Route::Events),
+        ("/views", Route::Views),
+        ("/orders/{id}/tracking-stream", Route::TrackingStream),
         ("/healthz", Route::Healthz),
         ("/products", Route::Products),
         ("/products/{id}", Route::Product),
@@ -126,6 +134,9 @@ pub struct App {
     auth: crate::auth::Auth,
     /// Whether the board views need a token (`auth.protect_views`).
     protect_views: bool,
+    /// Event streams: the shared renderer, limits, and the shutdown switch.
+    pub live: std::sync::Arc<live::Live>,
+    max_streams: usize,
 }
 
 impl App {
@@ -172,11 +183,18 @@ impl App {
             ),
             auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret),
             protect_views: config.auth.protect_views,
+            live: std::sync::Arc::new(live::Live::new(&config.events)),
+            max_streams: config.events.max_streams,
         })
     }
 
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Event streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.live.open_streams(self.max_streams)
     }
 
     /// Answers one request. Never fails: every error is a response.
@@ -280,6 +298,9 @@ impl App {
             Route::OrderItems if m == Method::PUT => orders::replace_items(self, req),
             Route::ProcessOrder if m == Method::PUT => orders::process(self, req),
             Route::Lifecycle if m == Method::POST => lifecycle::transition(self, req),
+            Route::Events if read => live::events(self, req),
+            Route::TrackingStream if read => live::tracking(self, req),
+            Route::Views if read => Ok(live::views(self)),
             _ => Err(ApiError::method_not_allowed(route.allow())),
         }
     }

@@ -12,6 +12,7 @@ pub fn healthz(app: &App) -> Response<Body> {
             "status": "ok",
             "orders": app.broker().len(),
             "seq": app.broker().last_seq(),
+            "event_streams": app.open_streams(),
         }),
     )
 }

@@ -1,0 +1,435 @@
+//! Live views: `GET /events` and `GET /orders/{id}/tracking-stream` as
+//! Server-Sent Events, and `GET /views`, the snapshot a board loads first.
+//!
+//! Each order change is rendered once, by one task that follows the broker's
+//! feed, and fanned out as a ready SSE frame through a bounded broadcast
+//! channel. A stream merges that channel with replay from the broker's
+//! history by `seq`: frames below its cursor are skipped, a gap is filled
+//! from the history, so a client that resumes gets every later event once.
+//! A stream that falls behind the history gets `event: resync` (reload
+//! `/views`) instead of a gap. Writers never wait for streams: a slow client
+//! only moves its own cursor back, and memory per stream is its cursor.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::error::ApiError;
+use super::orders::OrderBody;
+use super::{App, Body, Req, json_response};
+use crate::broker::Broker;
+use crate::config::Events;
+use crate::feed::{Change, Event};
+use crate::model::{OrderId, Seq, Stage};
+
+/// One change, ready to send.
+#[derive(Debug)]
+pub struct Rendered {
+    seq: Seq,
+    /// The order it is about, its stage and its stage before (None for
+    /// changes that are not about orders: they only move the cursor).
+    order: Option<(OrderId, Option<Stage>, Option<Stage>)>,
+    frame: Bytes,
+}
+
+/// The shared side of the live streams.
+pub struct Live {
+    tx: broadcast::Sender<Arc<Rendered>>,
+    streams: Arc<Semaphore>,
+    closing: watch::Sender<bool>,
+    heartbeat: Duration,
+    retry_ms: u64,
+}
+
+impl Live {
+    pub fn new(config: &Events) -> Live {
+        Live {
+            tx: broadcast::Sender::new(config.live_buffer.max(1)),
+            streams: Arc::new(Semaphore::new(config.max_streams)),
+            closing: watch::Sender::new(false),
+            heartbeat: Duration::from_secs(config.heartbeat_secs),
+            retry_ms: config.retry_ms,
+        }
+    }
+
+    /// Renders every change once, for all streams, until `close`.
+    pub async fn render(self: Arc<Self>, broker: Broker) {
+        let mut closing = self.closing.subscribe();
+        let mut feed = broker.subscribe(Seq(broker.last_seq().0 + 1));
+        loop {
+            let batch = tokio::select! {
+                batch = feed.recv() => batch,
+                _ = closing.wait_for(|c| *c) => return,
+            };
+            match batch {
+                Ok(events) => {
+                    for event in &events {
+                        // No receivers is fine: nobody is watching.
+                        let _ = self.tx.send(Arc::new(render(&broker, event)));
+                    }
+                }
+                // Streams notice the gap and fill it from the history (or resync).
+                Err(_) => feed = broker.subscribe(Seq(broker.last_seq().0 + 1)),
+            }
+        }
+    }
+
+    /// Ends every stream (at shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Open streams.
+    pub fn open_streams(&self, max: usize) -> usize {
+        max - self.streams.available_permits()
+    }
+}
+
+fn event_id(epoch: u64, seq: Seq) -> String {
+    format!("{epoch}-{}", seq.0)
+}
+
+fn render(broker: &Broker, event: &Event) -> Rendered {
+    let epoch = broker.epoch();
+    let id = event_id(epoch, event.seq);
+    match &event.change {
+        Change::Order {
+            id: order_id,
+            order,
+            from,
+        } => {
+            let json = {
+                let symbols = broker.symbols();
+                serde_json::to_string(&OrderBody::new(*order_id, order, &symbols))
+                    .unwrap_or_default()
+            };
+            Rendered {
+                seq: event.seq,
+                order: Some((*order_id, Some(order.stage), *from)),
+                frame: Bytes::from(format!("id: {id}\nevent: order\ndata: {json}\n\n")),
+            }
+        }
+        Change::OrderRemoved { id: order_id, from } => Rendered {
+            seq: event.seq,
+            order: Some((*order_id, None, Some(*from))),
+            frame: Bytes::from(format!(
+                "id: {id}\nevent: order_removed\ndata: {{\"id\":{order_id},\"stage\":\"{from}\"}}\n\n"
+            )),
+        },
+        _ => Rendered {
+            seq: event.seq,
+            order: None,
+            frame: Bytes::new(),
+        },
+    }
+}
+
+/// Which events a stream wants.
+#[derive(Clone, Default)]
+struct Filter {
+    stages: Option<HashSet<Stage>>,
+    order: Option<OrderId>,
+}
+
+impl Filter {
+    fn wants(&self, r: &Rendered) -> bool {
+        let Some((id, stage, from)) = r.order else {
+            return false;
+        };
+        self.order.is_none_or(|o| o == id)
+            && self.stages.as_ref().is_none_or(|s| {
+                stage.is_some_and(|x| s.contains(&x)) || from.is_some_and(|x| s.contains(&x))
+            })
+    }
+}
+
+/// `GET /events?stage=new,in_progress&order_id=7&since=<epoch>-<seq>`.
+pub fn events(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let mut filter = Filter::default();
+    let mut since = None;
+    for (key, value) in req.query()? {
+        match key.as_str() {
+            "stage" => {
+                let stages = value
+                    .split(',')
+                    .map(|v| {
+                        Stage::ALL
+                            .into_iter()
+                            .find(|s| s.as_str() == v.trim())
+                            .ok_or_else(|| {
+                                ApiError::bad_request(
+                                    "stage must be new, in_progress, completed or cancelled",
+                                )
+                            })
+                    })
+                    .collect::<Result<HashSet<_>, _>>()?;
+                filter.stages = Some(stages);
+            }
+            "order_id" => {
+                let id = value.parse().map_err(|_| {
+                    ApiError::bad_request("order_id must be a non-negative integer")
+                })?;
+                filter.order = Some(OrderId(id));
+            }
+            "since" => since = Some(value),
+            _ => {}
+        }
+    }
+    let last_event_id = req
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    stream(app, filter, since.or(last_event_id))
+}
+
+/// `GET /orders/{id}/tracking-stream`: the stream of one order.
+pub fn tracking(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = OrderId(req.id("Order not found")?);
+    if app.broker().get(id).is_none() {
+        return Err(ApiError::not_found("Order not found"));
+    }
+    let filter = Filter {
+        order: Some(id),
+        ..Filter::default()
+    };
+    let resume = req
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    stream(app, filter, resume)
+}
+
+fn stream(app: &App, filter: Filter, resume: Option<String>) -> Result<Response<Body>, ApiError> {
+    let live = &app.live;
+    let permit = live.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many event streams; retry later",
+        )
+    })?;
+    let broker = app.broker().clone();
+    let epoch = broker.epoch();
+    // Subscribe before looking at the history, so nothing falls between.
+    let rx = live.tx.subscribe();
+    let now = Seq(broker.last_seq().0 + 1);
+    let mut out = BytesMut::new();
+    let _ = write!(out, "retry: {}\n\n", live.retry_ms);
+    let next = match resume {
+        None => now,
+        Some(text) => {
+            let parsed = text
+                .trim()
+                .split_once('-')
+                .and_then(|(e, s)| Some((e.parse::<u64>().ok()?, s.parse::<u64>().ok()?)));
+            match parsed {
+                Some((e, s)) if e == epoch && s < now.0 && Seq(s + 1) >= broker.oldest_seq() => {
+                    Seq(s + 1)
+                }
+                Some((e, s)) if e == epoch && s + 1 == now.0 => now,
+                Some((e, _)) if e == epoch => resync(
+                    &mut out,
+                    epoch,
+                    now,
+                    "the history no longer reaches back that far",
+                ),
+                Some(_) => resync(&mut out, epoch, now, "the broker restarted (another epoch)"),
+                None => {
+                    return Err(ApiError::bad_request(
+                        "since / Last-Event-ID must be <epoch>-<seq> as sent in event ids",
+                    ));
+                }
+            }
+        }
+    };
+    let mut heartbeat = tokio::time::interval(live.heartbeat);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let state = Stream {
+        broker,
+        epoch,
+        filter,
+        rx,
+        next,
+        out,
+        heartbeat,
+        first_tick: true,
+        closing: live.closing.subscribe(),
+        _permit: permit,
+    };
+    let body = StreamBody::new(futures_util::stream::unfold(state, Stream::next_chunk));
+    let mut response = Response::new(BodyExt::boxed_unsync(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Writes a `resync` event and returns the cursor to go on from (now).
+fn resync(out: &mut BytesMut, epoch: u64, now: Seq, reason: &str) -> Seq {
+    let last = Seq(now.0 - 1);
+    let data = serde_json::json!({"reason": reason, "epoch": epoch.to_string(), "seq": last.0});
+    let _ = write!(
+        out,
+        "id: {}\nevent: resync\ndata: {data}\n\n",
+        event_id(epoch, last)
+    );
+    now
+}
+
+struct Stream {
+    broker: Broker,
+    epoch: u64,
+    filter: Filter,
+    rx: broadcast::Receiver<Arc<Rendered>>,
+    /// The seq of the next event this stream owes its client.
+    next: Seq,
+    /// Frames ready to send.
+    out: BytesMut,
+    heartbeat: Interval,
+    first_tick: bool,
+    closing: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Stream {
+    async fn next_chunk(mut self) -> Option<(Result<Frame<Bytes>, Infallible>, Self)> {
+        loop {
+            if !self.out.is_empty() {
+                let chunk = self.out.split().freeze();
+                return Some((Ok(Frame::data(chunk)), self));
+            }
+            if *self.closing.borrow() {
+                return None;
+            }
+            // Replay what the history holds beyond the cursor first (resume).
+            if self.next <= self.broker.last_seq() {
+                self.fill(None);
+                continue;
+            }
+            enum Wake {
+                Rendered(Result<Arc<Rendered>, broadcast::error::RecvError>),
+                Tick,
+                Closing,
+            }
+            let wake = tokio::select! {
+                received = self.rx.recv() => Wake::Rendered(received),
+                _ = self.heartbeat.tick() => Wake::Tick,
+                _ = self.closing.wait_for(|c| *c) => Wake::Closing,
+            };
+            match wake {
+                Wake::Rendered(Ok(rendered)) => {
+                    if rendered.seq < self.next {
+                        continue; // already sent from the history
+                    }
+                    if rendered.seq > self.next {
+                        self.fill(Some(rendered.seq));
+                    }
+                    if rendered.seq == self.next {
+                        self.push(&rendered);
+                    }
+                }
+                // Fell behind the live buffer: catch up from the history.
+                Wake::Rendered(Err(broadcast::error::RecvError::Lagged(_))) => self.fill(None),
+                Wake::Rendered(Err(broadcast::error::RecvError::Closed)) | Wake::Closing => {
+                    return None;
+                }
+                Wake::Tick => {
+                    if !std::mem::take(&mut self.first_tick) {
+                        self.out.extend_from_slice(b": keep-alive\n\n");
+                    }
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, rendered: &Rendered) {
+        if self.filter.wants(rendered) {
+            self.out.extend_from_slice(&rendered.frame);
+        }
+        self.next = Seq(rendered.seq.0 + 1);
+    }
+
+    /// Sends events from the history from the cursor up to (not including)
+    /// `until`, or all of them; resync if the history lost some.
+    fn fill(&mut self, until: Option<Seq>) {
+        loop {
+            let want = until.map_or(1024, |u| (u.0 - self.next.0).min(1024) as usize);
+            if want == 0 {
+                return;
+            }
+            match self.broker.events_since(self.next, want) {
+                Ok(events) if events.is_empty() => return,
+                Ok(events) => {
+                    for event in &events {
+                        let rendered = render(&self.broker, event);
+                        self.push(&rendered);
+                    }
+                }
+                Err(_) => {
+                    let now = Seq(self.broker.last_seq().0 + 1);
+                    self.next = resync(
+                        &mut self.out,
+                        self.epoch,
+                        now,
+                        "this stream fell too far behind",
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `GET /views`: the three board views and the event id they reflect, so a
+/// client loads this and then streams `/events?since=<last_event_id>`.
+pub fn views(app: &App) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Views<'a> {
+        epoch: String,
+        seq: Seq,
+        last_event_id: String,
+        new: Vec<OrderBody<'a>>,
+        in_progress: Vec<OrderBody<'a>>,
+        completed: Vec<OrderBody<'a>>,
+    }
+    let broker = app.broker();
+    let stages = [Stage::New, Stage::InProgress, Stage::Completed];
+    let (seq, ids) = broker.snapshot(&stages);
+    let orders: Vec<Vec<_>> = ids
+        .into_iter()
+        .map(|ids| {
+            ids.into_iter()
+                .filter_map(|id| broker.get(id).map(|o| (id, o)))
+                .collect()
+        })
+        .collect();
+    let symbols = broker.symbols();
+    let bodies = |k: usize| -> Vec<OrderBody<'_>> {
+        orders[k]
+            .iter()
+            .map(|(id, o)| OrderBody::new(*id, o, &symbols))
+            .collect()
+    };
+    let views = Views {
+        epoch: broker.epoch().to_string(),
+        seq,
+        last_event_id: event_id(broker.epoch(), seq),
+        new: bodies(0),
+        in_progress: bodies(1),
+        completed: bodies(2),
+    };
+    json_response(StatusCode::OK, &views)
+}
