@@ -170,3 +170,122 @@ impl Client {
         .await
     }
 }
+
+/// A Server-Sent Events stream read over a real connection.
+pub struct Sse {
+    body: hyper::body::Incoming,
+    buf: String,
+    _sender: SendRequest<Full<Bytes>>,
+}
+
+/// One block of a stream: an event, or a comment (`event` = ":").
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+}
+
+impl Sse {
+    /// Opens `path`; Err with the reply when the answer is not a stream.
+    pub async fn open(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Sse, Reply> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let mut request = Request::builder().uri(path).header("host", "test");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let is_stream = parts
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes() == b"text/event-stream");
+        if parts.status != StatusCode::OK || !is_stream {
+            let body = body.collect().await.unwrap().to_bytes();
+            return Err(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            });
+        }
+        Ok(Sse {
+            body,
+            buf: String::new(),
+            _sender: sender,
+        })
+    }
+
+    /// The next block (event, comment or retry hint), or None at the end of
+    /// the stream or after `wait`.
+    pub async fn next_block(&mut self, wait: std::time::Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: "message".into(),
+                    data: String::new(),
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event.event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data.push_str(v);
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        event.event = "retry".into();
+                        event.data = v.to_string();
+                    } else if line.starts_with(':') {
+                        event.event = ":".into();
+                        event.data = line.to_string();
+                    }
+                }
+                return Some(event);
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .ok()??;
+            if let Ok(data) = frame.unwrap().into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
+    /// The next event, skipping comments and the retry hint.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            let block = self.next_block(std::time::Duration::from_secs(5)).await?;
+            if block.event != ":" && block.event != "retry" {
+                return Some(block);
+            }
+        }
+    }
+
+    /// True if nothing but comments arrives within `wait`.
+    pub async fn quiet_for(&mut self, wait: std::time::Duration) -> bool {
+        loop {
+            match self.next_block(wait).await {
+                None => return true,
+                Some(b) if b.event == ":" || b.event == "retry" => continue,
+                Some(_) => return false,
+            }
+        }
+    }
+}
