@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use crate::catalog::{Customer, CustomerId, Product, Table};
 use crate::config::Config;
 use crate::feed::{Change, Event, History, Lagged, Notifier};
-use crate::model::{Millis, Order, OrderId, OrderView, Seq, Stage, Version};
+use crate::model::{Millis, Order, OrderId, OrderView, Seq, Stage, Stamp, Version};
 use crate::money::Rate;
 use crate::shop::{Lifecycle, Shortage};
 use crate::symbols::{Sym, Symbols, SymbolsFull, SymbolsReader};
@@ -418,8 +418,13 @@ impl Broker {
             None => Version(1),
             Some(b) => b.version.next().ok_or(BrokerError::VersionExhausted)?,
         };
+        let now = Stamp::from(now);
         order.created = before.map_or(now, |b| b.created);
         order.updated = now;
+        order.stage_since = match before {
+            Some(b) if b.stage == order.stage => b.stage_since,
+            _ => now,
+        };
         Ok(order)
     }
 
@@ -473,8 +478,9 @@ impl Broker {
             orderbot_id: order.orderbot_id.map(|b| symbols.text(b).to_string()),
             stage: order.stage,
             version: order.version,
-            created: order.created,
-            updated: order.updated,
+            created: order.created.get(),
+            updated: order.updated.get(),
+            stage_since: order.stage_since.get(),
         }
     }
 
@@ -622,8 +628,9 @@ impl Order {
             orderbot_id,
             stage: Stage::New,
             version: Version(0),
-            created: Millis(0),
-            updated: Millis(0),
+            created: Stamp::default(),
+            updated: Stamp::default(),
+            stage_since: Stamp::default(),
             shop,
         }
     }
@@ -769,5 +776,17 @@ mod tests {
         let view = broker.view(id).unwrap();
         assert_eq!(view.orderbot_id.as_deref(), Some("r1"));
         assert!(view.updated >= view.created);
+
+        // Time in stage: kept across statuses within a stage, reset on a move.
+        let other = OrderId(2);
+        broker.update_status(other, "Mixing", None).unwrap();
+        let entered = broker.get(other).unwrap().stage_since;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        broker.update_status(other, "Pouring", None).unwrap();
+        assert_eq!(broker.get(other).unwrap().stage_since, entered);
+        broker.update_status(other, "Order Served", None).unwrap();
+        let served = broker.get(other).unwrap();
+        assert!(served.stage_since.get() > entered.get());
+        assert_eq!(served.stage_since, served.updated);
     }
 }

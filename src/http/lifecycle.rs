@@ -131,7 +131,7 @@ fn answer(app: &App, id: OrderId, order: &Order) -> Value {
         "statusText": state.text(),
         "storeName": app.store_name,
         "userID": shop.customer_id,
-        "created": order.created.0 / 1000,
+        "created": order.created.get().0 / 1000,
         "paymentMethod": shop.payment_method,
         "paymentStatus": shop.payment_status,
         "user": customer.map(|c| json!({"id": c.id, "name": c.name, "phone": c.phone})),

@@ -102,6 +102,7 @@ pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiErro
         version: Version,
         created: Millis,
         updated: Millis,
+        stage_since: Millis,
     }
     let not_found = || ApiError::not_found("Order not found");
     let id = id
@@ -118,8 +119,9 @@ pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiErro
             orderbot_id: order.orderbot_id.map(|b| symbols.text(b)),
             stage: order.stage,
             version: order.version,
-            created: order.created,
-            updated: order.updated,
+            created: order.created.get(),
+            updated: order.updated.get(),
+            stage_since: order.stage_since.get(),
         },
     );
     with_etag(&mut response, order.version);

@@ -36,6 +36,8 @@ pub struct OrderBody<'a> {
     version: Version,
     created: Millis,
     updated: Millis,
+    /// When the order entered its stage (for "time in stage" on a board).
+    stage_since: Millis,
     #[serde(flatten)]
     shop: Option<&'a ShopOrder>,
 }
@@ -48,8 +50,9 @@ impl<'a> OrderBody<'a> {
             stage: order.stage,
             orderbot_id: order.orderbot_id.map(|b| symbols.text(b)),
             version: order.version,
-            created: order.created,
-            updated: order.updated,
+            created: order.created.get(),
+            updated: order.updated.get(),
+            stage_since: order.stage_since.get(),
             shop: order.shop.as_deref(),
         }
     }
