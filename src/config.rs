@@ -38,6 +38,8 @@ pub struct Config {
     pub shop: Shop,
     /// Who may call; with no tokens and no JWT secret the broker is open.
     pub auth: AuthConfig,
+    /// The order board page served at `/`.
+    pub board: Board,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +140,24 @@ pub struct AuthConfig {
     pub protect_views: bool,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Board {
+    /// The page's heading and title.
+    pub title: String,
+    /// Seconds a completed order stays on the board.
+    pub completed_linger_secs: u64,
+}
+
+impl Default for Board {
+    fn default() -> Self {
+        Board {
+            title: "Orders".into(),
+            completed_linger_secs: 120,
+        }
+    }
+}
+
 impl Default for Shop {
     fn default() -> Self {
         Shop {
@@ -172,6 +192,7 @@ impl Default for Config {
             events: Events::default(),
             shop: Shop::default(),
             auth: AuthConfig::default(),
+            board: Board::default(),
         }
     }
 }

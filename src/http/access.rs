@@ -60,7 +60,8 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
     let read = req.method == Method::GET || req.method == Method::HEAD;
     let path_id = || req.param.as_deref().and_then(|p| p.parse::<u64>().ok());
     let need = match route {
-        Route::Healthz => Need::Nobody,
+        // The page itself holds no data; what it loads is checked.
+        Route::Healthz | Route::Board => Need::Nobody,
         Route::GetAll
         | Route::GetCurrentOrder
         | Route::GetCompletedOrders

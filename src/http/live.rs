@@ -191,7 +191,9 @@ pub fn events(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    stream(app, filter, since.or(last_event_id))
+    // A reconnecting EventSource repeats the URL (with the old `since`) and
+    // sends the newer Last-Event-ID: the header wins.
+    stream(app, filter, last_event_id.or(since))
 }
 
 /// `GET /orders/{id}/tracking-stream`: the stream of one order.
@@ -432,4 +434,33 @@ pub fn views(app: &App) -> Response<Body> {
         completed: bodies(2),
     };
     json_response(StatusCode::OK, &views)
+}
+
+/// The board page, with the config's title and linger time filled in.
+pub fn board_page(config: &crate::config::Board) -> Bytes {
+    let title = config
+        .title
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    let page = include_str!("../../assets/board.html")
+        .replace("{{TITLE}}", &title)
+        .replace(
+            "{{LINGER_MS}}",
+            &(config.completed_linger_secs * 1000).to_string(),
+        );
+    Bytes::from(page)
+}
+
+/// `GET /`: the order board.
+pub fn board(app: &App) -> Response<Body> {
+    let mut response = Response::new(super::full(app.board.clone()));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }

@@ -57,6 +57,7 @@ pub(crate) enum Route {
     Events,
     Views,
     TrackingStream,
+    Board,
     Healthz,
 }
 
@@ -77,7 +78,8 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 15] = [
+    const FIXED: [(&'static str, Route); 16] = [
+        ("/", Route::Board),
         ("/events", Route::Events),
         ("/views", Route::Views),
         ("/orders/{id}/tracking-stream", Route::TrackingStream),
@@ -137,6 +139,8 @@ pub struct App {
     /// Event streams: the shared renderer, limits, and the shutdown switch.
     pub live: std::sync::Arc<live::Live>,
     max_streams: usize,
+    /// The board page, rendered once from its template.
+    board: Bytes,
 }
 
 impl App {
@@ -185,6 +189,7 @@ impl App {
             protect_views: config.auth.protect_views,
             live: std::sync::Arc::new(live::Live::new(&config.events)),
             max_streams: config.events.max_streams,
+            board: live::board_page(&config.board),
         })
     }
 
@@ -301,6 +306,7 @@ impl App {
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),
+            Route::Board if read => Ok(live::board(self)),
             _ => Err(ApiError::method_not_allowed(route.allow())),
         }
     }
