@@ -28,7 +28,12 @@ impl TestServer {
     }
 
     pub async fn with_config(config: Config) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::at("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// A server on a given address (to restart one where clients expect it).
+    pub async fn at(addr: SocketAddr, config: Config) -> TestServer {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(&config);
         let (tx, rx) = oneshot::channel::<()>();
@@ -140,10 +145,13 @@ impl Client {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Reply {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "test");
+        let mut request = Request::builder().method(method).uri(path);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+        {
+            request = request.header("host", "test");
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
