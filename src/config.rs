@@ -40,6 +40,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The order board page served at `/`.
     pub board: Board,
+    /// Process engines (CPEE): dispatch, waits and callback delivery.
+    pub cpee: CpeeConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +160,42 @@ impl Default for Board {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpeeConfig {
+    /// Hosts (`host` or `host:port`) callbacks may go to; empty: any.
+    pub callback_allow: Vec<String>,
+    /// Milliseconds one callback PUT may take.
+    pub callback_timeout_ms: u64,
+    /// Attempts before a callback is given up.
+    pub callback_retries: u32,
+    /// Milliseconds before the first retry; doubles each time, up to 10 s.
+    pub callback_backoff_ms: u64,
+    /// Longest `?wait=` a work request may long-poll, in seconds.
+    pub max_wait_secs: u64,
+    /// Most callbacks pending (and re-send answers kept) at once.
+    pub max_pending: usize,
+    /// Seconds a call's answer is kept to answer a re-sent call the same.
+    pub resend_memory_secs: u64,
+    /// Status of an order taken in by `POST /orders/intake`.
+    pub intake_status: String,
+}
+
+impl Default for CpeeConfig {
+    fn default() -> Self {
+        CpeeConfig {
+            callback_allow: Vec::new(),
+            callback_timeout_ms: 5000,
+            callback_retries: 8,
+            callback_backoff_ms: 200,
+            max_wait_secs: 60,
+            max_pending: 10_000,
+            resend_memory_secs: 3600,
+            intake_status: "Order Initiated".into(),
+        }
+    }
+}
+
 impl Default for Shop {
     fn default() -> Self {
         Shop {
@@ -193,6 +231,7 @@ impl Default for Config {
             shop: Shop::default(),
             auth: AuthConfig::default(),
             board: Board::default(),
+            cpee: CpeeConfig::default(),
         }
     }
 }
@@ -421,6 +460,12 @@ impl Config {
             ("events.max_streams", self.events.max_streams),
             ("events.live_buffer", self.events.live_buffer),
             ("limits.max_idempotency_keys", l.max_idempotency_keys),
+            (
+                "cpee.callback_timeout_ms",
+                self.cpee.callback_timeout_ms as usize,
+            ),
+            ("cpee.callback_retries", self.cpee.callback_retries as usize),
+            ("cpee.max_pending", self.cpee.max_pending),
             (
                 "http.idempotency_ttl_secs",
                 self.http.idempotency_ttl_secs as usize,

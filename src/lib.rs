@@ -31,6 +31,7 @@ pub mod auth;
 pub mod broker;
 pub mod catalog;
 pub mod config;
+pub mod cpee;
 pub mod feed;
 pub mod http;
 pub mod model;

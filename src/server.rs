@@ -41,6 +41,7 @@ pub async fn serve(
         App::new(broker, config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
     );
     tokio::spawn(app.live.clone().render(app.broker().clone()));
+    let watcher = tokio::spawn(app.cpee.clone().watch());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
@@ -76,6 +77,7 @@ pub async fn serve(
     drop(listener);
     // Event streams never end on their own: end them so connections drain.
     app.live.close();
+    watcher.abort();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     info!(
         open = graceful.count(),

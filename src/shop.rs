@@ -30,6 +30,18 @@ pub struct ShopOrder {
     pub processed: Option<Millis>,
     /// Every status the order had, with when it got it.
     pub history: Vec<HistoryEntry>,
+    /// Free-form details an intake call brought (drink, size, name…).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    pub details: Vec<(String, String)>,
+}
+
+fn as_map<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

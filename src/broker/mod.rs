@@ -364,6 +364,19 @@ impl Broker {
         })
     }
 
+    /// Assigns an order to an orderbot, keeping its status.
+    pub fn set_orderbot(&self, id: OrderId, orderbot_id: &str) -> Result<Event, BrokerError> {
+        self.check_len("orderbot_id", orderbot_id)?;
+        let bot = self.inner.symbols.intern(orderbot_id)?;
+        self.apply(id, Mode::Update, None, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            Ok(Order {
+                orderbot_id: Some(bot),
+                ..current.clone()
+            })
+        })
+    }
+
     /// The one way a single order changes: `change` gets the current order
     /// (None if new; see [`Mode`] for what happens when it exists or not)
     /// and returns its next state or refuses. `expected` is an `If-Match`

@@ -105,7 +105,55 @@ impl Broker {
                 status: Lifecycle::New.text().into(),
                 at: now,
             }],
+            details: Vec::new(),
         };
+        self.insert_new(status, shop)
+    }
+
+    /// Takes an order from a process engine's intake call: a fresh id and
+    /// number, `status`, and the call's fields as free-form details.
+    pub fn intake(
+        &self,
+        status: &str,
+        details: Vec<(String, String)>,
+    ) -> Result<Event, BrokerError> {
+        self.check_len("status", status)?;
+        for (k, v) in &details {
+            if k.len() + v.len() > 4096 {
+                return Err(BrokerError::TextTooLong {
+                    field: "details",
+                    limit: 4096,
+                });
+            }
+        }
+        let status_sym = self.inner.symbols.intern(status)?;
+        let now = Millis::now();
+        let shop = ShopOrder {
+            number: String::new(),
+            customer_id: None,
+            items: Vec::new(),
+            notes: String::new(),
+            table_number: None,
+            channel: "cpee".into(),
+            payment_status: PaymentStatus::Unpaid,
+            payment_method: None,
+            totals: Totals::default(),
+            processed: None,
+            history: vec![HistoryEntry {
+                status: status.to_string(),
+                at: now,
+            }],
+            details,
+        };
+        self.insert_new(status_sym, shop)
+    }
+
+    /// Inserts a new shop order under the next free id.
+    fn insert_new(
+        &self,
+        status: crate::symbols::Sym,
+        shop: ShopOrder,
+    ) -> Result<Event, BrokerError> {
         loop {
             let id = OrderId(self.inner.next_order_id.fetch_add(1, Ordering::Relaxed));
             let result = self.apply(id, super::Mode::Create, None, |_| {

@@ -5,6 +5,7 @@
 mod access;
 pub mod body;
 mod catalog;
+mod cpee;
 pub mod error;
 mod idempotency;
 mod lifecycle;
@@ -58,6 +59,12 @@ pub(crate) enum Route {
     Views,
     TrackingStream,
     Board,
+    // Process engines.
+    Intake,
+    NextOrder,
+    CpeeWait,
+    CpeeCallbacks,
+    CpeeCallback,
     Healthz,
 }
 
@@ -72,13 +79,20 @@ impl Route {
             Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
             Route::OrderItems => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
-            Route::Lifecycle => "POST, OPTIONS",
+            Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
+            Route::NextOrder => "GET, HEAD, POST, OPTIONS",
+            Route::CpeeCallback => "DELETE, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 16] = [
+    const FIXED: [(&'static str, Route); 21] = [
+        ("/orders/intake", Route::Intake),
+        ("/cpee/next-order", Route::NextOrder),
+        ("/cpee/wait", Route::CpeeWait),
+        ("/cpee/callbacks", Route::CpeeCallbacks),
+        ("/cpee/callbacks/{id}", Route::CpeeCallback),
         ("/", Route::Board),
         ("/events", Route::Events),
         ("/views", Route::Views),
@@ -141,6 +155,10 @@ pub struct App {
     max_streams: usize,
     /// The board page, rendered once from its template.
     board: Bytes,
+    /// CPEE dispatch, waits and callbacks.
+    pub cpee: std::sync::Arc<crate::cpee::Cpee>,
+    cpee_intake_status: String,
+    cpee_max_wait_secs: u64,
 }
 
 impl App {
@@ -175,6 +193,7 @@ impl App {
             })?),
         };
         Ok(App {
+            cpee: crate::cpee::Cpee::new(broker.clone(), config.cpee.clone()),
             broker,
             router,
             max_body_bytes: config.limits.max_body_bytes,
@@ -190,6 +209,8 @@ impl App {
             live: std::sync::Arc::new(live::Live::new(&config.events)),
             max_streams: config.events.max_streams,
             board: live::board_page(&config.board),
+            cpee_intake_status: config.cpee.intake_status.clone(),
+            cpee_max_wait_secs: config.cpee.max_wait_secs,
         })
     }
 
@@ -307,6 +328,11 @@ impl App {
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),
             Route::Board if read => Ok(live::board(self)),
+            Route::Intake if m == Method::POST => cpee::intake(self, req).await,
+            Route::NextOrder if read || m == Method::POST => cpee::next_order(self, req).await,
+            Route::CpeeWait if m == Method::POST => cpee::wait(self, req).await,
+            Route::CpeeCallbacks if read => cpee::callbacks(self, req),
+            Route::CpeeCallback if m == Method::DELETE => cpee::callbacks(self, req),
             _ => Err(ApiError::method_not_allowed(route.allow())),
         }
     }
@@ -379,4 +405,16 @@ pub fn if_match(req: &Req) -> Result<Option<crate::model::Version>, ApiError> {
     bare.parse()
         .map(|v| Some(crate::model::Version(v)))
         .map_err(|_| ApiError::bad_request("If-Match must be an ETag such as \"3\""))
+}
+
+/// An order as JSON, the way the `/orders` API shows it.
+pub fn order_json(
+    broker: &Broker,
+    id: crate::model::OrderId,
+    order: &crate::model::Order,
+) -> Bytes {
+    let symbols = broker.symbols();
+    Bytes::from(
+        serde_json::to_vec(&orders::OrderBody::new(id, order, &symbols)).unwrap_or_default(),
+    )
 }

@@ -1,0 +1,542 @@
+//! CPEE's side of the broker: work dispatch to waiting orderbots, waiting
+//! for an order to reach a state, and delivery of asynchronous answers.
+//!
+//! CPEE calls a service; a reply with `CPEE-CALLBACK: true` and no body means
+//! "I will answer later", and the answer is then a `PUT` to the URL CPEE gave
+//! in its `CPEE-CALLBACK` header. Here:
+//! - orders taken in by intake wait in a FIFO queue; orderbots asking for work
+//!   wait in another, oldest first. Both sit under one lock, so each order
+//!   goes to exactly one orderbot and no order waits while an orderbot does;
+//! - state waits are kept per order and checked against every change in the
+//!   feed by one task;
+//! - answers are PUT by a retrying client (backoff on connection errors and
+//!   5xx, stop on 404/503, which CPEE answers for a closed callback); a work
+//!   answer that cannot be delivered puts its order back at the queue's head;
+//! - a re-sent call (same instance UUID and callback id) gets the first
+//!   call's answer and takes nothing twice.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::broker::Broker;
+use crate::config::CpeeConfig;
+use crate::model::{Millis, Order, OrderId, Stage};
+
+/// The CPEE headers of a call.
+#[derive(Debug, Clone, Default)]
+pub struct CpeeCall {
+    pub callback: Option<String>,
+    pub callback_id: Option<String>,
+    pub instance: Option<String>,
+    pub instance_uuid: Option<String>,
+    pub label: Option<String>,
+}
+
+impl CpeeCall {
+    pub fn from_headers(headers: &HeaderMap) -> CpeeCall {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        CpeeCall {
+            callback: get("cpee-callback"),
+            callback_id: get("cpee-callback-id"),
+            instance: get("cpee-instance"),
+            instance_uuid: get("cpee-instance-uuid"),
+            label: get("cpee-label"),
+        }
+    }
+
+    /// What identifies a re-sent call, if CPEE said.
+    pub fn resend_key(&self, route: &str) -> Option<String> {
+        Some(format!(
+            "{route} {} {}",
+            self.instance_uuid.as_ref()?,
+            self.callback_id.as_ref()?
+        ))
+    }
+}
+
+/// What an order must reach for a state wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Status(String),
+    Stage(Stage),
+}
+
+/// A callback the broker owes CPEE, as `GET /cpee/callbacks` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub id: u64,
+    /// `next-order` or `wait`.
+    pub kind: &'static str,
+    pub url: String,
+    pub instance: Option<String>,
+    pub label: Option<String>,
+    pub order_id: Option<OrderId>,
+    pub orderbot_id: Option<String>,
+    pub created: Millis,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
+/// How a call was answered, remembered for re-sends.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Answered at once with this JSON.
+    Now(Bytes),
+    /// Answered `CPEE-CALLBACK: true`; the PUT comes later.
+    Later,
+}
+
+enum Waiter {
+    Callback {
+        id: u64,
+        orderbot: String,
+    },
+    Poll {
+        orderbot: String,
+        tx: oneshot::Sender<OrderId>,
+    },
+}
+
+#[derive(Default)]
+struct Dispatch {
+    /// Orders waiting for an orderbot, oldest first.
+    orders: VecDeque<OrderId>,
+    /// Orderbots waiting for an order, oldest first.
+    waiters: VecDeque<Waiter>,
+}
+
+struct StateWait {
+    callback: u64,
+    target: Target,
+    updates: bool,
+}
+
+pub struct Cpee {
+    broker: Broker,
+    config: CpeeConfig,
+    /// The two dispatch queues, under one lock.
+    dispatch: Mutex<Dispatch>,
+    /// State waits by order. `wait_count` lets the feed task skip the lock
+    /// when nobody waits.
+    waits: Mutex<HashMap<OrderId, Vec<StateWait>>>,
+    wait_count: AtomicUsize,
+    /// Callbacks not yet delivered, by id.
+    pending: DashMap<u64, Pending>,
+    next_id: AtomicU64,
+    /// Answers of calls with a resend key, and when they were given.
+    resent: DashMap<String, (Instant, Answer)>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpeeError {
+    CallbackNotAllowed(String),
+    BadCallback(String),
+    TooManyCallbacks,
+}
+
+impl std::fmt::Display for CpeeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CpeeError::CallbackNotAllowed(host) => {
+                write!(f, "callback host {host} is not in cpee.callback_allow")
+            }
+            CpeeError::BadCallback(url) => write!(f, "CPEE-CALLBACK {url:?} is not an http:// URL"),
+            CpeeError::TooManyCallbacks => f.write_str("too many pending callbacks; retry later"),
+        }
+    }
+}
+
+impl Cpee {
+    pub fn new(broker: Broker, config: CpeeConfig) -> Arc<Cpee> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(config.callback_timeout_ms)));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Arc::new(Cpee {
+            broker,
+            config,
+            dispatch: Mutex::default(),
+            waits: Mutex::default(),
+            wait_count: AtomicUsize::new(0),
+            pending: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            resent: DashMap::new(),
+            client,
+        })
+    }
+
+    /// The answer a re-sent call already got.
+    pub fn resent(&self, key: &str) -> Option<Answer> {
+        let ttl = Duration::from_secs(self.config.resend_memory_secs);
+        let entry = self.resent.get(key)?;
+        (entry.0.elapsed() < ttl).then(|| entry.1.clone())
+    }
+
+    /// Remembers a call's answer for re-sends (bounded: old ones go first).
+    pub fn remember(&self, key: Option<String>, answer: Answer) {
+        let Some(key) = key else { return };
+        if self.resent.len() >= self.config.max_pending {
+            let ttl = Duration::from_secs(self.config.resend_memory_secs);
+            self.resent.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if self.resent.len() < self.config.max_pending {
+            self.resent.insert(key, (Instant::now(), answer));
+        }
+    }
+
+    /// Checks a callback URL against the config before anything is promised.
+    pub fn check_callback(&self, url: &str) -> Result<(), CpeeError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| CpeeError::BadCallback(url.into()))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(CpeeError::BadCallback(url.into()));
+        }
+        let host = uri.host().unwrap_or_default().to_string();
+        let host_port = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let allow = &self.config.callback_allow;
+        if !allow.is_empty() && !allow.iter().any(|a| *a == host || *a == host_port) {
+            return Err(CpeeError::CallbackNotAllowed(host_port));
+        }
+        if self.pending.len() >= self.config.max_pending {
+            return Err(CpeeError::TooManyCallbacks);
+        }
+        Ok(())
+    }
+
+    fn register(
+        &self,
+        kind: &'static str,
+        call: &CpeeCall,
+        order_id: Option<OrderId>,
+        orderbot: Option<&str>,
+    ) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.pending.insert(
+            id,
+            Pending {
+                id,
+                kind,
+                url: call.callback.clone().unwrap_or_default(),
+                instance: call.instance.clone(),
+                label: call.label.clone(),
+                order_id,
+                orderbot_id: orderbot.map(str::to_string),
+                created: Millis::now(),
+                attempts: 0,
+            },
+        );
+        id
+    }
+
+    pub fn pending(&self) -> Vec<Pending> {
+        let mut all: Vec<Pending> = self.pending.iter().map(|p| p.value().clone()).collect();
+        all.sort_by_key(|p| p.id);
+        all
+    }
+
+    /// Cancels a pending callback; false if there is none by that id.
+    pub fn cancel(&self, id: u64) -> bool {
+        let Some((_, pending)) = self.pending.remove(&id) else {
+            return false;
+        };
+        match pending.kind {
+            "next-order" => self
+                .dispatch
+                .lock()
+                .waiters
+                .retain(|w| !matches!(w, Waiter::Callback { id: i, .. } if *i == id)),
+            _ => {
+                if let Some(order) = pending.order_id {
+                    self.drop_wait(order, id);
+                }
+            }
+        }
+        true
+    }
+
+    /// Queues an order taken in by intake, handing it out if an orderbot waits.
+    pub fn enqueue(self: &Arc<Self>, order: OrderId) {
+        self.dispatch.lock().orders.push_back(order);
+        self.dispatch_ready();
+    }
+
+    /// Asks for work: the oldest waiting order now, or None.
+    pub fn take_now(&self, orderbot: &str) -> Option<OrderId> {
+        let order = self.dispatch.lock().orders.pop_front()?;
+        self.assign(order, orderbot);
+        Some(order)
+    }
+
+    /// Waits for work with a callback: the order is PUT when one comes.
+    pub fn wait_for_work(self: &Arc<Self>, call: &CpeeCall, orderbot: &str) -> u64 {
+        let id = self.register("next-order", call, None, Some(orderbot));
+        self.dispatch.lock().waiters.push_back(Waiter::Callback {
+            id,
+            orderbot: orderbot.to_string(),
+        });
+        self.dispatch_ready();
+        id
+    }
+
+    /// Waits for work by long poll; the receiver gets the order.
+    pub fn poll_for_work(self: &Arc<Self>, orderbot: &str) -> oneshot::Receiver<OrderId> {
+        let (tx, rx) = oneshot::channel();
+        self.dispatch.lock().waiters.push_back(Waiter::Poll {
+            orderbot: orderbot.to_string(),
+            tx,
+        });
+        self.dispatch_ready();
+        rx
+    }
+
+    /// Pairs waiting orders with waiting orderbots, oldest with oldest.
+    fn dispatch_ready(self: &Arc<Self>) {
+        loop {
+            let (order, waiter) = {
+                let mut d = self.dispatch.lock();
+                if d.orders.is_empty() || d.waiters.is_empty() {
+                    return;
+                }
+                let order = d.orders.pop_front().expect("checked");
+                let waiter = d.waiters.pop_front().expect("checked");
+                (order, waiter)
+            };
+            match waiter {
+                Waiter::Poll { orderbot, tx } => {
+                    self.assign(order, &orderbot);
+                    if tx.send(order).is_err() {
+                        // The poller left: the order goes back to the head.
+                        self.dispatch.lock().orders.push_front(order);
+                    }
+                }
+                Waiter::Callback { id, orderbot } => {
+                    self.assign(order, &orderbot);
+                    if let Some(mut p) = self.pending.get_mut(&id) {
+                        p.order_id = Some(order);
+                    }
+                    let body = self.order_json(order);
+                    self.clone().deliver(id, body, false, Some(order));
+                }
+            }
+        }
+    }
+
+    fn assign(&self, order: OrderId, orderbot: &str) {
+        if let Err(e) = self.broker.set_orderbot(order, orderbot) {
+            warn!(%order, error = %e, "could not record the orderbot of a dispatched order");
+        }
+    }
+
+    pub fn order_json(&self, id: OrderId) -> Bytes {
+        match self.broker.get(id) {
+            Some(order) => crate::http::order_json(&self.broker, id, &order),
+            None => Bytes::from_static(b"null"),
+        }
+    }
+
+    /// Registers a state wait, or answers at once: Some(order) if the order is
+    /// already there. The wait is registered before the check, so no change
+    /// can slip between them.
+    pub fn wait_for_state(
+        self: &Arc<Self>,
+        call: &CpeeCall,
+        order: OrderId,
+        target: Target,
+        updates: bool,
+    ) -> Option<Order> {
+        let id = self.register("wait", call, Some(order), None);
+        self.waits.lock().entry(order).or_default().push(StateWait {
+            callback: id,
+            target: target.clone(),
+            updates,
+        });
+        self.wait_count.fetch_add(1, Ordering::Relaxed);
+        let current = self.broker.get(order)?;
+        if self.reached(&current, &target) && self.drop_wait(order, id) {
+            self.pending.remove(&id);
+            return Some(current);
+        }
+        None
+    }
+
+    /// Removes a wait; true if this call removed it (so it owns the answer).
+    fn drop_wait(&self, order: OrderId, callback: u64) -> bool {
+        let mut waits = self.waits.lock();
+        let Some(list) = waits.get_mut(&order) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|w| w.callback != callback);
+        let removed = list.len() < before;
+        if list.is_empty() {
+            waits.remove(&order);
+        }
+        if removed {
+            self.wait_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    pub fn reached(&self, order: &Order, target: &Target) -> bool {
+        match target {
+            Target::Stage(stage) => order.stage == *stage,
+            Target::Status(status) => self.broker.symbols().text(order.status) == status,
+        }
+    }
+
+    /// Follows the feed and answers state waits. Runs until the broker goes.
+    pub async fn watch(self: Arc<Self>) {
+        let mut feed = self
+            .broker
+            .subscribe(crate::model::Seq(self.broker.last_seq().0 + 1));
+        loop {
+            let events = match feed.recv().await {
+                Ok(events) => events,
+                Err(_) => {
+                    // Fell behind: re-check every wait against the current state.
+                    feed = self
+                        .broker
+                        .subscribe(crate::model::Seq(self.broker.last_seq().0 + 1));
+                    let orders: Vec<OrderId> = self.waits.lock().keys().copied().collect();
+                    for id in orders {
+                        if let Some(order) = self.broker.get(id) {
+                            self.changed(id, &order);
+                        }
+                    }
+                    continue;
+                }
+            };
+            if self.wait_count.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            for event in &events {
+                if let Some((id, order)) = event.order() {
+                    self.changed(id, order);
+                }
+            }
+        }
+    }
+
+    fn changed(self: &Arc<Self>, id: OrderId, order: &Order) {
+        let (done, updates): (Vec<u64>, Vec<u64>) = {
+            let mut waits = self.waits.lock();
+            let Some(list) = waits.get_mut(&id) else {
+                return;
+            };
+            let mut done = Vec::new();
+            let mut updates = Vec::new();
+            list.retain(|w| {
+                if self.reached(order, &w.target) {
+                    done.push(w.callback);
+                    false
+                } else {
+                    if w.updates {
+                        updates.push(w.callback);
+                    }
+                    true
+                }
+            });
+            if list.is_empty() {
+                waits.remove(&id);
+            }
+            (done, updates)
+        };
+        self.wait_count.fetch_sub(done.len(), Ordering::Relaxed);
+        let body = crate::http::order_json(&self.broker, id, order);
+        for callback in updates {
+            self.clone().deliver(callback, body.clone(), true, None);
+        }
+        for callback in done {
+            self.clone().deliver(callback, body.clone(), false, None);
+        }
+    }
+
+    /// PUTs `body` to a pending callback, retrying with backoff. `update`
+    /// marks an intermediate answer (`CPEE-UPDATE: true`) that keeps the
+    /// callback open. A work answer (`order`) that cannot be delivered puts
+    /// the order back at the head of the queue.
+    fn deliver(self: Arc<Self>, callback: u64, body: Bytes, update: bool, order: Option<OrderId>) {
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(self.config.callback_backoff_ms);
+            let timeout = Duration::from_millis(self.config.callback_timeout_ms);
+            loop {
+                let Some(url) = self.pending.get_mut(&callback).map(|mut p| {
+                    p.attempts += 1;
+                    p.url.clone()
+                }) else {
+                    return; // cancelled
+                };
+                let attempts = self.pending.get(&callback).map_or(0, |p| p.attempts);
+                let mut request = Request::builder()
+                    .method(Method::PUT)
+                    .uri(&url)
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                if update {
+                    request = request.header("cpee-update", "true");
+                }
+                let request = match request.body(Full::new(body.clone())) {
+                    Ok(r) => r,
+                    Err(_) => return self.give_up(callback, order),
+                };
+                let outcome = tokio::time::timeout(timeout, self.client.request(request)).await;
+                let retry = match outcome {
+                    Ok(Ok(response)) if response.status().is_success() => {
+                        if !update {
+                            self.pending.remove(&callback);
+                        }
+                        return;
+                    }
+                    Ok(Ok(response)) if matches!(response.status().as_u16(), 404 | 503) => {
+                        debug!(callback, status = %response.status(), "callback closed by CPEE");
+                        return self.give_up(callback, order);
+                    }
+                    Ok(Ok(response)) => response.status().is_server_error(),
+                    Ok(Err(_)) | Err(_) => true,
+                };
+                if !retry || attempts >= self.config.callback_retries {
+                    warn!(callback, attempts, "giving up on a callback");
+                    return self.give_up(callback, order);
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    fn give_up(self: &Arc<Self>, callback: u64, order: Option<OrderId>) {
+        if let Some((_, pending)) = self.pending.remove(&callback)
+            && pending.kind == "wait"
+            && let Some(order) = pending.order_id
+        {
+            self.drop_wait(order, callback);
+        }
+        if let Some(order) = order {
+            self.dispatch.lock().orders.push_front(order);
+            self.dispatch_ready();
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The CPEE endpoints: `POST /orders/intake`, `POST|GET /cpee/next-order`,
+//! `POST /cpee/wait`, `GET /cpee/callbacks`, `DELETE /cpee/callbacks/{id}`.
+//! Bodies are form-encoded, multipart or JSON, as CPEE sends them; the
+//! protocol itself lives in `crate::cpee`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use hyper::{Method, Response, StatusCode};
+use serde_json::Value;
+
+use super::body::{Fields, parse_fields};
+use super::error::ApiError;
+use super::{App, Body, Req, empty, json_bytes, json_response};
+use crate::cpee::{Answer, CpeeCall, CpeeError, Target};
+use crate::model::{OrderId, Stage};
+
+impl From<CpeeError> for ApiError {
+    fn from(e: CpeeError) -> Self {
+        let status = match e {
+            CpeeError::CallbackNotAllowed(_) => StatusCode::FORBIDDEN,
+            CpeeError::BadCallback(_) => StatusCode::BAD_REQUEST,
+            CpeeError::TooManyCallbacks => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// The body's fields, and the query string's after them.
+async fn fields(req: &Req) -> Result<Vec<(String, Value)>, ApiError> {
+    let mut out: Vec<(String, Value)> = Vec::new();
+    if !req.body.is_empty() {
+        match parse_fields(&req.headers, req.body.clone()).await? {
+            Fields::Json(map) => out.extend(map),
+            Fields::Text(pairs) => {
+                out.extend(pairs.into_iter().map(|(k, v)| (k, Value::String(v))))
+            }
+        }
+    }
+    out.extend(req.query()?.into_iter().map(|(k, v)| (k, Value::String(v))));
+    Ok(out)
+}
+
+fn text(fields: &[(String, Value)], name: &str) -> Option<String> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| match v {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        })
+}
+
+fn later() -> Response<Body> {
+    let mut response = empty(StatusCode::OK);
+    response
+        .headers_mut()
+        .insert("cpee-callback", HeaderValue::from_static("true"));
+    response
+}
+
+fn replay(answer: Answer) -> Response<Body> {
+    match answer {
+        Answer::Now(body) => json_bytes(StatusCode::OK, body),
+        Answer::Later => later(),
+    }
+}
+
+/// `POST /orders/intake`: any details; the order is queued for dispatch.
+pub async fn intake(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let call = CpeeCall::from_headers(&req.headers);
+    let key = call.resend_key("intake");
+    if let Some(answer) = key.as_deref().and_then(|k| app.cpee.resent(k)) {
+        return Ok(replay(answer));
+    }
+    let details = fields(req)
+        .await?
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, text)
+        })
+        .collect();
+    let event = app.broker().intake(&app.cpee_intake_status, details)?;
+    let (id, _) = event.order().expect("intake publishes the order");
+    app.cpee.enqueue(id);
+    let body = Bytes::from(serde_json::json!({ "order_id": id }).to_string());
+    app.cpee.remember(key, Answer::Now(body.clone()));
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
+/// `POST|GET /cpee/next-order`: the oldest waiting order for this orderbot.
+pub async fn next_order(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let call = CpeeCall::from_headers(&req.headers);
+    let key = call.resend_key("next-order");
+    if let Some(answer) = key.as_deref().and_then(|k| app.cpee.resent(k)) {
+        return Ok(replay(answer));
+    }
+    let fields = fields(req).await?;
+    let orderbot = text(&fields, "orderbot_id")
+        .or_else(|| call.instance.clone())
+        .ok_or_else(|| {
+            ApiError::bad_request("orderbot_id is required (or a CPEE-INSTANCE header)")
+        })?;
+    if orderbot.len() > 256 {
+        return Err(ApiError::unprocessable(
+            "orderbot_id is longer than 256 bytes",
+        ));
+    }
+    if let Some(order) = app.cpee.take_now(&orderbot) {
+        let body = app.cpee.order_json(order);
+        app.cpee.remember(key, Answer::Now(body.clone()));
+        return Ok(json_bytes(StatusCode::OK, body));
+    }
+    if let Some(url) = &call.callback {
+        app.cpee.check_callback(url)?;
+        app.cpee.wait_for_work(&call, &orderbot);
+        app.cpee.remember(key, Answer::Later);
+        return Ok(later());
+    }
+    let wait = match text(&fields, "wait") {
+        None => 0,
+        Some(w) => w
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("wait must be a whole number of seconds"))?,
+    };
+    if wait == 0 {
+        return Ok(empty(StatusCode::NO_CONTENT));
+    }
+    let wait = Duration::from_secs(wait.min(app.cpee_max_wait_secs));
+    let mut rx = app.cpee.poll_for_work(&orderbot);
+    let order = match tokio::time::timeout(wait, &mut rx).await {
+        Ok(Ok(order)) => Some(order),
+        _ => {
+            // Closing first means an order sent meanwhile is still ours to take.
+            rx.close();
+            rx.try_recv().ok()
+        }
+    };
+    Ok(match order {
+        Some(order) => json_bytes(StatusCode::OK, app.cpee.order_json(order)),
+        None => empty(StatusCode::NO_CONTENT),
+    })
+}
+
+/// `POST /cpee/wait`: `order_id` and a `status` or `stage`; `updates=true`
+/// also PUTs each change before it (with `CPEE-UPDATE: true`).
+pub async fn wait(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let call = CpeeCall::from_headers(&req.headers);
+    let key = call.resend_key("wait");
+    if let Some(answer) = key.as_deref().and_then(|k| app.cpee.resent(k)) {
+        return Ok(replay(answer));
+    }
+    let fields = fields(req).await?;
+    let id = text(&fields, "order_id")
+        .or_else(|| text(&fields, "id"))
+        .ok_or_else(|| ApiError::bad_request("order_id is required"))?;
+    let id = OrderId(
+        id.trim()
+            .parse()
+            .map_err(|_| ApiError::bad_request("order_id must be a non-negative integer"))?,
+    );
+    let target = match (text(&fields, "status"), text(&fields, "stage")) {
+        (Some(status), _) => Target::Status(status),
+        (None, Some(stage)) => Target::Stage(
+            Stage::ALL
+                .into_iter()
+                .find(|s| s.as_str() == stage)
+                .ok_or_else(|| {
+                    ApiError::bad_request("stage must be new, in_progress, completed or cancelled")
+                })?,
+        ),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "a status or a stage to wait for is required",
+            ));
+        }
+    };
+    let updates = text(&fields, "updates").is_some_and(|u| u == "true" || u == "1");
+    let order = app
+        .broker()
+        .get(id)
+        .ok_or_else(|| ApiError::not_found("Order not found"))?;
+    if app.cpee.reached(&order, &target) {
+        return Ok(json_bytes(
+            StatusCode::OK,
+            super::order_json(app.broker(), id, &order),
+        ));
+    }
+    let Some(url) = &call.callback else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the order has not reached that state; send a CPEE-CALLBACK header to wait for it",
+        ));
+    };
+    app.cpee.check_callback(url)?;
+    match app.cpee.wait_for_state(&call, id, target, updates) {
+        Some(order) => Ok(json_bytes(
+            StatusCode::OK,
+            super::order_json(app.broker(), id, &order),
+        )),
+        None => {
+            app.cpee.remember(key, Answer::Later);
+            Ok(later())
+        }
+    }
+}
+
+/// `GET /cpee/callbacks` and `DELETE /cpee/callbacks/{id}`.
+pub fn callbacks(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    if req.method == Method::DELETE {
+        let id = req.id("Callback not found")?;
+        return if app.cpee.cancel(id) {
+            Ok(empty(StatusCode::NO_CONTENT))
+        } else {
+            Err(ApiError::not_found("Callback not found"))
+        };
+    }
+    Ok(json_response(StatusCode::OK, &app.cpee.pending()))
+}
