@@ -4,7 +4,7 @@
 //! broker's throughput as a ratio of the bare server's.
 //!
 //! Options (after `--`): `--seconds N` per run (5), `--rounds N` (3),
-//! `--connections N` (32), `--only update|view`.
+//! `--connections N` (32), `--only update|sse|view`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -227,6 +227,141 @@ fn compare(
     );
 }
 
+/// Milliseconds since the Unix epoch, as the broker stamps `updated`.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// 1,000 SSE subscribers, each following one order (a customer tracking an
+/// order), connected while `PUT /update_order` runs over 10,000 orders.
+/// Reports update throughput against the bare server and the time from an
+/// update's commit (its `updated` stamp, taken before the acknowledgement)
+/// to its arrival at the subscriber.
+fn sse_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
+    const SUBSCRIBERS: u64 = 1_000;
+    let broker = Broker::new(&Config::default());
+    for id in 0..10_000 {
+        broker
+            .update_status(OrderId(id), "Mixing", Some("bot-1"))
+            .unwrap();
+    }
+    let ok = Bytes::from_static(br#"{"message":"Order updated"}"#);
+    let (bare, addr) =
+        servers.block_on(async { (bare_server(ok).await, broker_server(broker).await) });
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|i| {
+            let (latencies, stop) = (latencies.clone(), stop.clone());
+            client.spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let (mut sender, conn) =
+                    client_http1::handshake(TokioIo::new(stream)).await.unwrap();
+                tokio::spawn(conn);
+                let request = Request::get(format!("/events?order_id={i}"))
+                    .header("host", "bench")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let mut body = sender.send_request(request).await.unwrap().into_body();
+                let mut mine = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(Some(Ok(frame))) =
+                        tokio::time::timeout(Duration::from_millis(200), body.frame()).await
+                    else {
+                        continue;
+                    };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let arrived = now_ms();
+                    let text = String::from_utf8_lossy(&data);
+                    for part in text.split("\"updated\":").skip(1) {
+                        let digits: String =
+                            part.chars().take_while(|c| c.is_ascii_digit()).collect();
+                        if let Ok(updated) = digits.parse::<u64>() {
+                            mine.push(arrived.saturating_sub(updated));
+                        }
+                    }
+                }
+                latencies.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    // Let every subscriber connect before measuring.
+    client.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = client_http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let request = Request::get("/healthz")
+                .header("host", "bench")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let body = sender
+                .send_request(request)
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if health["event_streams"].as_u64() >= Some(SUBSCRIBERS) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let statuses = ["Order Initiated", "Mixing", "Pouring", "Order Served"];
+    let make: MakeRequest = Arc::new(move |n| {
+        let body = format!(
+            r#"{{"id": {}, "status": "{}"}}"#,
+            n % 10_000,
+            statuses[(n % 4) as usize]
+        );
+        Request::builder()
+            .method(Method::PUT)
+            .uri("/update_order")
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    });
+    compare(
+        &format!("PUT /update_order with {SUBSCRIBERS} SSE subscribers (one order each)"),
+        opts,
+        client,
+        bare,
+        addr,
+        make,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    client.block_on(async {
+        for reader in readers {
+            let _ = reader.await;
+        }
+    });
+    let mut all = std::mem::take(&mut *latencies.lock().unwrap());
+    all.sort_unstable();
+    if all.is_empty() {
+        println!("  no events reached the subscribers");
+        return;
+    }
+    let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
+    println!(
+        "  delivery to subscribers (commit -> arrival): {} events, p50 {} ms, p99 {} ms, max {} ms",
+        all.len(),
+        pct(0.5),
+        pct(0.99),
+        all[all.len() - 1]
+    );
+}
+
 fn main() {
     let opts = options();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -279,6 +414,9 @@ fn main() {
             addr,
             make,
         );
+    }
+    if wanted("sse") {
+        sse_scenario(&opts, &servers, &client);
     }
     if !wanted("view") {
         return;

@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,12 +23,14 @@ use hyper::body::Frame;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::error::ApiError;
 use super::orders::OrderBody;
 use super::{App, Body, Req, json_response};
+use dashmap::DashMap;
+
 use crate::broker::Broker;
 use crate::config::Events;
 use crate::feed::{Change, Event};
@@ -43,10 +46,24 @@ pub struct Rendered {
     frame: Bytes,
 }
 
+/// Where the renderer hands the events of one order to a stream that
+/// follows only that order, so other orders' changes cost it nothing.
+struct Route {
+    stream: u64,
+    tx: mpsc::Sender<Arc<Rendered>>,
+    /// Set when `tx` was full: the stream catches up from the history.
+    lagged: Arc<AtomicBool>,
+}
+
 /// The shared side of the live streams.
 pub struct Live {
     tx: broadcast::Sender<Arc<Rendered>>,
+    /// Streams following one order, by order.
+    routes: DashMap<OrderId, Vec<Route>>,
+    next_stream: AtomicU64,
+    live_buffer: usize,
     streams: Arc<Semaphore>,
+    max_streams: usize,
     closing: watch::Sender<bool>,
     heartbeat: Duration,
     retry_ms: u64,
@@ -56,7 +73,11 @@ impl Live {
     pub fn new(config: &Events) -> Live {
         Live {
             tx: broadcast::Sender::new(config.live_buffer.max(1)),
+            routes: DashMap::new(),
+            next_stream: AtomicU64::new(1),
+            live_buffer: config.live_buffer.max(1),
             streams: Arc::new(Semaphore::new(config.max_streams)),
+            max_streams: config.max_streams,
             closing: watch::Sender::new(false),
             heartbeat: Duration::from_secs(config.heartbeat_secs),
             retry_ms: config.retry_ms,
@@ -73,10 +94,23 @@ impl Live {
                 _ = closing.wait_for(|c| *c) => return,
             };
             match batch {
+                // Nobody is watching: skip the rendering.
+                Ok(_) if self.open_streams() == 0 => {}
                 Ok(events) => {
                     for event in &events {
-                        // No receivers is fine: nobody is watching.
-                        let _ = self.tx.send(Arc::new(render(&broker, event)));
+                        let rendered = Arc::new(render(&broker, event));
+                        if let Some((id, _, _)) = rendered.order
+                            && let Some(routes) = self.routes.get(&id)
+                        {
+                            for route in routes.iter() {
+                                if route.tx.try_send(rendered.clone()).is_err() {
+                                    route.lagged.store(true, Ordering::Release);
+                                }
+                            }
+                        }
+                        if self.tx.receiver_count() > 0 {
+                            let _ = self.tx.send(rendered);
+                        }
                     }
                 }
                 // Streams notice the gap and fill it from the history (or resync).
@@ -91,8 +125,45 @@ impl Live {
     }
 
     /// Open streams.
-    pub fn open_streams(&self, max: usize) -> usize {
-        max - self.streams.available_permits()
+    pub fn open_streams(&self) -> usize {
+        self.max_streams - self.streams.available_permits()
+    }
+
+    /// Routes one order's events to a new stream; dropping the guard
+    /// removes the route.
+    fn route(
+        self: &Arc<Self>,
+        order: OrderId,
+    ) -> (RouteGuard, mpsc::Receiver<Arc<Rendered>>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(self.live_buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.routes.entry(order).or_default().push(Route {
+            stream,
+            tx,
+            lagged: lagged.clone(),
+        });
+        let guard = RouteGuard {
+            live: self.clone(),
+            order,
+            stream,
+        };
+        (guard, rx, lagged)
+    }
+}
+
+struct RouteGuard {
+    live: Arc<Live>,
+    order: OrderId,
+    stream: u64,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.live.routes.remove_if_mut(&self.order, |_, routes| {
+            routes.retain(|r| r.stream != self.stream);
+            routes.is_empty()
+        });
     }
 }
 
@@ -225,7 +296,17 @@ fn stream(app: &App, filter: Filter, resume: Option<String>) -> Result<Response<
     let broker = app.broker().clone();
     let epoch = broker.epoch();
     // Subscribe before looking at the history, so nothing falls between.
-    let rx = live.tx.subscribe();
+    let source = match filter.order {
+        Some(order) => {
+            let (guard, rx, lagged) = live.route(order);
+            Source::One {
+                rx,
+                lagged,
+                _route: guard,
+            }
+        }
+        None => Source::All(live.tx.subscribe()),
+    };
     let now = Seq(broker.last_seq().0 + 1);
     let mut out = BytesMut::new();
     let _ = write!(out, "retry: {}\n\n", live.retry_ms);
@@ -262,7 +343,8 @@ fn stream(app: &App, filter: Filter, resume: Option<String>) -> Result<Response<
         broker,
         epoch,
         filter,
-        rx,
+        source,
+        replay: true,
         next,
         out,
         heartbeat,
@@ -291,11 +373,58 @@ fn resync(out: &mut BytesMut, epoch: u64, now: Seq, reason: &str) -> Seq {
     now
 }
 
+/// Where a stream's live events come from.
+enum Source {
+    /// Every change, for streams without an order filter.
+    All(broadcast::Receiver<Arc<Rendered>>),
+    /// Only one order's changes.
+    One {
+        rx: mpsc::Receiver<Arc<Rendered>>,
+        lagged: Arc<AtomicBool>,
+        _route: RouteGuard,
+    },
+}
+
+enum Received {
+    Event(Arc<Rendered>),
+    /// Missed some: catch up from the history.
+    Lagged,
+    Closed,
+}
+
+impl Source {
+    async fn recv(&mut self) -> Received {
+        match self {
+            Source::All(rx) => match rx.recv().await {
+                Ok(r) => Received::Event(r),
+                Err(broadcast::error::RecvError::Lagged(_)) => Received::Lagged,
+                Err(broadcast::error::RecvError::Closed) => Received::Closed,
+            },
+            Source::One { rx, lagged, .. } => {
+                if lagged.swap(false, Ordering::AcqRel) {
+                    return Received::Lagged;
+                }
+                match rx.recv().await {
+                    Some(r) => Received::Event(r),
+                    None => Received::Closed,
+                }
+            }
+        }
+    }
+
+    /// Whether consecutive events arrive for every seq (so a jump is a gap).
+    fn sees_every_seq(&self) -> bool {
+        matches!(self, Source::All(_))
+    }
+}
+
 struct Stream {
     broker: Broker,
     epoch: u64,
     filter: Filter,
-    rx: broadcast::Receiver<Arc<Rendered>>,
+    source: Source,
+    /// Replay from the history before going live (resume, or catching up).
+    replay: bool,
     /// The seq of the next event this stream owes its client.
     next: Seq,
     /// Frames ready to send.
@@ -317,37 +446,38 @@ impl Stream {
                 return None;
             }
             // Replay what the history holds beyond the cursor first (resume).
-            if self.next <= self.broker.last_seq() {
-                self.fill(None);
-                continue;
+            if self.replay {
+                self.replay = false;
+                if self.next <= self.broker.last_seq() {
+                    self.fill(None);
+                    continue;
+                }
             }
             enum Wake {
-                Rendered(Result<Arc<Rendered>, broadcast::error::RecvError>),
+                Received(Received),
                 Tick,
                 Closing,
             }
             let wake = tokio::select! {
-                received = self.rx.recv() => Wake::Rendered(received),
+                received = self.source.recv() => Wake::Received(received),
                 _ = self.heartbeat.tick() => Wake::Tick,
                 _ = self.closing.wait_for(|c| *c) => Wake::Closing,
             };
             match wake {
-                Wake::Rendered(Ok(rendered)) => {
+                Wake::Received(Received::Event(rendered)) => {
                     if rendered.seq < self.next {
                         continue; // already sent from the history
                     }
-                    if rendered.seq > self.next {
+                    if rendered.seq > self.next && self.source.sees_every_seq() {
                         self.fill(Some(rendered.seq));
                     }
-                    if rendered.seq == self.next {
+                    if rendered.seq >= self.next {
                         self.push(&rendered);
                     }
                 }
                 // Fell behind the live buffer: catch up from the history.
-                Wake::Rendered(Err(broadcast::error::RecvError::Lagged(_))) => self.fill(None),
-                Wake::Rendered(Err(broadcast::error::RecvError::Closed)) | Wake::Closing => {
-                    return None;
-                }
+                Wake::Received(Received::Lagged) => self.fill(None),
+                Wake::Received(Received::Closed) | Wake::Closing => return None,
                 Wake::Tick => {
                     if !std::mem::take(&mut self.first_tick) {
                         self.out.extend_from_slice(b": keep-alive\n\n");

@@ -152,7 +152,6 @@ pub struct App {
     protect_views: bool,
     /// Event streams: the shared renderer, limits, and the shutdown switch.
     pub live: std::sync::Arc<live::Live>,
-    max_streams: usize,
     /// The board page, rendered once from its template.
     board: Bytes,
     /// CPEE dispatch, waits and callbacks.
@@ -207,7 +206,6 @@ impl App {
             auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret),
             protect_views: config.auth.protect_views,
             live: std::sync::Arc::new(live::Live::new(&config.events)),
-            max_streams: config.events.max_streams,
             board: live::board_page(&config.board),
             cpee_intake_status: config.cpee.intake_status.clone(),
             cpee_max_wait_secs: config.cpee.max_wait_secs,
@@ -220,7 +218,7 @@ impl App {
 
     /// Event streams open now.
     pub fn open_streams(&self) -> usize {
-        self.live.open_streams(self.max_streams)
+        self.live.open_streams()
     }
 
     /// Answers one request. Never fails: every error is a response.
