@@ -346,3 +346,42 @@ async fn shutdown_ends_streams() {
         "the stream ended"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_order_stream_that_lags_catches_up_from_the_history() {
+    let mut config = Config::default();
+    config.events.live_buffer = 4;
+    let server = TestServer::with_config(config).await;
+    update(&server, 1, "Order Initiated").await;
+    let mut sse = Sse::open(server.addr, "/orders/1/tracking-stream", &[])
+        .await
+        .unwrap();
+    // Many changes to order 1 (and others) while the stream is not read:
+    // more than its route buffers.
+    for n in 0..400u64 {
+        server
+            .broker
+            .update_status(order_broker::OrderId(1), &format!("step {n}"), None)
+            .unwrap();
+        server
+            .broker
+            .update_status(order_broker::OrderId(2), "Mixing", None)
+            .unwrap();
+    }
+    let mut versions = Vec::new();
+    while versions.len() < 400 {
+        let event = sse
+            .next()
+            .await
+            .expect("every change, caught up from the history");
+        assert_eq!(event.event, "order");
+        assert_eq!(event.json()["id"], 1, "only order 1");
+        versions.push(event.json()["version"].as_u64().unwrap());
+    }
+    assert_eq!(
+        versions,
+        (2..=401).collect::<Vec<u64>>(),
+        "no gap and no duplicate"
+    );
+    assert!(sse.quiet_for(Duration::from_millis(200)).await);
+}
