@@ -16,12 +16,17 @@
 //!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`).
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.
+//! - [`cpee`]: CPEE's protocol: the dispatch queue and waiting orderbots,
+//!   waits for a state, pending callbacks and their retrying delivery, and
+//!   answers kept for re-sent calls.
 //! - [`auth`]: who is calling (static tokens, JWTs) and their role.
 //! - [`config`]: the typed TOML config, its defaults, env overrides, validation.
 //! - [`http`]: routing, body parsing, errors, access rules (`access`),
 //!   `Idempotency-Key` (`idempotency`), and one module per API group:
 //!   `order_store` (the seed robot-bar API), `catalog`, `orders` (incl.
-//!   processing), `lifecycle` (the Order Status API), `ops`.
+//!   processing), `lifecycle` (the Order Status API), `live` (event streams,
+//!   `/views`, the board page from `assets/board.html`), `cpee` (the CPEE
+//!   endpoints), `ops`.
 //! - [`server`]: accept loop, connections, graceful shutdown (`run`, `serve`).
 //!
 //! The binary (`main.rs`) only parses the command line, loads the config,
