@@ -227,6 +227,37 @@ fn compare(
     );
 }
 
+/// A broker holding `n` orders in progress.
+fn broker_with_orders(n: u64) -> Broker {
+    let broker = Broker::new(&Config::default());
+    for id in 0..n {
+        broker
+            .update_status(OrderId(id), "Mixing", Some(&format!("bot-{}", id % 5)))
+            .unwrap();
+    }
+    broker
+}
+
+/// `PUT /update_order` requests spread over 10,000 orders and four statuses.
+fn update_requests() -> MakeRequest {
+    let statuses = ["Order Initiated", "Mixing", "Pouring", "Order Served"];
+    Arc::new(move |n| {
+        let body = format!(
+            r#"{{"id": {}, "orderbot_id": "bot-{}", "status": "{}"}}"#,
+            n % 10_000,
+            n % 5,
+            statuses[(n % 4) as usize]
+        );
+        Request::builder()
+            .method(Method::PUT)
+            .uri("/update_order")
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    })
+}
+
 /// Milliseconds since the Unix epoch, as the broker stamps `updated`.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -317,21 +348,7 @@ fn sse_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let statuses = ["Order Initiated", "Mixing", "Pouring", "Order Served"];
-    let make: MakeRequest = Arc::new(move |n| {
-        let body = format!(
-            r#"{{"id": {}, "status": "{}"}}"#,
-            n % 10_000,
-            statuses[(n % 4) as usize]
-        );
-        Request::builder()
-            .method(Method::PUT)
-            .uri("/update_order")
-            .header("host", "bench")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap()
-    });
+    let make = update_requests();
     compare(
         &format!("PUT /update_order with {SUBSCRIBERS} SSE subscribers (one order each)"),
         opts,
@@ -381,39 +398,12 @@ fn main() {
 
     // PUT /update_order over 10,000 live orders.
     if wanted("update") {
-        let broker = Broker::new(&Config::default());
-        for id in 0..10_000 {
-            broker
-                .update_status(OrderId(id), "Mixing", Some("bot-1"))
-                .unwrap();
-        }
         let ok = Bytes::from_static(br#"{"message":"Order updated"}"#);
+        let broker = broker_with_orders(10_000);
         let (bare, addr) =
             servers.block_on(async { (bare_server(ok).await, broker_server(broker).await) });
-        let statuses = ["Order Initiated", "Mixing", "Pouring", "Order Served"];
-        let make: MakeRequest = Arc::new(move |n| {
-            let body = format!(
-                r#"{{"id": {}, "orderbot_id": "bot-{}", "status": "{}"}}"#,
-                n % 10_000,
-                n % 5,
-                statuses[(n % 4) as usize]
-            );
-            Request::builder()
-                .method(Method::PUT)
-                .uri("/update_order")
-                .header("host", "bench")
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap()
-        });
-        compare(
-            "PUT /update_order, 10,000 live orders",
-            &opts,
-            &client,
-            bare,
-            addr,
-            make,
-        );
+        let name = "PUT /update_order, 10,000 live orders";
+        compare(name, &opts, &client, bare, addr, update_requests());
     }
     if wanted("sse") {
         sse_scenario(&opts, &servers, &client);
@@ -423,12 +413,7 @@ fn main() {
     }
 
     // GET /get_current_order with 1,000 live orders in progress.
-    let broker = Broker::new(&Config::default());
-    for id in 0..1_000 {
-        broker
-            .update_status(OrderId(id), "Mixing", Some(&format!("bot-{}", id % 5)))
-            .unwrap();
-    }
+    let broker = broker_with_orders(1_000);
     let addr = servers.block_on(broker_server(broker));
     let view = client.block_on(async {
         let stream = TcpStream::connect(addr).await.unwrap();

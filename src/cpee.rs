@@ -35,6 +35,7 @@ use tracing::{debug, warn};
 
 use crate::broker::Broker;
 use crate::config::CpeeConfig;
+use crate::feed::Demand;
 use crate::model::{Millis, Order, OrderId, Stage};
 
 /// The CPEE headers of a call.
@@ -138,10 +139,11 @@ pub struct Cpee {
     config: CpeeConfig,
     /// The two dispatch queues, under one lock.
     dispatch: Mutex<Dispatch>,
-    /// State waits by order. `wait_count` lets the feed task skip the lock
-    /// when nobody waits.
+    /// State waits by order; `wait_count` counts them, and `demand` wakes the
+    /// feed task when the first one comes.
     waits: Mutex<HashMap<OrderId, Vec<StateWait>>>,
     wait_count: AtomicUsize,
+    demand: Demand,
     /// Callbacks not yet delivered, by id.
     pending: DashMap<u64, Pending>,
     next_id: AtomicU64,
@@ -181,6 +183,7 @@ impl Cpee {
             dispatch: Mutex::default(),
             waits: Mutex::default(),
             wait_count: AtomicUsize::new(0),
+            demand: Demand::default(),
             pending: DashMap::new(),
             next_id: AtomicU64::new(1),
             resent: DashMap::new(),
@@ -368,13 +371,17 @@ impl Cpee {
         target: Target,
         updates: bool,
     ) -> Option<Order> {
+        // Every change from now on must be checked against this wait: note
+        // where "now" is, count the wait, then wake the feed task from there.
+        let from = crate::model::Seq(self.broker.last_seq().0 + 1);
         let id = self.register("wait", call, Some(order), None);
         self.waits.lock().entry(order).or_default().push(StateWait {
             callback: id,
             target: target.clone(),
             updates,
         });
-        self.wait_count.fetch_add(1, Ordering::Relaxed);
+        self.wait_count.fetch_add(1, Ordering::AcqRel);
+        self.demand.want(from);
         let current = self.broker.get(order)?;
         if self.reached(&current, &target) && self.drop_wait(order, id) {
             self.pending.remove(&id);
@@ -408,15 +415,14 @@ impl Cpee {
         }
     }
 
-    /// Follows the feed and answers state waits. Runs until the broker goes.
+    /// Follows the feed and answers state waits. Sleeps while nobody waits,
+    /// so writers wake nobody then. Runs until aborted.
     pub async fn watch(self: Arc<Self>) {
-        let mut feed = self
-            .broker
-            .subscribe(crate::model::Seq(self.broker.last_seq().0 + 1));
         loop {
-            let events = match feed.recv().await {
-                Ok(events) => events,
-                Err(_) => {
+            let from = self.demand.wanted().await;
+            let mut feed = self.broker.subscribe(from);
+            while self.wait_count.load(Ordering::Acquire) > 0 {
+                let Ok(events) = feed.recv().await else {
                     // Fell behind: re-check every wait against the current state.
                     feed = self
                         .broker
@@ -428,14 +434,11 @@ impl Cpee {
                         }
                     }
                     continue;
-                }
-            };
-            if self.wait_count.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            for event in &events {
-                if let Some((id, order)) = event.order() {
-                    self.changed(id, order);
+                };
+                for event in &events {
+                    if let Some((id, order)) = event.order() {
+                        self.changed(id, order);
+                    }
                 }
             }
         }

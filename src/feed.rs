@@ -119,3 +119,32 @@ impl Notifier {
         self.0.subscribe()
     }
 }
+
+/// Lets a task that follows the feed sleep while nobody needs it: whoever
+/// needs it calls `want` with the first seq it must see, and the task
+/// follows from the earliest such seq. While it sleeps, writers wake nobody.
+#[derive(Default)]
+pub struct Demand {
+    from: parking_lot::Mutex<Option<Seq>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Demand {
+    /// Asks the follower to see every event from `from` on.
+    pub fn want(&self, from: Seq) {
+        let mut wanted = self.from.lock();
+        *wanted = Some(wanted.map_or(from, |w| w.min(from)));
+        drop(wanted);
+        self.notify.notify_one();
+    }
+
+    /// Waits until someone wants the feed; the seq to follow from.
+    pub async fn wanted(&self) -> Seq {
+        loop {
+            if let Some(from) = self.from.lock().take() {
+                return from;
+            }
+            self.notify.notified().await;
+        }
+    }
+}

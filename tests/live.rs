@@ -385,3 +385,38 @@ async fn a_one_order_stream_that_lags_catches_up_from_the_history() {
     );
     assert!(sse.quiet_for(Duration::from_millis(200)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_after_an_idle_spell_still_get_every_event() {
+    let server = TestServer::start().await;
+    for round in 0..3u64 {
+        let mut sse = Sse::open(server.addr, "/events", &[]).await.unwrap();
+        let missing = Sse::open(
+            server.addr,
+            &format!("/orders/{round}/tracking-stream"),
+            &[],
+        )
+        .await;
+        assert!(missing.is_err(), "order {round} does not exist yet");
+        update(&server, round, "Mixing").await;
+        assert_eq!(sse.next().await.unwrap().json()["id"], round);
+        let mut tracking = Sse::open(
+            server.addr,
+            &format!("/orders/{round}/tracking-stream"),
+            &[],
+        )
+        .await
+        .unwrap();
+        update(&server, round, "Order Served").await;
+        assert_eq!(tracking.next().await.unwrap().json()["stage"], "completed");
+        drop((sse, tracking));
+        // Nobody watches for a while: the renderer sleeps; writes go on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in 0..50 {
+            server
+                .broker
+                .update_status(order_broker::OrderId(1000 + n), "Mixing", None)
+                .unwrap();
+        }
+    }
+}

@@ -33,13 +33,16 @@ use dashmap::DashMap;
 
 use crate::broker::Broker;
 use crate::config::Events;
-use crate::feed::{Change, Event};
+use crate::feed::{Change, Demand, Event};
 use crate::model::{OrderId, Seq, Stage};
 
 /// One change, ready to send.
 #[derive(Debug)]
 pub struct Rendered {
     seq: Seq,
+    /// Not an event: the renderer lost events (it fell behind the history);
+    /// every stream must catch up from the history or resync.
+    gap: bool,
     /// The order it is about, its stage and its stage before (None for
     /// changes that are not about orders: they only move the cursor).
     order: Option<(OrderId, Option<Stage>, Option<Stage>)>,
@@ -61,6 +64,8 @@ pub struct Live {
     /// Streams following one order, by order.
     routes: DashMap<OrderId, Vec<Route>>,
     next_stream: AtomicU64,
+    /// Wakes the renderer when a stream opens.
+    demand: Demand,
     live_buffer: usize,
     streams: Arc<Semaphore>,
     max_streams: usize,
@@ -75,6 +80,7 @@ impl Live {
             tx: broadcast::Sender::new(config.live_buffer.max(1)),
             routes: DashMap::new(),
             next_stream: AtomicU64::new(1),
+            demand: Demand::default(),
             live_buffer: config.live_buffer.max(1),
             streams: Arc::new(Semaphore::new(config.max_streams)),
             max_streams: config.max_streams,
@@ -84,38 +90,62 @@ impl Live {
         }
     }
 
-    /// Renders every change once, for all streams, until `close`.
+    /// Renders every change once, for all streams, until `close`. Sleeps
+    /// while no stream is open, so writers wake nobody then.
     pub async fn render(self: Arc<Self>, broker: Broker) {
         let mut closing = self.closing.subscribe();
-        let mut feed = broker.subscribe(Seq(broker.last_seq().0 + 1));
         loop {
-            let batch = tokio::select! {
-                batch = feed.recv() => batch,
+            let from = tokio::select! {
+                from = self.demand.wanted() => from,
                 _ = closing.wait_for(|c| *c) => return,
             };
-            match batch {
-                // Nobody is watching: skip the rendering.
-                Ok(_) if self.open_streams() == 0 => {}
-                Ok(events) => {
-                    for event in &events {
-                        let rendered = Arc::new(render(&broker, event));
-                        if let Some((id, _, _)) = rendered.order
-                            && let Some(routes) = self.routes.get(&id)
-                        {
-                            for route in routes.iter() {
-                                if route.tx.try_send(rendered.clone()).is_err() {
-                                    route.lagged.store(true, Ordering::Release);
-                                }
+            let mut feed = broker.subscribe(from);
+            while self.open_streams() > 0 {
+                let batch = tokio::select! {
+                    batch = feed.recv() => batch,
+                    _ = closing.wait_for(|c| *c) => return,
+                };
+                let Ok(events) = batch else {
+                    // The renderer fell behind the history: go on from now and
+                    // tell every stream, so each catches up or resyncs.
+                    feed = broker.subscribe(Seq(broker.last_seq().0 + 1));
+                    self.announce_gap(&broker);
+                    continue;
+                };
+                for event in &events {
+                    let rendered = Arc::new(render(&broker, event));
+                    if let Some((id, _, _)) = rendered.order
+                        && let Some(routes) = self.routes.get(&id)
+                    {
+                        for route in routes.iter() {
+                            if route.tx.try_send(rendered.clone()).is_err() {
+                                route.lagged.store(true, Ordering::Release);
                             }
                         }
-                        if self.tx.receiver_count() > 0 {
-                            let _ = self.tx.send(rendered);
-                        }
+                    }
+                    if self.tx.receiver_count() > 0 {
+                        let _ = self.tx.send(rendered);
                     }
                 }
-                // Streams notice the gap and fill it from the history (or resync).
-                Err(_) => feed = broker.subscribe(Seq(broker.last_seq().0 + 1)),
             }
+        }
+    }
+
+    fn announce_gap(&self, broker: &Broker) {
+        let marker = Arc::new(Rendered {
+            seq: broker.last_seq(),
+            gap: true,
+            order: None,
+            frame: Bytes::new(),
+        });
+        for routes in self.routes.iter() {
+            for route in routes.iter() {
+                route.lagged.store(true, Ordering::Release);
+                let _ = route.tx.try_send(marker.clone());
+            }
+        }
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(marker);
         }
     }
 
@@ -187,12 +217,14 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
             };
             Rendered {
                 seq: event.seq,
+                gap: false,
                 order: Some((*order_id, Some(order.stage), *from)),
                 frame: Bytes::from(format!("id: {id}\nevent: order\ndata: {json}\n\n")),
             }
         }
         Change::OrderRemoved { id: order_id, from } => Rendered {
             seq: event.seq,
+            gap: false,
             order: Some((*order_id, None, Some(*from))),
             frame: Bytes::from(format!(
                 "id: {id}\nevent: order_removed\ndata: {{\"id\":{order_id},\"stage\":\"{from}\"}}\n\n"
@@ -200,6 +232,7 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
         },
         _ => Rendered {
             seq: event.seq,
+            gap: false,
             order: None,
             frame: Bytes::new(),
         },
@@ -337,6 +370,8 @@ fn stream(app: &App, filter: Filter, resume: Option<String>) -> Result<Response<
             }
         }
     };
+    // The renderer must see every event this stream may still be owed live.
+    live.demand.want(next);
     let mut heartbeat = tokio::time::interval(live.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = Stream {
@@ -464,6 +499,7 @@ impl Stream {
                 _ = self.closing.wait_for(|c| *c) => Wake::Closing,
             };
             match wake {
+                Wake::Received(Received::Event(rendered)) if rendered.gap => self.fill(None),
                 Wake::Received(Received::Event(rendered)) => {
                     if rendered.seq < self.next {
                         continue; // already sent from the history
