@@ -180,7 +180,9 @@ async fn the_board_follows_orders_live_in_chromium() {
         eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
         return;
     };
-    let server = TestServer::start().await;
+    let mut config = Config::default();
+    config.board.completed_linger_secs = 5;
+    let server = TestServer::with_config(config).await;
     set(&server, 1, "Order Initiated", "3").await;
     set(&server, 2, "Mixing", "1").await;
     set(&server, 3, "Order Served", "2").await;
@@ -215,6 +217,10 @@ async fn the_board_follows_orders_live_in_chromium() {
         .unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/board.png");
     std::fs::write(&path, png).unwrap();
+
+    // Completed orders leave the board after board.completed_linger_secs.
+    page.wait_for(json!({"new": [4], "in_progress": [1], "completed": []}))
+        .await;
 
     // The broker goes away: the page says so. It comes back (a new epoch,
     // other orders): the page resyncs from the new snapshot by itself.
