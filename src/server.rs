@@ -41,6 +41,8 @@ pub async fn serve(
         App::new(broker, config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
     );
     tokio::spawn(app.live.clone().render(app.broker().clone()));
+    // Nothing to recover yet (state is in memory): ready at once.
+    app.ready.store(true, std::sync::atomic::Ordering::Release);
     let watcher = tokio::spawn(app.cpee.clone().watch());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -63,12 +65,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let counted = ConnectionCount::new(app.clone());
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.handle(req).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
+            let _counted = counted;
             if let Err(e) = connection.await {
                 debug!(error = %e, "connection ended with an error");
             }
@@ -90,4 +94,25 @@ pub async fn serve(
         warn!("connections still open after {grace:?}; closing them");
     }
     Ok(())
+}
+
+/// Counts a connection in `/metrics` while it lives.
+struct ConnectionCount(Arc<App>);
+
+impl ConnectionCount {
+    fn new(app: Arc<App>) -> Self {
+        app.metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ConnectionCount(app)
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

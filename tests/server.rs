@@ -53,3 +53,56 @@ async fn shutdown_closes_idle_keep_alive_connections_and_finishes() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn readyz_and_metrics() {
+    let server = TestServer::start().await;
+    let reply = server.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["status"], "ready");
+
+    server
+        .put_json("/update_order", r#"{"id": 1, "status": "Mixing"}"#)
+        .await;
+    server
+        .put_json("/update_order", r#"{"id": 2, "status": "Order Served"}"#)
+        .await;
+    server
+        .put_json("/update_order", r#"{"id": "x", "status": "Mixing"}"#)
+        .await;
+    server.get("/nowhere").await;
+    let _open = server.client().await; // one more connection, held open
+    let reply = server.get("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    for line in [
+        "order_broker_requests_total{route=\"update\",status=\"200\"} 2",
+        "order_broker_requests_total{route=\"update\",status=\"400\"} 1",
+        "order_broker_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "order_broker_request_duration_seconds_count{route=\"update\"} 3",
+        "order_broker_orders{stage=\"in_progress\"} 1",
+        "order_broker_orders{stage=\"completed\"} 1",
+        "order_broker_event_seq 2",
+        "order_broker_event_streams 0",
+        "order_broker_cpee_pending_callbacks 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let connections: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("order_broker_connections "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        connections >= 2.0,
+        "the held connection and the scrape: {connections}"
+    );
+    assert!(text.contains("le=\"+Inf\""));
+}

@@ -61,7 +61,7 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
     let path_id = || req.param.as_deref().and_then(|p| p.parse::<u64>().ok());
     let need = match route {
         // The page itself holds no data; what it loads is checked.
-        Route::Healthz | Route::Board => Need::Nobody,
+        Route::Healthz | Route::Readyz | Route::Metrics | Route::Board => Need::Nobody,
         Route::GetAll
         | Route::GetCurrentOrder
         | Route::GetCompletedOrders

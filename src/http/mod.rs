@@ -10,6 +10,7 @@ pub mod error;
 mod idempotency;
 mod lifecycle;
 pub mod live;
+mod metrics;
 mod ops;
 mod order_store;
 mod orders;
@@ -59,6 +60,8 @@ pub(crate) enum Route {
     Views,
     TrackingStream,
     Board,
+    Metrics,
+    Readyz,
     // Process engines.
     Intake,
     NextOrder,
@@ -69,6 +72,74 @@ pub(crate) enum Route {
 }
 
 impl Route {
+    /// Every route, in declaration order (`route as usize` indexes it).
+    pub(crate) const ALL: [Route; 29] = [
+        Route::Update,
+        Route::GetAll,
+        Route::GetCurrentOrder,
+        Route::GetCompletedOrders,
+        Route::GetNewOrders,
+        Route::GetStatus,
+        Route::Products,
+        Route::Product,
+        Route::Customers,
+        Route::Customer,
+        Route::CustomerOrders,
+        Route::Orders,
+        Route::MyOrders,
+        Route::Order,
+        Route::OrderItems,
+        Route::ProcessOrder,
+        Route::Lifecycle,
+        Route::Events,
+        Route::Views,
+        Route::TrackingStream,
+        Route::Board,
+        Route::Metrics,
+        Route::Readyz,
+        Route::Intake,
+        Route::NextOrder,
+        Route::CpeeWait,
+        Route::CpeeCallbacks,
+        Route::CpeeCallback,
+        Route::Healthz,
+    ];
+
+    /// The route's name in metrics.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Route::Update => "update",
+            Route::GetAll => "get_all",
+            Route::GetCurrentOrder => "get_current_order",
+            Route::GetCompletedOrders => "get_completed_orders",
+            Route::GetNewOrders => "get_new_orders",
+            Route::GetStatus => "get_status",
+            Route::Products => "products",
+            Route::Product => "product",
+            Route::Customers => "customers",
+            Route::Customer => "customer",
+            Route::CustomerOrders => "customer_orders",
+            Route::Orders => "orders",
+            Route::MyOrders => "my_orders",
+            Route::Order => "order",
+            Route::OrderItems => "order_items",
+            Route::ProcessOrder => "process_order",
+            Route::Lifecycle => "lifecycle",
+            Route::Events => "events",
+            Route::Views => "views",
+            Route::TrackingStream => "tracking_stream",
+            Route::Board => "board",
+            Route::Metrics => "metrics",
+            Route::Readyz => "readyz",
+            Route::Intake => "intake",
+            Route::NextOrder => "next_order",
+            Route::CpeeWait => "cpee_wait",
+            Route::CpeeCallbacks => "cpee_callbacks",
+            Route::CpeeCallback => "cpee_callback",
+            Route::Healthz => "healthz",
+        }
+    }
+
     /// The `Allow` header for the route.
     fn allow(self) -> &'static str {
         match self {
@@ -87,7 +158,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 21] = [
+    const FIXED: [(&'static str, Route); 23] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -98,6 +169,8 @@ impl Route {
         ("/views", Route::Views),
         ("/orders/{id}/tracking-stream", Route::TrackingStream),
         ("/healthz", Route::Healthz),
+        ("/readyz", Route::Readyz),
+        ("/metrics", Route::Metrics),
         ("/products", Route::Products),
         ("/products/{id}", Route::Product),
         ("/customers", Route::Customers),
@@ -158,6 +231,10 @@ pub struct App {
     pub cpee: std::sync::Arc<crate::cpee::Cpee>,
     cpee_intake_status: String,
     cpee_max_wait_secs: u64,
+    /// Request counters and latency histograms for `/metrics`.
+    pub metrics: metrics::Metrics,
+    /// False until the broker has recovered its state and may serve.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -209,6 +286,8 @@ impl App {
             board: live::board_page(&config.board),
             cpee_intake_status: config.cpee.intake_status.clone(),
             cpee_max_wait_secs: config.cpee.max_wait_secs,
+            metrics: metrics::Metrics::default(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -223,10 +302,30 @@ impl App {
 
     /// Answers one request. Never fails: every error is a response.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let mut response = match self.route(req).await {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        // Route once: the metrics need the route, the handler its parameter.
+        let found = self
+            .router
+            .at(req.uri().path())
+            .ok()
+            .map(|m| (*m.value, m.params.iter().next().map(|(_, v)| v.to_owned())));
+        let route = found.as_ref().map(|(r, _)| *r);
+        let path = if tracing::enabled!(tracing::Level::DEBUG) {
+            Some(req.uri().path().to_string())
+        } else {
+            None
+        };
+        let mut response = match self.route(req, found).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
+        let took = started.elapsed();
+        self.metrics.record(route, response.status(), took);
+        if let Some(path) = path {
+            // Never the query string or headers: they may carry tokens.
+            tracing::debug!(%method, path, status = response.status().as_u16(), micros = took.as_micros() as u64, "request");
+        }
         if let Some(origin) = &self.cors_origin {
             response
                 .headers_mut()
@@ -235,13 +334,12 @@ impl App {
         response
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-        let matched = self
-            .router
-            .at(req.uri().path())
-            .map_err(|_| ApiError::not_found("Not found"))?;
-        let route = *matched.value;
-        let param = matched.params.iter().next().map(|(_, v)| v.to_owned());
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        found: Option<(Route, Option<String>)>,
+    ) -> Result<Response<Body>, ApiError> {
+        let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
         if req.method() == Method::OPTIONS {
             return Ok(preflight(route, req.headers()));
         }
@@ -296,6 +394,8 @@ impl App {
             Route::GetNewOrders if read => Ok(order_store::get_new_orders(self)),
             Route::GetStatus if read => order_store::get_status(self, req.param.as_deref()),
             Route::Healthz if read => Ok(ops::healthz(self)),
+            Route::Readyz if read => Ok(ops::readyz(self)),
+            Route::Metrics if read => Ok(metrics::render(self)),
 
             Route::Products if read => catalog::list_products(self),
             Route::Products if m == Method::POST => catalog::create_product(self, req),

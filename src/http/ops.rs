@@ -1,5 +1,7 @@
 //! Operations endpoints.
 
+use std::sync::atomic::Ordering;
+
 use hyper::{Response, StatusCode};
 
 use super::{App, Body, json_response};
@@ -15,4 +17,16 @@ pub fn healthz(app: &App) -> Response<Body> {
             "event_streams": app.open_streams(),
         }),
     )
+}
+
+/// `GET /readyz`: 200 once the broker has recovered and serves; 503 before.
+pub fn readyz(app: &App) -> Response<Body> {
+    if app.ready.load(Ordering::Acquire) {
+        json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "starting"}),
+        )
+    }
 }
