@@ -1,0 +1,119 @@
+//! Property tests of everything that reads untrusted bytes: the body parsers
+//! (JSON, forms, multipart, no content type), money amounts, and whole
+//! requests over HTTP. None may panic; every refusal is a 4xx.
+
+mod common;
+
+use bytes::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Method, StatusCode};
+use order_broker::http::body::{json, parse_fields};
+use order_broker::money::Money;
+use proptest::prelude::*;
+
+fn content_types() -> impl Strategy<Value = Option<&'static str>> {
+    prop::sample::select(vec![
+        None,
+        Some("application/json"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=XyZ"),
+        Some("multipart/form-data"),
+        Some("multipart/form-data; boundary="),
+        Some("application/vnd.api+json"),
+        Some("text/plain"),
+        Some("application/json; charset=utf-8"),
+    ])
+}
+
+/// Bytes that look a little like bodies: raw noise, or fragments of JSON,
+/// forms and multipart glued together.
+fn bodies() -> impl Strategy<Value = Vec<u8>> {
+    let fragment = prop::sample::select(vec![
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"id\"",
+        ":",
+        ",",
+        "12",
+        "-1",
+        "1e999",
+        "\"",
+        "\\u0000",
+        "null",
+        "true",
+        "order_id=",
+        "&",
+        "%",
+        "%zz",
+        "+",
+        "status=Mixing",
+        "--XyZ\r\n",
+        "Content-Disposition: form-data; name=\"status\"\r\n\r\n",
+        "--XyZ--\r\n",
+        "\r\n",
+        "\u{fffd}",
+    ]);
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        prop::collection::vec(fragment, 0..24).prop_map(|parts| parts.concat().into_bytes()),
+    ]
+}
+
+fn headers(content_type: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(ct) = content_type {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+    }
+    headers
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn body_parsers_never_panic(content_type in content_types(), body in bodies()) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let headers = headers(content_type);
+        if let Err(e) = runtime.block_on(parse_fields(&headers, Bytes::from(body.clone()))) {
+            prop_assert!(e.status.is_client_error(), "{e:?}");
+        }
+        if let Err(e) = json::<serde_json::Value>(&headers, &body) {
+            prop_assert!(e.status.is_client_error(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn money_parsing_never_panics_and_round_trips(text in "[-+0-9.]{0,24}") {
+        if let Ok(m) = Money::parse(&text) {
+            prop_assert_eq!(Money::parse(&m.to_string()), Ok(m));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// Whole requests over a real socket: never a 5xx, the server stays up.
+    #[test]
+    fn requests_never_get_a_server_error(
+        content_type in content_types(),
+        body in bodies(),
+        path in prop::sample::select(vec![
+            "/update_order", "/orders", "/products", "/customers", "/api/orders/1",
+            "/api/store/orders/confirm", "/orders/intake", "/cpee/next-order", "/cpee/wait", "/orders/1/items",
+        ]),
+        method in prop::sample::select(vec![Method::POST, Method::PUT]),
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let server = common::TestServer::start().await;
+            let headers: Vec<(&str, &str)> = content_type.map(|ct| ("content-type", ct)).into_iter().collect();
+            let body = String::from_utf8_lossy(&body).to_string();
+            let reply = server.send(method, path, &headers, &body).await;
+            assert!(!reply.status.is_server_error(), "{path}: {} for {body:?}", reply.status);
+            assert_eq!(server.get("/healthz").await.status, StatusCode::OK);
+        });
+    }
+}
