@@ -84,8 +84,11 @@ pub struct Limits {
     /// Most distinct status words and orderbot ids kept (each order stores a
     /// 4-byte handle to its texts); a new text past this is refused with 422.
     pub max_symbols: usize,
-    /// Seconds a client may take to send a request's headers (slowloris guard).
+    /// Seconds a client may take to send a request's headers (slowloris
+    /// guard); also how long a keep-alive connection may sit idle.
     pub header_read_timeout_secs: u64,
+    /// Most connections open at once; past it a new one gets 503 and is closed.
+    pub max_connections: usize,
     /// Most `Idempotency-Key` answers kept at once; past it (after dropping
     /// expired ones) a new key gets 503.
     pub max_idempotency_keys: usize,
@@ -267,6 +270,7 @@ impl Default for Limits {
             max_text_bytes: 256,
             max_symbols: 1 << 20,
             header_read_timeout_secs: 10,
+            max_connections: 20_000,
             max_idempotency_keys: 100_000,
         }
     }
@@ -460,6 +464,7 @@ impl Config {
             ("events.max_streams", self.events.max_streams),
             ("events.live_buffer", self.events.live_buffer),
             ("limits.max_idempotency_keys", l.max_idempotency_keys),
+            ("limits.max_connections", l.max_connections),
             (
                 "cpee.callback_timeout_ms",
                 self.cpee.callback_timeout_ms as usize,

@@ -49,6 +49,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let places = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -64,6 +65,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let app = app.clone();
         let counted = ConnectionCount::new(app.clone());
         let service = service_fn(move |req| {
@@ -72,7 +77,7 @@ pub async fn serve(
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
-            let _counted = counted;
+            let _held = (counted, place);
             if let Err(e) = connection.await {
                 debug!(error = %e, "connection ended with an error");
             }
@@ -115,4 +120,21 @@ impl Drop for ConnectionCount {
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Answers a connection past `limits.max_connections` with 503 and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = r#"{"error":"too many connections; retry later"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
+    let _ = stream.shutdown().await;
 }

@@ -106,3 +106,69 @@ async fn readyz_and_metrics() {
     );
     assert!(text.contains("le=\"+Inf\""));
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_close_after_the_header_timeout() {
+    let mut config = Config::default();
+    config.limits.header_read_timeout_secs = 1;
+    let server = TestServer::with_config(config).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert!(stream.read(&mut buf).await.unwrap() > 0);
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the idle connection was closed: {closed:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_get_503() {
+    let mut config = Config::default();
+    config.limits.max_connections = 3;
+    let server = TestServer::with_config(config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.client().await;
+        assert_eq!(
+            client
+                .send(hyper::Method::GET, "/healthz", &[], "")
+                .await
+                .status,
+            StatusCode::OK
+        );
+        held.push(client);
+    }
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("too many connections"), "{text}");
+    drop(held);
+    // Places free up when connections close.
+    let mut served = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        if response.starts_with(b"HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+    }
+    assert!(served);
+}
