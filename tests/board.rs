@@ -215,8 +215,9 @@ async fn the_board_follows_orders_live_in_chromium() {
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["data"].as_str().unwrap())
         .unwrap();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/board.png");
-    std::fs::write(&path, png).unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("board.png"), png).unwrap();
 
     // Completed orders leave the board after board.completed_linger_secs.
     page.wait_for(json!({"new": [4], "in_progress": [1], "completed": []}))
