@@ -21,7 +21,8 @@ pub struct SymbolsFull {
 
 #[derive(Default)]
 struct Table {
-    ids: HashMap<Arc<str>, Sym>,
+    /// foldhash: cheap, and seeded at random per table.
+    ids: HashMap<Arc<str>, Sym, foldhash::fast::RandomState>,
     /// `texts[sym - 1]` is the text of `sym`.
     texts: Vec<Arc<str>>,
     /// How many texts came from `reserve` and do not count against the limit.

@@ -184,7 +184,9 @@ pub struct Broker {
 
 struct Inner {
     /// Every order. A shard's write lock is held only while one order changes.
-    orders: DashMap<OrderId, Order>,
+    /// foldhash: several times cheaper than SipHash, and seeded at random per
+    /// map, so client-chosen ids cannot be aimed at one bucket.
+    orders: DashMap<OrderId, Order, foldhash::fast::RandomState>,
     /// Sequence counter, stage indexes and history; see the module docs.
     sequencer: Mutex<Sequencer>,
     /// Wakes feed subscribers with the newest `seq`; written after the locks drop.
@@ -195,7 +197,7 @@ struct Inner {
     symbols: Symbols,
     /// Stage of each configured and lifecycle status word; any other word is
     /// in progress. Read-only after start.
-    stage_words: HashMap<Sym, Stage>,
+    stage_words: HashMap<Sym, Stage, foldhash::fast::RandomState>,
     /// Products and customers, each record behind its own lock.
     products: Table<Product>,
     customers: Table<Customer>,
@@ -274,7 +276,7 @@ impl Generations {
 impl Broker {
     pub fn new(config: &Config) -> Broker {
         let symbols = Symbols::new(config.limits.max_symbols);
-        let mut stage_words = HashMap::new();
+        let mut stage_words = HashMap::default();
         let words = &config.stages;
         let configured = [
             (&words.new, Stage::New),
@@ -292,7 +294,7 @@ impl Broker {
         let shop = &config.shop;
         Broker {
             inner: Arc::new(Inner {
-                orders: DashMap::new(),
+                orders: DashMap::with_hasher(foldhash::fast::RandomState::default()),
                 sequencer: Mutex::new(Sequencer {
                     last: Seq(0),
                     stages: Default::default(),
