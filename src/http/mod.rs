@@ -68,8 +68,13 @@ pub(crate) enum Route {
     CpeeWait,
     CpeeCallbacks,
     CpeeCallback,
+    /// Keep last (see the assertion below the enum).
     Healthz,
 }
+
+// `Healthz` stays the last variant: this fails to compile if a route is
+// missing from `Route::ALL`, which the metrics index by `route as usize`.
+const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
