@@ -80,34 +80,54 @@ pub async fn read_limited(
     }
 }
 
-/// Parses a body by its `Content-Type`. With no content type, a body that
-/// starts with `{` is read as JSON and anything else as a url-encoded form.
-pub async fn parse_fields(headers: &HeaderMap, body: Bytes) -> Result<Fields, ApiError> {
-    let content_type = match headers.get(CONTENT_TYPE) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("Content-Type header is not valid text"))?,
-        ),
+/// How a body is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Json,
+    Form,
+    Multipart,
+}
+
+/// The kind of a body by its `Content-Type`. With no content type, a body
+/// that starts with `{` is JSON and anything else a url-encoded form.
+pub fn kind(headers: &HeaderMap, body: &[u8]) -> Result<Kind, ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(if body.trim_ascii_start().starts_with(b"{") {
+            Kind::Json
+        } else {
+            Kind::Form
+        });
     };
-    let essence = content_type.map(|ct| {
-        ct.split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    });
-    match essence.as_deref() {
-        None if body.trim_ascii_start().starts_with(b"{") => parse_json(&body),
-        None | Some("application/x-www-form-urlencoded") => parse_form(&body),
-        Some("application/json") => parse_json(&body),
-        Some(e) if e.starts_with("application/") && e.ends_with("+json") => parse_json(&body),
-        Some("multipart/form-data") => {
-            parse_multipart(content_type.unwrap_or_default(), body).await
+    let content_type = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Content-Type header is not valid text"))?;
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-www-form-urlencoded" => Ok(Kind::Form),
+        "application/json" => Ok(Kind::Json),
+        e if e.starts_with("application/") && e.ends_with("+json") => Ok(Kind::Json),
+        "multipart/form-data" => Ok(Kind::Multipart),
+        _ => Err(ApiError::unsupported_media_type(content_type)),
+    }
+}
+
+/// Parses a body by its kind (see [`kind`]) into flat fields.
+pub async fn parse_fields(headers: &HeaderMap, body: Bytes) -> Result<Fields, ApiError> {
+    match kind(headers, &body)? {
+        Kind::Json => parse_json(&body),
+        Kind::Form => parse_form(&body),
+        Kind::Multipart => {
+            let content_type = headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            parse_multipart(content_type, body).await
         }
-        Some(_) => Err(ApiError::unsupported_media_type(
-            content_type.unwrap_or_default(),
-        )),
     }
 }
 

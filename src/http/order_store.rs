@@ -9,15 +9,30 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::body::{Field, Fields, parse_fields};
+use super::body::{Field, Kind, kind, parse_fields};
 use super::error::ApiError;
 use super::{App, Body, Req, if_match, json_bytes, json_response, with_etag};
 use crate::model::{Millis, OrderId, Stage, Version};
 
 /// `PUT|POST /update_order`: create or update one order.
 pub async fn update(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
-    let fields = parse_fields(&req.headers, req.body.clone()).await?;
-    let update = UpdateOrder::from_fields(&fields)?;
+    // The hot path of process engines: JSON goes straight into the four
+    // fields it has (no map of every field), other bodies through the
+    // general parser.
+    let json;
+    let fields;
+    let update = if kind(&req.headers, &req.body)? == Kind::Json {
+        json = serde_json::from_slice::<UpdateJson>(&req.body).map_err(|e| {
+            ApiError::bad_request(match e.classify() {
+                serde_json::error::Category::Data => "invalid JSON: expected an object".to_string(),
+                _ => format!("invalid JSON: {e}"),
+            })
+        })?;
+        UpdateOrder::from(|name| json.get(name))?
+    } else {
+        fields = parse_fields(&req.headers, req.body.clone()).await?;
+        UpdateOrder::from(|name| fields.get(name))?
+    };
     // The answer is the seed's status message, not the order, so it carries
     // no ETag (measured: adding one costs ~0.7 µs a request); read the
     // version from `get_status`.
@@ -30,6 +45,28 @@ pub async fn update(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     Ok(json_bytes(StatusCode::OK, r#"{"message":"Order updated"}"#))
 }
 
+/// The fields of a JSON update; others are skipped unread.
+#[derive(serde::Deserialize)]
+struct UpdateJson {
+    id: Option<Value>,
+    order_id: Option<Value>,
+    status: Option<Value>,
+    orderbot_id: Option<Value>,
+}
+
+impl UpdateJson {
+    fn get(&self, name: &str) -> Option<Field<'_>> {
+        let value = match name {
+            "id" => &self.id,
+            "order_id" => &self.order_id,
+            "status" => &self.status,
+            "orderbot_id" => &self.orderbot_id,
+            _ => &None,
+        };
+        value.as_ref().map(Field::Json)
+    }
+}
+
 /// The fields of an update, checked. JSON names the id `id`, forms `order_id`;
 /// both names are accepted in both.
 #[derive(Debug)]
@@ -40,13 +77,16 @@ struct UpdateOrder<'a> {
 }
 
 impl<'a> UpdateOrder<'a> {
-    fn from_fields(fields: &'a Fields) -> Result<Self, ApiError> {
-        let id = fields.any(&["id", "order_id"]).filter(|f| !is_blank(*f));
-        let status = fields.get("status").filter(|f| !is_blank(*f));
+    /// Reads the update through `get`, which looks a field up by name.
+    fn from(get: impl Fn(&str) -> Option<Field<'a>>) -> Result<Self, ApiError> {
+        let id = get("id")
+            .or_else(|| get("order_id"))
+            .filter(|f| !is_blank(*f));
+        let status = get("status").filter(|f| !is_blank(*f));
         let (Some(id), Some(status)) = (id, status) else {
             return Err(ApiError::missing_data());
         };
-        let orderbot_id = match fields.get("orderbot_id") {
+        let orderbot_id = match get("orderbot_id") {
             None | Some(Field::Json(Value::Null)) => None,
             Some(Field::Text(t)) => Some(t.to_string()),
             Some(Field::Json(Value::String(s))) => Some(s.clone()),
