@@ -50,11 +50,6 @@ impl Fields {
                 .map(|(_, v)| Field::Text(v)),
         }
     }
-
-    /// The first of `names` present, so callers can accept aliases.
-    pub fn any(&self, names: &[&str]) -> Option<Field<'_>> {
-        names.iter().find_map(|n| self.get(n))
-    }
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413 (before
