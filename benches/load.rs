@@ -227,6 +227,19 @@ fn compare(
     );
 }
 
+/// One GET on a fresh connection; the body.
+async fn get(addr: SocketAddr, path: &str) -> Bytes {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = client_http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", "bench")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
 /// A broker holding `n` orders in progress.
 fn broker_with_orders(n: u64) -> Broker {
     let broker = Broker::new(&Config::default());
@@ -325,22 +338,7 @@ fn sse_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
     client.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let stream = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) = client_http1::handshake(TokioIo::new(stream)).await.unwrap();
-            tokio::spawn(conn);
-            let request = Request::get("/healthz")
-                .header("host", "bench")
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            let body = sender
-                .send_request(request)
-                .await
-                .unwrap()
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes();
+            let body = get(addr, "/healthz").await;
             let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
             if health["event_streams"].as_u64() >= Some(SUBSCRIBERS) {
                 break;
@@ -415,24 +413,7 @@ fn main() {
     // GET /get_current_order with 1,000 live orders in progress.
     let broker = broker_with_orders(1_000);
     let addr = servers.block_on(broker_server(broker));
-    let view = client.block_on(async {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = client_http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let request = Request::get("/get_current_order")
-            .header("host", "bench")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        sender
-            .send_request(request)
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-    });
+    let view = client.block_on(get(addr, "/get_current_order"));
     let bare = servers.block_on(bare_server(Bytes::from(vec![b' '; view.len()])));
     let make: MakeRequest = Arc::new(|_| {
         Request::get("/get_current_order")
