@@ -685,6 +685,16 @@ fn random_epoch() -> u64 {
     h.finish()
 }
 
+/// For tests: every event from the start, checked to be gapless.
+#[cfg(test)]
+pub(crate) fn gapless_feed(broker: &Broker) -> Vec<Event> {
+    let events = broker.events_since(Seq(1), usize::MAX).unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, Seq(i as u64 + 1), "the feed has a gap");
+    }
+    events
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,13 +734,7 @@ mod tests {
         });
         let total = THREADS * WRITES;
         assert_eq!(broker.last_seq(), Seq(total));
-        let events = broker.events_since(Seq(1), usize::MAX).unwrap();
-        assert!(
-            events
-                .iter()
-                .enumerate()
-                .all(|(i, e)| e.seq == Seq(i as u64 + 1))
-        );
+        let events = gapless_feed(&broker);
 
         let mut versions: HashMap<OrderId, u32> = HashMap::new();
         let mut last: HashMap<OrderId, Order> = HashMap::new();
