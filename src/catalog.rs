@@ -8,19 +8,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ProductId(pub u64);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CustomerId(pub u64);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     pub id: ProductId,
     pub name: String,
@@ -31,7 +31,7 @@ pub struct Product {
     pub version: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Customer {
     pub id: CustomerId,
     pub name: String,
@@ -150,6 +150,29 @@ impl<T: Record> Table<T> {
         let mut all: Vec<T> = slots.iter().filter_map(|s| s.lock().clone()).collect();
         all.sort_unstable_by_key(|r| r.id());
         all
+    }
+
+    /// Above every id used so far.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    /// Keeps assigned ids at or above `next` (recovery).
+    pub fn reserve_ids(&self, next: u64) {
+        self.next_id.fetch_max(next, Ordering::Relaxed);
+    }
+
+    /// Puts a recovered record in place, replacing any with its id.
+    pub fn restore(&self, record: T) {
+        self.reserve_ids(T::raw(record.id()).saturating_add(1));
+        self.rows
+            .insert(record.id(), Arc::new(Mutex::new(Some(record))));
+    }
+
+    /// Drops a record whose deletion was recovered.
+    pub fn restore_removed(&self, id: T::Id) {
+        self.reserve_ids(T::raw(id).saturating_add(1));
+        self.rows.remove(&id);
     }
 
     pub fn len(&self) -> usize {

@@ -42,6 +42,52 @@ pub struct Config {
     pub board: Board,
     /// Process engines (CPEE): dispatch, waits and callback delivery.
     pub cpee: CpeeConfig,
+    /// Journal and snapshots: how state survives a restart or a crash.
+    pub persistence: Persistence,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Persistence {
+    /// `journal`: every change is appended to a journal under `dir` and the
+    /// state is recovered at start; `memory`: nothing is written to disk.
+    pub mode: PersistenceMode,
+    /// Directory of the journal and snapshots, created if missing.
+    pub dir: PathBuf,
+    /// When the journal is fsynced, as in Redis's AOF: `always` (a write is
+    /// acknowledged only once it is on disk), `everysec`, or `no` (the OS decides).
+    pub fsync: Fsync,
+    /// A snapshot is written after this many journal records…
+    pub snapshot_every_events: u64,
+    /// …or this many journal bytes, whichever comes first.
+    pub snapshot_every_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistenceMode {
+    Journal,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Always,
+    Everysec,
+    No,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Persistence {
+            mode: PersistenceMode::Journal,
+            dir: PathBuf::from("data"),
+            fsync: Fsync::Always,
+            snapshot_every_events: 1_000_000,
+            snapshot_every_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,6 +281,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             board: Board::default(),
             cpee: CpeeConfig::default(),
+            persistence: Persistence::default(),
         }
     }
 }
@@ -474,6 +521,14 @@ impl Config {
             (
                 "http.idempotency_ttl_secs",
                 self.http.idempotency_ttl_secs as usize,
+            ),
+            (
+                "persistence.snapshot_every_events",
+                self.persistence.snapshot_every_events as usize,
+            ),
+            (
+                "persistence.snapshot_every_bytes",
+                self.persistence.snapshot_every_bytes as usize,
             ),
         ] {
             if value == 0 {

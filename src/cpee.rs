@@ -287,6 +287,17 @@ impl Cpee {
         self.dispatch_ready();
     }
 
+    /// After recovery: queues again every order taken in by intake that no
+    /// orderbot got, oldest first.
+    pub fn requeue_intake(self: &Arc<Self>) {
+        let waiting = self.broker.undispatched_intake();
+        if waiting.is_empty() {
+            return;
+        }
+        self.dispatch.lock().orders.extend(waiting);
+        self.dispatch_ready();
+    }
+
     /// Asks for work: the oldest waiting order now, or None.
     pub fn take_now(&self, orderbot: &str) -> Option<OrderId> {
         let order = self.dispatch.lock().orders.pop_front()?;

@@ -115,6 +115,10 @@ impl Notifier {
         });
     }
 
+    pub(crate) fn current(&self) -> Seq {
+        *self.0.borrow()
+    }
+
     pub(crate) fn watch(&self) -> watch::Receiver<Seq> {
         self.0.subscribe()
     }

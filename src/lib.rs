@@ -39,6 +39,7 @@ pub mod config;
 pub mod cpee;
 pub mod feed;
 pub mod http;
+pub mod journal;
 pub mod model;
 pub mod money;
 pub mod server;

@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, Persistence, PersistenceMode};
 use crate::http::App;
+use crate::journal::{Journal, JournalError};
 
 /// Serves a new broker built from `config` until `shutdown` resolves.
 pub async fn run(
@@ -41,8 +42,17 @@ pub async fn serve(
         App::new(broker, config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
     );
     tokio::spawn(app.live.clone().render(app.broker().clone()));
-    // Nothing to recover yet (state is in memory): ready at once.
-    app.ready.store(true, std::sync::atomic::Ordering::Release);
+    // Recovery reads files: off the async threads. Until it is done the
+    // server answers, but only `/healthz`, `/readyz` and `/metrics` (503 else).
+    let mut recovery = {
+        let app = app.clone();
+        let persistence = config.persistence.clone();
+        tokio::task::spawn_blocking(move || recover(&app, &persistence))
+    };
+    let mut recovering = config.persistence.mode == PersistenceMode::Journal;
+    if !recovering {
+        app.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
     let watcher = tokio::spawn(app.cpee.clone().watch());
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -63,6 +73,18 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+            recovered = &mut recovery, if recovering => {
+                recovering = false;
+                match recovered {
+                    Ok(Ok(())) => {
+                        app.cpee.requeue_intake();
+                        app.ready.store(true, std::sync::atomic::Ordering::Release);
+                        continue;
+                    }
+                    Ok(Err(e)) => return Err(io::Error::other(e.to_string())),
+                    Err(e) => return Err(io::Error::other(format!("recovery panicked: {e}"))),
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let Ok(place) = places.clone().try_acquire_owned() else {
@@ -98,6 +120,22 @@ pub async fn serve(
     {
         warn!("connections still open after {grace:?}; closing them");
     }
+    if let Some(journal) = app.journal.get().cloned() {
+        // Every change acknowledged so far is written and fsynced before exit.
+        let _ = tokio::task::spawn_blocking(move || journal.close()).await;
+        info!("journal flushed and closed");
+    }
+    Ok(())
+}
+
+/// Loads the state from the journal (if `persistence.mode` is `journal`) and
+/// attaches the journal to the broker.
+fn recover(app: &App, persistence: &Persistence) -> Result<(), JournalError> {
+    if persistence.mode == PersistenceMode::Memory {
+        return Ok(());
+    }
+    let journal = Journal::open(persistence, app.broker())?;
+    let _ = app.journal.set(Arc::new(journal));
     Ok(())
 }
 

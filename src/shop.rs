@@ -13,7 +13,7 @@ use crate::money::{Money, Rate};
 
 /// The details of an order created through the shop APIs. Shared by `Arc`
 /// between the map and the events; a change makes a new one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShopOrder {
     /// Unique human code, e.g. "FR9TL74P".
     pub number: String,
@@ -31,7 +31,12 @@ pub struct ShopOrder {
     /// Every status the order had, with when it got it.
     pub history: Vec<HistoryEntry>,
     /// Free-form details an intake call brought (drink, size, name…).
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "as_map",
+        deserialize_with = "from_map"
+    )]
     pub details: Vec<(String, String)>,
 }
 
@@ -44,7 +49,29 @@ fn as_map<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::O
     map.end()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Reads `details` back in the order it was written (the journal uses it).
+fn from_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of texts")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some(pair) = map.next_entry()? {
+                pairs.push(pair);
+            }
+            Ok(pairs)
+        }
+    }
+    d.deserialize_map(Pairs)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub product_id: ProductId,
     /// The product's name when the order was made.
@@ -54,7 +81,7 @@ pub struct Item {
     pub unit_price: Money,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub total: Money,
     pub tax: Money,
@@ -62,7 +89,7 @@ pub struct Totals {
     pub grand_total: Money,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub status: String,
     pub at: Millis,
@@ -78,6 +105,18 @@ pub enum PaymentStatus {
 impl Serialize for PaymentStatus {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u8(*self as u8)
+    }
+}
+
+impl<'de> Deserialize<'de> for PaymentStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u8::deserialize(d)? {
+            1 => Ok(PaymentStatus::Unpaid),
+            2 => Ok(PaymentStatus::Paid),
+            n => Err(serde::de::Error::custom(format!(
+                "unknown payment status {n}"
+            ))),
+        }
     }
 }
 
@@ -158,7 +197,7 @@ pub enum Strategy {
 }
 
 /// An item that asked for more than was in stock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shortage {
     pub product_id: ProductId,
     pub requested: u64,

@@ -29,6 +29,13 @@ struct Table {
     reserved: usize,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Client,
+    Reserved,
+    Restored,
+}
+
 pub struct Symbols {
     /// One lock for both directions; writers only take it for a word never seen
     /// before, which is rare once a system is warm.
@@ -47,17 +54,24 @@ impl Symbols {
 
     /// The symbol for `text`, adding it to the table if it is new.
     pub fn intern(&self, text: &str) -> Result<Sym, SymbolsFull> {
-        self.add(text, false)
+        self.add(text, Kind::Client)
     }
 
     /// Like `intern`, for the words the broker itself needs (configured stage
     /// words, lifecycle words): never refused, not counted against the limit.
     pub fn reserve(&self, text: &str) -> Sym {
-        self.add(text, true)
+        self.add(text, Kind::Reserved)
             .expect("reserved words are never refused")
     }
 
-    fn add(&self, text: &str, reserved: bool) -> Result<Sym, SymbolsFull> {
+    /// Like `intern`, for texts recovered from disk: they were accepted once,
+    /// so they are counted but never refused (even if the limit was lowered).
+    pub fn restore(&self, text: &str) -> Sym {
+        self.add(text, Kind::Restored)
+            .expect("restored words are never refused")
+    }
+
+    fn add(&self, text: &str, kind: Kind) -> Result<Sym, SymbolsFull> {
         if let Some(&sym) = self.table.read().ids.get(text) {
             return Ok(sym);
         }
@@ -65,9 +79,9 @@ impl Symbols {
         if let Some(&sym) = table.ids.get(text) {
             return Ok(sym);
         }
-        if reserved {
+        if kind == Kind::Reserved {
             table.reserved += 1;
-        } else if table.texts.len() - table.reserved >= self.limit {
+        } else if kind == Kind::Client && table.texts.len() - table.reserved >= self.limit {
             return Err(SymbolsFull { limit: self.limit });
         }
         let n = u32::try_from(table.texts.len() + 1).expect("limit keeps ids in u32");

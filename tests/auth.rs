@@ -5,14 +5,13 @@ mod common;
 
 use common::{Reply, TestServer};
 use hyper::{Method, StatusCode};
-use order_broker::Config;
 use order_broker::auth::{Role, Secret, StaticToken};
 use serde_json::{Value, json};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn secured(protect_views: bool) -> TestServer {
-    let mut config = Config::default();
+    let mut config = common::config();
     let token = |token: &str, role, subject: Option<&str>| StaticToken {
         token: Secret(token.into()),
         role,

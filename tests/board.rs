@@ -13,7 +13,6 @@ use std::time::Duration;
 use base64::Engine;
 use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
-use order_broker::Config;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -180,7 +179,7 @@ async fn the_board_follows_orders_live_in_chromium() {
         eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
         return;
     };
-    let mut config = Config::default();
+    let mut config = common::config();
     config.board.completed_linger_secs = 5;
     let server = TestServer::with_config(config).await;
     set(&server, 1, "Order Initiated", "3").await;
@@ -228,7 +227,7 @@ async fn the_board_follows_orders_live_in_chromium() {
     let addr = server.addr;
     server.stop().await;
     page.wait_for(json!({"state": "reconnecting"})).await;
-    let restarted = TestServer::at(addr, Config::default()).await;
+    let restarted = TestServer::at(addr, common::config()).await;
     set(&restarted, 42, "Order Initiated", "7").await;
     page.wait_for(json!({"state": "live", "new": [42], "in_progress": [], "completed": []}))
         .await;

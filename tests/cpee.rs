@@ -95,7 +95,7 @@ impl FakeCpee {
 }
 
 fn fast_config() -> Config {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.cpee.callback_backoff_ms = 10;
     config.cpee.callback_timeout_ms = 1000;
     config

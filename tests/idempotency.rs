@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use common::TestServer;
 use hyper::{Method, StatusCode};
-use order_broker::Config;
 use serde_json::json;
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn server_with(ttl_secs: u64, max_keys: usize) -> TestServer {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.http.idempotency_ttl_secs = ttl_secs;
     config.limits.max_idempotency_keys = max_keys;
     let server = TestServer::with_config(config).await;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::{Sse, TestServer};
 use hyper::StatusCode;
-use order_broker::Config;
 use serde_json::json;
 
 async fn update(server: &TestServer, id: u64, status: &str) {
@@ -180,7 +179,7 @@ async fn futures_collect(sse: &mut Sse, n: usize) -> Vec<common::SseEvent> {
 
 #[tokio::test]
 async fn resync_when_the_history_cannot_replay() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.events.history_size = 4;
     let server = TestServer::with_config(config).await;
     for n in 0..10 {
@@ -239,7 +238,7 @@ async fn views_then_since_loses_nothing() {
 
 #[tokio::test]
 async fn heartbeats_keep_idle_streams_alive() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.events.heartbeat_secs = 1;
     let server = TestServer::with_config(config).await;
     let mut sse = Sse::open(server.addr, "/events", &[]).await.unwrap();
@@ -257,7 +256,7 @@ async fn heartbeats_keep_idle_streams_alive() {
 
 #[tokio::test]
 async fn stream_limit_is_503_and_frees_on_close() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.events.max_streams = 2;
     let server = TestServer::with_config(config).await;
     let a = Sse::open(server.addr, "/events", &[]).await.unwrap();
@@ -279,7 +278,7 @@ async fn stream_limit_is_503_and_frees_on_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_does_not_hold_writers_and_gets_resync() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.events.history_size = 200;
     config.events.live_buffer = 16;
     let server = TestServer::with_config(config).await;
@@ -349,7 +348,7 @@ async fn shutdown_ends_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_order_stream_that_lags_catches_up_from_the_history() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.events.live_buffer = 4;
     let server = TestServer::with_config(config).await;
     update(&server, 1, "Order Initiated").await;

@@ -5,7 +5,6 @@ mod common;
 
 use common::TestServer;
 use hyper::{Method, StatusCode};
-use order_broker::Config;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -275,7 +274,7 @@ async fn unknown_fields_are_ignored() {
 
 #[tokio::test]
 async fn texts_past_the_limits_are_422() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.limits.max_text_bytes = 10;
     config.limits.max_symbols = 2; // words the broker needs itself do not count
     let server = TestServer::with_config(config).await;
@@ -332,7 +331,7 @@ async fn texts_past_the_limits_are_422() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413_declared_or_streamed() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.limits.max_body_bytes = 1024;
     let server = TestServer::with_config(config).await;
     let big = format!(r#"{{"id": 1, "status": "{}"}}"#, "x".repeat(2000));
@@ -518,7 +517,7 @@ async fn healthz_answers() {
 
 #[tokio::test]
 async fn urls_and_stage_words_come_from_config() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.order_store.url_get_all = "/orders/all".into();
     config.order_store.url_get_status = "/orders/{id}/status".into();
     config.order_store.url_update_aliases = vec!["/api/update".into()];
@@ -569,7 +568,7 @@ async fn urls_and_stage_words_come_from_config() {
 
 #[tokio::test]
 async fn clashing_urls_are_a_config_error() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.order_store.url_get_all = "/get_new_orders".into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = order_broker::server::run(listener, config, async {})

@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 
 use common::TestServer;
 use hyper::StatusCode;
-use order_broker::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.limits.header_read_timeout_secs = 1;
     let server = TestServer::with_config(config).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -109,7 +108,7 @@ async fn readyz_and_metrics() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_close_after_the_header_timeout() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.limits.header_read_timeout_secs = 1;
     let server = TestServer::with_config(config).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -130,7 +129,7 @@ async fn idle_keep_alive_connections_close_after_the_header_timeout() {
 
 #[tokio::test]
 async fn connections_past_the_limit_get_503() {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.limits.max_connections = 3;
     let server = TestServer::with_config(config).await;
     let mut held = Vec::new();

@@ -5,7 +5,6 @@ mod common;
 
 use common::{Reply, TestServer};
 use hyper::{Method, StatusCode};
-use order_broker::Config;
 use serde_json::{Value, json};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
@@ -29,7 +28,7 @@ async fn put(server: &TestServer, path: &str, body: Value) -> Reply {
 
 /// Two products (tea 2.50 × 10, cake 4.00 × 3) and two customers.
 async fn shop() -> TestServer {
-    let mut config = Config::default();
+    let mut config = common::config();
     config.shop.tax_rate = "0.10".into();
     config.shop.service_charge_rate = "0.05".into();
     config.shop.store_name = "Robo Bar".into();

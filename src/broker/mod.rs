@@ -18,6 +18,7 @@
 //! `catalog.rs`.
 
 mod catalog;
+mod persist;
 mod shop;
 
 use std::collections::hash_map::RandomState;
@@ -211,6 +212,7 @@ struct Inner {
     number_seed: RandomState,
     tax_rate: Rate,
     service_charge_rate: Rate,
+    history_size: usize,
     /// Random per boot, so a client can tell a restart from a gap in `seq`.
     epoch: u64,
     max_text_bytes: usize,
@@ -221,6 +223,9 @@ struct Sequencer {
     /// Ids by stage: the views. Kept in step with `orders` on every change.
     stages: [BTreeSet<OrderId>; 4],
     history: History,
+    /// The journal writer, once recovery is done (`persistence.mode = "journal"`).
+    /// Sent to under this lock, so it gets events in `seq` order.
+    journal: Option<crossbeam_channel::Sender<crate::journal::Msg>>,
 }
 
 impl Sequencer {
@@ -245,6 +250,11 @@ impl Sequencer {
             change,
         };
         self.history.push(event.clone());
+        if let Some(journal) = &self.journal {
+            // The writer lives as long as the broker serves; after shutdown
+            // stopped it, nothing is acknowledged any more.
+            let _ = journal.send(crate::journal::Msg::Event(event.clone()));
+        }
         event
     }
 }
@@ -268,6 +278,13 @@ impl Generations {
             .flatten()
         {
             self.stages[stage.index()].fetch_add(1, Ordering::Release);
+        }
+        self.all.fetch_add(1, Ordering::Release);
+    }
+    /// After the whole state was replaced (recovery).
+    fn bump_all(&self) {
+        for stage in &self.stages {
+            stage.fetch_add(1, Ordering::Release);
         }
         self.all.fetch_add(1, Ordering::Release);
     }
@@ -299,6 +316,7 @@ impl Broker {
                     last: Seq(0),
                     stages: Default::default(),
                     history: History::new(config.events.history_size),
+                    journal: None,
                 }),
                 notifier: Notifier::new(Seq(0)),
                 generations: Generations::default(),
@@ -313,6 +331,7 @@ impl Broker {
                 // Validated with the config.
                 tax_rate: Rate::parse(&shop.tax_rate).unwrap_or_default(),
                 service_charge_rate: Rate::parse(&shop.service_charge_rate).unwrap_or_default(),
+                history_size: config.events.history_size,
                 epoch: random_epoch(),
                 max_text_bytes: config.limits.max_text_bytes,
             }),
@@ -603,6 +622,12 @@ impl Broker {
     /// The newest sequence number issued (0 before the first change).
     pub fn last_seq(&self) -> Seq {
         self.sequencer().last
+    }
+
+    /// The newest seq whose writer has returned (it may trail `last_seq`
+    /// for a moment). Every change a caller saw succeed is at or below it.
+    pub fn published_seq(&self) -> Seq {
+        self.inner.notifier.current()
     }
 
     /// Up to `max` events with `seq >= from`, oldest first, or `Lagged` when

@@ -61,6 +61,9 @@ pub enum Transition {
 
 /// Order numbers use letters and digits that cannot be mistaken for each other.
 const NUMBER_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+/// The channel of orders taken in by intake.
+const INTAKE_CHANNEL: &str = "cpee";
+
 static NUMBER_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Broker {
@@ -110,6 +113,19 @@ impl Broker {
         self.insert_new(status, shop)
     }
 
+    /// Orders taken in by intake that are still new and have no orderbot,
+    /// ascending by id: the dispatch queue, rebuilt after a restart.
+    pub fn undispatched_intake(&self) -> Vec<OrderId> {
+        self.stage_orders(Stage::New)
+            .into_iter()
+            .filter(|(_, o)| {
+                o.orderbot_id.is_none()
+                    && o.shop.as_ref().is_some_and(|s| s.channel == INTAKE_CHANNEL)
+            })
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// Takes an order from a process engine's intake call: a fresh id and
     /// number, `status`, and the call's fields as free-form details.
     pub fn intake(
@@ -134,7 +150,7 @@ impl Broker {
             items: Vec::new(),
             notes: String::new(),
             table_number: None,
-            channel: "cpee".into(),
+            channel: INTAKE_CHANNEL.into(),
             payment_status: PaymentStatus::Unpaid,
             payment_method: None,
             totals: Totals::default(),

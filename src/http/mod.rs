@@ -240,6 +240,8 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// False until the broker has recovered its state and may serve.
     pub ready: std::sync::atomic::AtomicBool,
+    /// The journal, once recovery is done (none in memory mode).
+    pub journal: std::sync::OnceLock<std::sync::Arc<crate::journal::Journal>>,
 }
 
 impl App {
@@ -293,6 +295,7 @@ impl App {
             cpee_max_wait_secs: config.cpee.max_wait_secs,
             metrics: metrics::Metrics::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -345,6 +348,13 @@ impl App {
         found: Option<(Route, Option<String>)>,
     ) -> Result<Response<Body>, ApiError> {
         let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
+        let ops = matches!(route, Route::Healthz | Route::Readyz | Route::Metrics);
+        if !ops && !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: the state is being recovered from the journal; retry shortly",
+            ));
+        }
         if req.method() == Method::OPTIONS {
             return Ok(preflight(route, req.headers()));
         }
@@ -380,8 +390,36 @@ impl App {
         }
     }
 
-    /// Sends a request to its handler by route and method.
+    /// Runs a request's handler; with `fsync = "always"`, answers only once
+    /// every change it made is on disk (DESIGN invariant 5).
     async fn dispatch(
+        &self,
+        route: Route,
+        req: &Req,
+        caller: Option<&crate::auth::Caller>,
+    ) -> Result<Response<Body>, ApiError> {
+        let journal = self.journal.get().filter(|j| j.waits());
+        // Reads do not wait, except for the one that hands out work.
+        let Some(journal) = journal.filter(|_| {
+            !(req.method == Method::GET || req.method == Method::HEAD) || route == Route::NextOrder
+        }) else {
+            return self.handler(route, req, caller).await;
+        };
+        let before = self.broker.published_seq();
+        let response = self.handler(route, req, caller).await;
+        // Any change this request made has a seq in (before, after].
+        let after = self.broker.published_seq();
+        if after > before && journal.durable(after).await.is_err() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the change was applied in memory but the journal cannot be written,                  so it is not durable; see the broker's log",
+            ));
+        }
+        response
+    }
+
+    /// Sends a request to its handler by route and method.
+    async fn handler(
         &self,
         route: Route,
         req: &Req,

@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use order_broker::config::PersistenceMode;
 use order_broker::{Broker, Config, server};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,9 +23,16 @@ pub struct TestServer {
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// The default config with state in memory only, so tests share no files.
+pub fn config() -> Config {
+    let mut config = Config::default();
+    config.persistence.mode = PersistenceMode::Memory;
+    config
+}
+
 impl TestServer {
     pub async fn start() -> TestServer {
-        Self::with_config(Config::default()).await
+        Self::with_config(config()).await
     }
 
     pub async fn with_config(config: Config) -> TestServer {
@@ -34,6 +42,19 @@ impl TestServer {
     /// A server on a given address (to restart one where clients expect it).
     pub async fn at(addr: SocketAddr, config: Config) -> TestServer {
         let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, config)
+            .await
+            .unwrap_or_else(|e| panic!("the server failed to start: {e}"))
+    }
+
+    /// Starts a server; its error if it fails to start (e.g. recovery refused).
+    pub async fn try_start(config: Config) -> std::io::Result<TestServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, config).await
+    }
+
+    /// Serves on `listener` and waits until the server is ready.
+    async fn serve(listener: TcpListener, config: Config) -> std::io::Result<TestServer> {
         let addr = listener.local_addr().unwrap();
         let broker = Broker::new(&config);
         let (tx, rx) = oneshot::channel::<()>();
@@ -44,12 +65,23 @@ impl TestServer {
             })
             .await
         });
-        TestServer {
+        let mut server = TestServer {
             addr,
             broker,
             shutdown: Some(tx),
             task: Some(task),
+        };
+        for _ in 0..3000 {
+            if server.task.as_ref().unwrap().is_finished() {
+                server.task.take().unwrap().await.unwrap()?;
+                panic!("the server stopped without an error");
+            }
+            if server.get("/readyz").await.status == StatusCode::OK {
+                return Ok(server);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        panic!("the server was not ready within 30 s");
     }
 
     /// A new keep-alive connection to the server.

@@ -1,0 +1,754 @@
+//! Durability: every change event is appended to a journal by one writer
+//! thread, and the whole state is written to a snapshot now and then, so a
+//! restart or a crash loses no acknowledged change (DESIGN invariant 5).
+//!
+//! Files in `persistence.dir`:
+//! - `journal-<first seq>.log`: segments of the journal, each starting with
+//!   the event of that seq. Only the newest is written to.
+//! - `snapshot-<seq>.snap`: every record as of at least `seq`. Written to
+//!   `snapshot.tmp`, fsynced, renamed, and the directory fsynced; then the
+//!   segments it covers and older snapshots are deleted.
+//! - `LOCK`: held while a broker uses the directory.
+//!
+//! The sequencer sends each event down a crossbeam channel while it holds
+//! its lock, so the writer receives events in `seq` order. The writer takes
+//! every event queued (group commit), writes them with one `write`, and
+//! with `fsync = "always"` fsyncs once for all of them before it publishes
+//! the new durable seq; requests that changed something wait for that (see
+//! `http::App`). A snapshot runs on a thread of its own: it reads the seq
+//! first, then every record under that record's lock, so it holds every
+//! change up to its seq (and maybe later ones, which replay repeats
+//! harmlessly: records carry full state).
+//!
+//! Recovery (`Journal::open`) loads the newest snapshot, replays every later
+//! record in seq order, and refuses to start on a gap or on corruption
+//! anywhere but the tail of the newest segment. A torn tail (a write the
+//! crash cut short, never acknowledged with `always`) is cut off and logged.
+
+pub mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::broker::Broker;
+use crate::config::{Fsync, Persistence};
+use crate::feed::Event;
+use crate::model::{Millis, Seq};
+use record::{FrameError, Frames, JOURNAL_MAGIC, Record, SNAPSHOT_MAGIC};
+
+const SNAPSHOT_TMP: &str = "snapshot.tmp";
+const LOCK_FILE: &str = "LOCK";
+/// Most events the writer takes into one write (and one fsync).
+const MAX_BATCH: usize = 8192;
+/// Upper bounds of the fsync latency histogram, in seconds.
+pub const FSYNC_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+
+/// What the sequencer and the server send the writer.
+pub enum Msg {
+    Event(Event),
+    /// Write and fsync everything queued before it, then answer.
+    Flush(Sender<bool>),
+    /// Write and fsync everything queued before it, then stop.
+    Stop,
+}
+
+/// Why the journal could not be opened; the broker must not start.
+#[derive(Debug)]
+pub struct JournalError(String);
+
+impl std::fmt::Display for JournalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for JournalError {}
+
+fn io_error(what: &str, path: &Path, e: io::Error) -> JournalError {
+    JournalError(format!("{what} {}: {e}", path.display()))
+}
+
+/// The journal cannot be written any more; nothing after the last durable
+/// seq is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalFailed;
+
+/// The newest seq on disk, or that writing failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Durable {
+    seq: Seq,
+    failed: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Stats {
+    /// Bytes appended to the journal since start.
+    pub bytes: AtomicU64,
+    pub records: AtomicU64,
+    /// Newest seq known to be on disk.
+    pub durable_seq: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub fsync_micros: AtomicU64,
+    /// One count per [`FSYNC_BUCKETS`] bound, +Inf last (not cumulated).
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len() + 1],
+    pub snapshots: AtomicU64,
+    pub last_snapshot_seq: AtomicU64,
+    /// Unix milliseconds when the last snapshot was complete.
+    pub last_snapshot_ms: AtomicU64,
+    pub last_snapshot_micros: AtomicU64,
+    pub last_snapshot_bytes: AtomicU64,
+    /// Records read at start (snapshot + journal) and how long it took.
+    pub recovered_records: AtomicU64,
+    pub recovery_micros: AtomicU64,
+    pub failed: AtomicBool,
+}
+
+impl Stats {
+    fn fsynced(&self, took: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let bucket = FSYNC_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(FSYNC_BUCKETS.len());
+        self.fsync_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The open journal: the writer thread and what callers need of it.
+pub struct Journal {
+    tx: Sender<Msg>,
+    durable: watch::Receiver<Durable>,
+    fsync: Fsync,
+    pub stats: Arc<Stats>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub snapshot: Option<Seq>,
+    /// Journal records applied after the snapshot.
+    pub replayed: u64,
+    /// Journal bytes after the snapshot (they count towards the next one).
+    pub replayed_bytes: u64,
+    pub last: Seq,
+    /// A torn tail that was cut: file, offset, bytes cut.
+    pub torn: Option<(PathBuf, u64, u64)>,
+}
+
+impl Journal {
+    /// Recovers `broker`'s state from `config.dir` (blocking; run it off the
+    /// async threads), then starts the writer and attaches it to the broker.
+    pub fn open(config: &Persistence, broker: &Broker) -> Result<Journal, JournalError> {
+        let dir = config.dir.as_path();
+        fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock =
+            File::create(&lock_path).map_err(|e| io_error("cannot create", &lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(JournalError(format!(
+                "{} is in use by another broker (it holds {})",
+                dir.display(),
+                lock_path.display()
+            )));
+        }
+        let _ = fs::remove_file(dir.join(SNAPSHOT_TMP));
+        let started = Instant::now();
+        let recovery = recover(dir, broker)?;
+        let stats = Arc::new(Stats::default());
+        stats
+            .recovery_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.durable_seq.store(recovery.last.0, Ordering::Relaxed);
+        if let Some(seq) = recovery.snapshot {
+            stats.last_snapshot_seq.store(seq.0, Ordering::Relaxed);
+        }
+        info!(
+            snapshot = recovery.snapshot.map(|s| s.0),
+            replayed = recovery.replayed,
+            last_seq = recovery.last.0,
+            millis = started.elapsed().as_millis() as u64,
+            "recovered state from {}",
+            dir.display()
+        );
+        let file = new_segment(dir, Seq(recovery.last.0 + 1))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (durable_tx, durable) = watch::channel(Durable {
+            seq: recovery.last,
+            failed: false,
+        });
+        let writer = Writer {
+            broker: broker.clone(),
+            dir: dir.to_path_buf(),
+            fsync: config.fsync,
+            file,
+            buf: Vec::with_capacity(1 << 16),
+            written: recovery.last,
+            dirty: false,
+            synced_at: Instant::now(),
+            durable: durable_tx,
+            stats: stats.clone(),
+            every_events: config.snapshot_every_events,
+            every_bytes: config.snapshot_every_bytes,
+            since_events: recovery.replayed,
+            since_bytes: recovery.replayed_bytes,
+            snapshotting: Arc::new(AtomicBool::new(false)),
+            failed: false,
+            _lock: lock,
+        };
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| JournalError(format!("cannot start the journal thread: {e}")))?;
+        broker.attach_journal(tx.clone());
+        Ok(Journal {
+            tx,
+            durable,
+            fsync: config.fsync,
+            stats,
+            writer: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Whether an acknowledgement must wait for its change to be on disk.
+    pub fn waits(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+
+    /// Waits until every change up to `seq` is on disk.
+    pub async fn durable(&self, seq: Seq) -> Result<(), JournalFailed> {
+        let mut durable = self.durable.clone();
+        match durable.wait_for(|d| d.failed || d.seq >= seq).await {
+            Ok(d) if !d.failed => Ok(()),
+            _ => Err(JournalFailed),
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.stats.failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes and fsyncs everything sent so far (blocking).
+    pub fn sync(&self) -> Result<(), JournalFailed> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(Msg::Flush(tx)).is_err() {
+            return Err(JournalFailed);
+        }
+        match rx.recv() {
+            Ok(true) => Ok(()),
+            _ => Err(JournalFailed),
+        }
+    }
+
+    /// Writes and fsyncs everything sent so far and stops the writer
+    /// (blocking). Changes made after this are not journaled.
+    pub fn close(&self) {
+        let Some(thread) = self.writer.lock().take() else {
+            return;
+        };
+        let _ = self.tx.send(Msg::Stop);
+        if thread.join().is_err() {
+            error!("the journal thread panicked");
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    broker: Broker,
+    dir: PathBuf,
+    fsync: Fsync,
+    /// The newest segment, written unbuffered: each batch is one `write`.
+    file: File,
+    buf: Vec<u8>,
+    /// Newest seq written to `file`.
+    written: Seq,
+    /// Written since the last fsync.
+    dirty: bool,
+    synced_at: Instant,
+    durable: watch::Sender<Durable>,
+    stats: Arc<Stats>,
+    every_events: u64,
+    every_bytes: u64,
+    since_events: u64,
+    since_bytes: u64,
+    snapshotting: Arc<AtomicBool>,
+    /// A write or fsync failed: nothing more is written.
+    failed: bool,
+    /// Held (locked) while the writer runs.
+    _lock: File,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
+        let mut flushes: Vec<Sender<bool>> = Vec::new();
+        loop {
+            let wait = match self.fsync {
+                Fsync::Everysec if self.dirty => {
+                    Duration::from_secs(1).saturating_sub(self.synced_at.elapsed())
+                }
+                _ => Duration::from_secs(3600),
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sync();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.sync();
+                    return;
+                }
+            };
+            // Group commit: everything queued behind the first message.
+            let mut stop = take(first, &mut batch, &mut flushes);
+            while !stop && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(msg) => stop = take(msg, &mut batch, &mut flushes),
+                    Err(_) => break,
+                }
+            }
+            self.write(&batch);
+            batch.clear();
+            let due = match self.fsync {
+                Fsync::Always => true,
+                Fsync::Everysec => self.synced_at.elapsed() >= Duration::from_secs(1),
+                Fsync::No => false,
+            };
+            if due || stop || !flushes.is_empty() {
+                self.sync();
+            }
+            for reply in flushes.drain(..) {
+                let _ = reply.send(!self.failed);
+            }
+            if stop {
+                return;
+            }
+            self.maybe_snapshot();
+        }
+    }
+
+    fn write(&mut self, batch: &[Event]) {
+        if batch.is_empty() || self.failed {
+            return;
+        }
+        self.buf.clear();
+        // Resolve texts in chunks, so a writer interning a new word never
+        // waits long for the symbol table.
+        for chunk in batch.chunks(256) {
+            let symbols = self.broker.symbols();
+            for event in chunk {
+                Record::of(event, &symbols).write_frame(&mut self.buf);
+            }
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            self.fail("cannot write the journal", e);
+            return;
+        }
+        let bytes = self.buf.len() as u64;
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats
+            .records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.since_events += batch.len() as u64;
+        self.since_bytes += bytes;
+        self.written = batch.last().expect("not empty").seq;
+        self.dirty = true;
+        if self.buf.capacity() > 1 << 22 {
+            self.buf = Vec::with_capacity(1 << 16);
+        }
+    }
+
+    fn sync(&mut self) {
+        if !self.dirty || self.failed {
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = self.file.sync_data() {
+            self.fail("cannot fsync the journal", e);
+            return;
+        }
+        self.stats.fsynced(started.elapsed());
+        self.dirty = false;
+        self.synced_at = Instant::now();
+        self.stats
+            .durable_seq
+            .store(self.written.0, Ordering::Relaxed);
+        self.durable.send_replace(Durable {
+            seq: self.written,
+            failed: false,
+        });
+    }
+
+    fn fail(&mut self, what: &str, e: io::Error) {
+        error!(error = %e, "{what}: changes after seq {} are not durable; \
+               writes now fail until the broker is restarted", self.stats.durable_seq.load(Ordering::Relaxed));
+        self.failed = true;
+        self.stats.failed.store(true, Ordering::Relaxed);
+        self.durable.send_modify(|d| d.failed = true);
+    }
+
+    /// Past the configured events or bytes, starts a new segment and writes
+    /// a snapshot in the background (unless one is still being written).
+    fn maybe_snapshot(&mut self) {
+        let due = self.since_events >= self.every_events || self.since_bytes >= self.every_bytes;
+        if !due || self.failed || self.snapshotting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The old segment is complete and on disk before the new one gets a
+        // record, so only the newest segment can ever have a torn tail.
+        self.sync();
+        match new_segment(&self.dir, Seq(self.written.0 + 1)) {
+            Ok(file) => self.file = file,
+            Err(e) => {
+                self.snapshotting.store(false, Ordering::Release);
+                error!(error = %e, "cannot start a new journal segment; the current one grows on");
+                return;
+            }
+        }
+        self.since_events = 0;
+        self.since_bytes = 0;
+        let broker = self.broker.clone();
+        let dir = self.dir.clone();
+        let stats = self.stats.clone();
+        let snapshotting = self.snapshotting.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match write_snapshot(&broker, &dir) {
+                    Ok((seq, bytes)) => {
+                        let took = started.elapsed();
+                        stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                        stats.last_snapshot_seq.store(seq.0, Ordering::Relaxed);
+                        stats
+                            .last_snapshot_ms
+                            .store(Millis::now().0, Ordering::Relaxed);
+                        stats
+                            .last_snapshot_micros
+                            .store(took.as_micros() as u64, Ordering::Relaxed);
+                        stats.last_snapshot_bytes.store(bytes, Ordering::Relaxed);
+                        info!(
+                            seq = seq.0,
+                            bytes,
+                            millis = took.as_millis() as u64,
+                            "snapshot written"
+                        );
+                    }
+                    Err(e) => error!(error = %e, "snapshot failed; the journal is kept"),
+                }
+                snapshotting.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.snapshotting.store(false, Ordering::Release);
+            error!(error = %e, "cannot start the snapshot thread");
+        }
+    }
+}
+
+/// Files one message into the batch; true for `Stop`.
+fn take(msg: Msg, batch: &mut Vec<Event>, flushes: &mut Vec<Sender<bool>>) -> bool {
+    match msg {
+        Msg::Event(event) => batch.push(event),
+        Msg::Flush(reply) => flushes.push(reply),
+        Msg::Stop => return true,
+    }
+    false
+}
+
+fn segment_name(first: Seq) -> String {
+    format!("journal-{:020}.log", first.0)
+}
+
+fn snapshot_name(seq: Seq) -> String {
+    format!("snapshot-{:020}.snap", seq.0)
+}
+
+/// Creates (or empties) the segment whose first record will be `first`, with
+/// its magic on disk.
+fn new_segment(dir: &Path, first: Seq) -> Result<File, JournalError> {
+    let path = dir.join(segment_name(first));
+    let created = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all(JOURNAL_MAGIC)?;
+        file.sync_all()?;
+        sync_dir(dir)?;
+        Ok(file)
+    })();
+    created.map_err(|e| io_error("cannot create journal segment", &path, e))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The snapshots and segments in a directory, each sorted by seq.
+struct Files {
+    snapshots: Vec<(Seq, PathBuf)>,
+    segments: Vec<(Seq, PathBuf)>,
+}
+
+impl Files {
+    fn scan(dir: &Path) -> io::Result<Files> {
+        let mut files = Files {
+            snapshots: Vec::new(),
+            segments: Vec::new(),
+        };
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let number = |prefix: &str, suffix: &str| {
+                name.strip_prefix(prefix)?
+                    .strip_suffix(suffix)?
+                    .parse::<u64>()
+                    .ok()
+                    .map(Seq)
+            };
+            if let Some(seq) = number("snapshot-", ".snap") {
+                files.snapshots.push((seq, path));
+            } else if let Some(seq) = number("journal-", ".log") {
+                files.segments.push((seq, path));
+            }
+        }
+        files.snapshots.sort();
+        files.segments.sort();
+        Ok(files)
+    }
+}
+
+/// Writes a snapshot of `broker`, then deletes what it makes redundant.
+/// Returns its seq and size.
+pub fn write_snapshot(broker: &Broker, dir: &Path) -> io::Result<(Seq, u64)> {
+    let tmp = dir.join(SNAPSHOT_TMP);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    out.write_all(SNAPSHOT_MAGIC)?;
+    let mut bytes = SNAPSHOT_MAGIC.len() as u64;
+    let mut frame = Vec::new();
+    let seq = broker.dump(|record| {
+        frame.clear();
+        record.write_frame(&mut frame);
+        bytes += frame.len() as u64;
+        out.write_all(&frame)
+    })?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(snapshot_name(seq)))?;
+    sync_dir(dir)?;
+    let files = Files::scan(dir)?;
+    for (old, path) in &files.snapshots {
+        if *old < seq {
+            fs::remove_file(path)?;
+        }
+    }
+    // A segment is covered when the next one starts at or before seq + 1.
+    for pair in files.segments.windows(2) {
+        if pair[1].0.0 <= seq.0 + 1 {
+            fs::remove_file(&pair[0].1)?;
+        }
+    }
+    sync_dir(dir)?;
+    Ok((seq, bytes))
+}
+
+/// Loads the newest snapshot and replays the journal after it into `broker`.
+fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalError> {
+    let files = Files::scan(dir).map_err(|e| io_error("cannot read", dir, e))?;
+    let mut recovery = Recovery::default();
+    if let Some((seq, path)) = files.snapshots.last() {
+        load_snapshot(path, *seq, broker).map_err(|why| {
+            JournalError(format!(
+                "snapshot {} is corrupt: {why}. Refusing to start rather than lose \
+                 the orders in it; restore the data directory from a backup",
+                path.display()
+            ))
+        })?;
+        recovery.snapshot = Some(*seq);
+        recovery.last = *seq;
+    }
+    let newest = files.segments.len().saturating_sub(1);
+    for (i, (_, path)) in files.segments.iter().enumerate() {
+        replay_segment(path, i == newest, broker, &mut recovery)?;
+    }
+    broker.finish_restore(recovery.last);
+    if let Some((path, at, cut)) = &recovery.torn {
+        warn!(
+            file = %path.display(),
+            offset = at,
+            bytes = cut,
+            last_seq = recovery.last.0,
+            "the journal ended in a torn write (a crash mid-write); cut it at the last good record"
+        );
+    }
+    Ok(recovery)
+}
+
+fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    if len < 8 || input.read_exact(&mut magic).is_err() || &magic != SNAPSHOT_MAGIC {
+        return Err("it does not start like a snapshot".into());
+    }
+    let mut frames = Frames::new(input, 8, len);
+    let mut records = 0u64;
+    let mut started = false;
+    loop {
+        let at = frames.offset();
+        let payload = match frames.next_payload().map_err(|e| e.to_string())? {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return Err("it ends before its end record".into()),
+            Err(e) => return Err(format!("{e} at byte {at}")),
+        };
+        let record =
+            Record::decode(payload).map_err(|e| format!("unreadable record at byte {at}: {e}"))?;
+        match &record {
+            Record::Snapshot { seq, .. } if !started && *seq == named => started = true,
+            _ if !started => return Err("its first record is not its header".into()),
+            Record::Snapshot { .. } => return Err(format!("a second header at byte {at}")),
+            Record::End { records: n } if *n == records => break,
+            Record::End { .. } => return Err(format!("its end record at byte {at} miscounts")),
+            _ => records += 1,
+        }
+        broker.restore(record);
+    }
+    if frames.offset() != len {
+        return Err(format!("bytes after its end record at {}", frames.offset()));
+    }
+    Ok(())
+}
+
+fn replay_segment(
+    path: &Path,
+    newest: bool,
+    broker: &Broker,
+    recovery: &mut Recovery,
+) -> Result<(), JournalError> {
+    let corrupt = |at: u64, why: String| {
+        JournalError(format!(
+            "journal {} is corrupt at byte {at}: {why}. Refusing to start rather than \
+             silently drop the changes after it; restore the data directory from a backup",
+            path.display()
+        ))
+    };
+    let read = |e: io::Error| io_error("cannot read", path, e);
+    let file = File::open(path).map_err(read)?;
+    let len = file.metadata().map_err(read)?.len();
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    let header_ok = len >= 8 && input.read_exact(&mut magic).is_ok() && &magic == JOURNAL_MAGIC;
+    if !header_ok {
+        // A segment is created with its magic fsynced before any record, so
+        // a bad header is only a torn creation if the file holds nothing else.
+        if newest && (len <= 8 || zero_from(path, 0).map_err(read)?) {
+            fs::remove_file(path).map_err(|e| io_error("cannot remove", path, e))?;
+            recovery.torn = Some((path.to_path_buf(), 0, len));
+            return Ok(());
+        }
+        return Err(corrupt(
+            0,
+            "it does not start like a journal segment".into(),
+        ));
+    }
+    let mut frames = Frames::new(input, 8, len);
+    let snapshot = recovery.snapshot.unwrap_or(Seq(0));
+    loop {
+        let at = frames.offset();
+        let bad = match frames.next_payload().map_err(read)? {
+            Ok(None) => return Ok(()),
+            Ok(Some(payload)) => {
+                let record =
+                    Record::decode(payload).map_err(|e| corrupt(at, format!("unreadable: {e}")))?;
+                let seq = match &record {
+                    Record::Snapshot { .. } | Record::End { .. } => {
+                        return Err(corrupt(at, "a snapshot record in the journal".into()));
+                    }
+                    r => r.seq().expect("change records have a seq"),
+                };
+                if seq <= snapshot {
+                    continue; // the snapshot holds it already
+                }
+                if seq.0 != recovery.last.0 + 1 {
+                    return Err(corrupt(
+                        at,
+                        format!(
+                            "expected the change with seq {}, found {} (a journal file is missing)",
+                            recovery.last.0 + 1,
+                            seq.0
+                        ),
+                    ));
+                }
+                broker.restore(record);
+                recovery.last = seq;
+                recovery.replayed += 1;
+                recovery.replayed_bytes += frames.offset() - at;
+                continue;
+            }
+            Err(bad) => bad,
+        };
+        // Only the newest segment is written to, so only its tail can be torn:
+        // a frame the file ends inside, a last frame whose bytes did not all
+        // land, or zeros a file system left after the last good record.
+        let torn = newest
+            && match bad {
+                FrameError::Truncated => true,
+                FrameError::Checksum { end } if end == len => true,
+                _ => zero_from(path, at).map_err(read)?,
+            };
+        if !torn {
+            return Err(corrupt(at, bad.to_string()));
+        }
+        return cut(path, at, len, recovery);
+    }
+}
+
+/// Cuts the newest segment's torn tail at `at`.
+fn cut(path: &Path, at: u64, len: u64, recovery: &mut Recovery) -> Result<(), JournalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error("cannot open", path, e))?;
+    file.set_len(at)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error("cannot cut the torn tail of", path, e))?;
+    recovery.torn = Some((path.to_path_buf(), at, len - at));
+    Ok(())
+}
+
+/// Whether every byte of the file from `from` on is zero.
+fn zero_from(path: &Path, from: u64) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+}

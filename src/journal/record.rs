@@ -1,0 +1,235 @@
+//! What the journal and snapshots hold, and how it sits in a file.
+//!
+//! A file is an 8-byte magic followed by frames. A frame is the payload's
+//! length (u32, little-endian), its CRC-32 (u32, little-endian), then the
+//! payload: one [`Record`] as JSON. JSON keeps the files readable with
+//! ordinary tools; the frame makes a torn or corrupted write detectable.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Customer, CustomerId, Product, ProductId};
+use crate::feed::{Change, Event};
+use crate::model::{Millis, Order, OrderId, Seq};
+use crate::shop::ShopOrder;
+use crate::symbols::SymbolsReader;
+
+/// First bytes of a journal segment.
+pub const JOURNAL_MAGIC: &[u8; 8] = b"OBJRNL01";
+/// First bytes of a snapshot.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"OBSNAP01";
+/// Bytes before a frame's payload: length and checksum.
+pub const FRAME_HEADER: usize = 8;
+/// Largest payload a frame may declare. Far above any real record (a request
+/// body is at most `limits.max_body_bytes`); a larger length is corruption.
+pub const MAX_PAYLOAD: usize = 64 << 20;
+
+/// One journal or snapshot record. The full state of a record after a
+/// change, so replaying a record twice, or over a newer snapshot, ends in
+/// the same state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Record {
+    Order {
+        seq: Seq,
+        id: OrderId,
+        order: StoredOrder,
+    },
+    OrderRemoved {
+        seq: Seq,
+        id: OrderId,
+    },
+    Product {
+        seq: Seq,
+        product: Arc<Product>,
+    },
+    ProductRemoved {
+        seq: Seq,
+        id: ProductId,
+    },
+    Customer {
+        seq: Seq,
+        customer: Arc<Customer>,
+    },
+    CustomerRemoved {
+        seq: Seq,
+        id: CustomerId,
+    },
+    /// A snapshot's first record: every change up to `seq` is in it.
+    Snapshot {
+        seq: Seq,
+        /// Above every id the broker ever used or assigned.
+        next_order_id: u64,
+        next_product_id: u64,
+        next_customer_id: u64,
+    },
+    /// A snapshot's last record: how many records came between.
+    End {
+        records: u64,
+    },
+}
+
+/// An order as stored: its texts spelled out (symbols are per process).
+/// The stage is not stored: it follows from the status and the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredOrder {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orderbot_id: Option<String>,
+    pub version: u32,
+    pub created: Millis,
+    pub updated: Millis,
+    pub stage_since: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shop: Option<Arc<ShopOrder>>,
+}
+
+impl StoredOrder {
+    pub fn of(order: &Order, symbols: &SymbolsReader<'_>) -> StoredOrder {
+        StoredOrder {
+            status: symbols.text(order.status).to_string(),
+            orderbot_id: order.orderbot_id.map(|b| symbols.text(b).to_string()),
+            version: order.version.0,
+            created: order.created.get(),
+            updated: order.updated.get(),
+            stage_since: order.stage_since.get(),
+            shop: order.shop.clone(),
+        }
+    }
+}
+
+impl Record {
+    /// The record of one change event.
+    pub fn of(event: &Event, symbols: &SymbolsReader<'_>) -> Record {
+        let seq = event.seq;
+        match &event.change {
+            Change::Order { id, order, .. } => Record::Order {
+                seq,
+                id: *id,
+                order: StoredOrder::of(order, symbols),
+            },
+            Change::OrderRemoved { id, .. } => Record::OrderRemoved { seq, id: *id },
+            Change::Product(product) => Record::Product {
+                seq,
+                product: product.clone(),
+            },
+            Change::ProductRemoved(id) => Record::ProductRemoved { seq, id: *id },
+            Change::Customer(customer) => Record::Customer {
+                seq,
+                customer: customer.clone(),
+            },
+            Change::CustomerRemoved(id) => Record::CustomerRemoved { seq, id: *id },
+        }
+    }
+
+    /// The change's seq; None for a snapshot's end marker.
+    pub fn seq(&self) -> Option<Seq> {
+        match self {
+            Record::Order { seq, .. }
+            | Record::OrderRemoved { seq, .. }
+            | Record::Product { seq, .. }
+            | Record::ProductRemoved { seq, .. }
+            | Record::Customer { seq, .. }
+            | Record::CustomerRemoved { seq, .. }
+            | Record::Snapshot { seq, .. } => Some(*seq),
+            Record::End { .. } => None,
+        }
+    }
+
+    /// Appends this record as one frame.
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER]);
+        serde_json::to_writer(&mut *out, self).expect("records serialize to memory");
+        let payload = &out[start + FRAME_HEADER..];
+        let len = u32::try_from(payload.len()).expect("a record is far below 4 GiB");
+        let crc = crc32fast::hash(payload);
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// The file ends inside the frame: a write that never finished.
+    Truncated,
+    /// The length is zero or above [`MAX_PAYLOAD`].
+    BadLength(u32),
+    /// The payload does not match its checksum; the frame would end at `end`.
+    Checksum { end: u64 },
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Truncated => f.write_str("the file ends inside a record"),
+            FrameError::BadLength(n) => write!(f, "impossible record length {n}"),
+            FrameError::Checksum { .. } => f.write_str("checksum mismatch"),
+        }
+    }
+}
+
+/// Reads frames one by one from a file of known length.
+pub struct Frames<R> {
+    input: R,
+    /// Offset of the next frame.
+    offset: u64,
+    len: u64,
+    payload: Vec<u8>,
+}
+
+impl<R: Read> Frames<R> {
+    /// `input` is positioned just after the magic, at `offset`; `len` is the
+    /// file's length.
+    pub fn new(input: R, offset: u64, len: u64) -> Self {
+        Frames {
+            input,
+            offset,
+            len,
+            payload: Vec::new(),
+        }
+    }
+
+    /// Where the next frame starts (after an error: where the bad one starts).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next payload; `Ok(None)` at the end of the file. After an error
+    /// the reader stays at the bad frame.
+    pub fn next_payload(&mut self) -> io::Result<Result<Option<&[u8]>, FrameError>> {
+        let left = self.len - self.offset;
+        if left == 0 {
+            return Ok(Ok(None));
+        }
+        if left < FRAME_HEADER as u64 {
+            return Ok(Err(FrameError::Truncated));
+        }
+        let mut header = [0u8; FRAME_HEADER];
+        self.input.read_exact(&mut header)?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len == 0 || len as usize > MAX_PAYLOAD {
+            return Ok(Err(FrameError::BadLength(len)));
+        }
+        if u64::from(len) > left - FRAME_HEADER as u64 {
+            return Ok(Err(FrameError::Truncated));
+        }
+        self.payload.resize(len as usize, 0);
+        self.input.read_exact(&mut self.payload)?;
+        let end = self.offset + (FRAME_HEADER + len as usize) as u64;
+        if crc32fast::hash(&self.payload) != crc {
+            return Ok(Err(FrameError::Checksum { end }));
+        }
+        self.offset = end;
+        Ok(Ok(Some(&self.payload)))
+    }
+}
