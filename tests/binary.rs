@@ -124,3 +124,124 @@ fn a_config_with_an_unknown_key_is_refused_by_name() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("ORDER_BROKER_LIMIT_MAX_BODY_BYTES"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One keep-alive HTTP/1.1 connection over std's TcpStream, enough to PUT
+/// JSON and read the status line; None once the server is gone.
+struct RawClient {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl RawClient {
+    fn connect(addr: &str) -> RawClient {
+        let writer = TcpStream::connect(addr).unwrap();
+        let reader = BufReader::new(writer.try_clone().unwrap());
+        RawClient { writer, reader }
+    }
+
+    /// The status code, or None if the connection broke.
+    fn put_json(&mut self, path: &str, body: &str) -> Option<u16> {
+        write!(
+            self.writer,
+            "PUT {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).ok()?;
+        let status = line.split(' ').nth(1)?.parse().ok()?;
+        let mut length = 0;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().ok()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).ok()?;
+        Some(status)
+    }
+}
+
+#[test]
+fn every_write_acknowledged_with_fsync_always_survives_sigkill() {
+    const WRITERS: u64 = 8;
+    let (mut cmd, data) = broker();
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0"])
+        .env("ORDER_BROKER_PERSISTENCE_FSYNC", "always")
+        // Snapshots and segment switches happen during the load too.
+        .env("ORDER_BROKER_PERSISTENCE_SNAPSHOT_EVERY_EVENTS", "300")
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut child);
+    wait_ready(&addr);
+
+    // Each writer moves its own order through s1, s2, … and remembers the
+    // last step the broker acknowledged.
+    let writers: Vec<_> = (1..=WRITERS)
+        .map(|w| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut client = RawClient::connect(&addr);
+                let mut acked = 0u64;
+                for step in 1.. {
+                    let body = format!(r#"{{"order_id": {w}, "status": "s{step}"}}"#);
+                    match client.put_json("/update_order", &body) {
+                        Some(200) => acked = step,
+                        Some(other) => panic!("writer {w}: status {other}"),
+                        None => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let killed = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = child.wait();
+    let acked: Vec<u64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(
+        acked.iter().all(|a| *a > 0),
+        "every writer got through: {acked:?}"
+    );
+
+    let mut restarted = Command::new(env!("CARGO_BIN_EXE_order-broker"))
+        .env_remove("RUST_LOG")
+        .env("ORDER_BROKER_PERSISTENCE_DIR", data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut restarted);
+    wait_ready(&addr);
+    for (w, acked) in (1..=WRITERS).zip(&acked) {
+        let response = http_get(&addr, &format!("/get_status/{w}"));
+        let body = response.split("\r\n\r\n").nth(1).unwrap();
+        let order: serde_json::Value = serde_json::from_str(body).unwrap();
+        let version = order["version"].as_u64().unwrap();
+        // Writes the broker had taken but not yet acknowledged may be there
+        // too; nothing acknowledged may be missing.
+        assert!(
+            version >= *acked,
+            "writer {w}: acked step {acked}, recovered {order}"
+        );
+        assert_eq!(order["status"], format!("s{version}"), "writer {w}");
+    }
+    assert!(terminate(&mut restarted).success());
+}

@@ -12,6 +12,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use super::{App, Body, Route, full};
+use crate::journal::{FSYNC_BUCKETS, Stats};
 use crate::model::Stage;
 
 /// Status codes counted by name; any other is counted as its class.
@@ -233,10 +234,17 @@ pub fn render(app: &App) -> Response<Body> {
         ),
     ];
     for (name, kind, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+        metric(&mut out, name, kind, help, value);
+    }
+    metric(
+        &mut out,
+        "order_broker_ready",
+        "gauge",
+        "1 once the state is recovered and the broker serves.",
+        f64::from(u8::from(app.ready.load(Ordering::Acquire))),
+    );
+    if let Some(journal) = app.journal.get() {
+        render_journal(&mut out, &journal.stats);
     }
     let mut response = Response::new(full(out));
     response.headers_mut().insert(
@@ -244,6 +252,104 @@ pub fn render(app: &App) -> Response<Body> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// The journal's counters (only in `persistence.mode = "journal"`).
+fn render_journal(out: &mut String, stats: &Stats) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let values: [(&str, &str, &str, f64); 11] = [
+        (
+            "order_broker_journal_bytes_total",
+            "counter",
+            "Bytes appended to the journal since start.",
+            get(&stats.bytes),
+        ),
+        (
+            "order_broker_journal_records_total",
+            "counter",
+            "Records appended to the journal since start.",
+            get(&stats.records),
+        ),
+        (
+            "order_broker_journal_durable_seq",
+            "gauge",
+            "The newest event seq known to be fsynced.",
+            get(&stats.durable_seq),
+        ),
+        (
+            "order_broker_journal_failed",
+            "gauge",
+            "1 if the journal could not be written (writes then fail).",
+            f64::from(u8::from(stats.failed.load(Ordering::Relaxed))),
+        ),
+        (
+            "order_broker_journal_recovered_records",
+            "gauge",
+            "Records read at start (snapshot and journal).",
+            get(&stats.recovered_records),
+        ),
+        (
+            "order_broker_journal_recovery_seconds",
+            "gauge",
+            "Time the recovery at start took.",
+            get(&stats.recovery_micros) / 1e6,
+        ),
+        (
+            "order_broker_snapshots_total",
+            "counter",
+            "Snapshots written since start.",
+            get(&stats.snapshots),
+        ),
+        (
+            "order_broker_snapshot_last_seq",
+            "gauge",
+            "The seq the newest snapshot covers.",
+            get(&stats.last_snapshot_seq),
+        ),
+        (
+            "order_broker_snapshot_last_timestamp_seconds",
+            "gauge",
+            "Unix time the last snapshot was complete (0: none since start).",
+            get(&stats.last_snapshot_ms) / 1e3,
+        ),
+        (
+            "order_broker_snapshot_last_duration_seconds",
+            "gauge",
+            "Time the last snapshot took.",
+            get(&stats.last_snapshot_micros) / 1e6,
+        ),
+        (
+            "order_broker_snapshot_last_bytes",
+            "gauge",
+            "Size of the last snapshot.",
+            get(&stats.last_snapshot_bytes),
+        ),
+    ];
+    for (name, kind, help, value) in values {
+        metric(out, name, kind, help, value);
+    }
+    let name = "order_broker_journal_fsync_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time one journal fsync took.\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0;
+    for (i, count) in stats.fsync_buckets.iter().enumerate() {
+        cumulative += count.load(Ordering::Relaxed);
+        let le = FSYNC_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_string(), |b| b.to_string());
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", get(&stats.fsync_micros) / 1e6);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 #[cfg(test)]

@@ -141,6 +141,7 @@ pub struct Journal {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub snapshot: Option<Seq>,
+    pub snapshot_records: u64,
     /// Journal records applied after the snapshot.
     pub replayed: u64,
     /// Journal bytes after the snapshot (they count towards the next one).
@@ -174,6 +175,10 @@ impl Journal {
             .recovery_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.durable_seq.store(recovery.last.0, Ordering::Relaxed);
+        stats.recovered_records.store(
+            recovery.snapshot_records + recovery.replayed,
+            Ordering::Relaxed,
+        );
         if let Some(seq) = recovery.snapshot {
             stats.last_snapshot_seq.store(seq.0, Ordering::Relaxed);
         }
@@ -207,6 +212,7 @@ impl Journal {
             since_events: recovery.replayed,
             since_bytes: recovery.replayed_bytes,
             snapshotting: Arc::new(AtomicBool::new(false)),
+            snapshot: None,
             failed: false,
             _lock: lock,
         };
@@ -287,6 +293,8 @@ struct Writer {
     since_events: u64,
     since_bytes: u64,
     snapshotting: Arc<AtomicBool>,
+    /// The snapshot thread last started; joined before the writer stops.
+    snapshot: Option<JoinHandle<()>>,
     /// A write or fsync failed: nothing more is written.
     failed: bool,
     /// Held (locked) while the writer runs.
@@ -337,6 +345,11 @@ impl Writer {
                 let _ = reply.send(!self.failed);
             }
             if stop {
+                // A snapshot being written completes first, so the files
+                // are settled when the broker exits.
+                if let Some(snapshot) = self.snapshot.take() {
+                    let _ = snapshot.join();
+                }
                 return;
             }
             self.maybe_snapshot();
@@ -454,9 +467,17 @@ impl Writer {
                 }
                 snapshotting.store(false, Ordering::Release);
             });
-        if let Err(e) = spawned {
-            self.snapshotting.store(false, Ordering::Release);
-            error!(error = %e, "cannot start the snapshot thread");
+        match spawned {
+            // The previous one is done (the flag was clear): join it.
+            Ok(thread) => {
+                if let Some(done) = self.snapshot.replace(thread) {
+                    let _ = done.join();
+                }
+            }
+            Err(e) => {
+                self.snapshotting.store(false, Ordering::Release);
+                error!(error = %e, "cannot start the snapshot thread");
+            }
         }
     }
 }
@@ -577,7 +598,7 @@ fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalError> {
     let files = Files::scan(dir).map_err(|e| io_error("cannot read", dir, e))?;
     let mut recovery = Recovery::default();
     if let Some((seq, path)) = files.snapshots.last() {
-        load_snapshot(path, *seq, broker).map_err(|why| {
+        recovery.snapshot_records = load_snapshot(path, *seq, broker).map_err(|why| {
             JournalError(format!(
                 "snapshot {} is corrupt: {why}. Refusing to start rather than lose \
                  the orders in it; restore the data directory from a backup",
@@ -604,7 +625,8 @@ fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalError> {
     Ok(recovery)
 }
 
-fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<(), String> {
+/// Loads a snapshot into `broker`; how many records it held.
+fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<u64, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
@@ -637,7 +659,7 @@ fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<(), String>
     if frames.offset() != len {
         return Err(format!("bytes after its end record at {}", frames.offset()));
     }
-    Ok(())
+    Ok(records)
 }
 
 fn replay_segment(

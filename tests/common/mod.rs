@@ -76,12 +76,28 @@ impl TestServer {
                 server.task.take().unwrap().await.unwrap()?;
                 panic!("the server stopped without an error");
             }
-            if server.get("/readyz").await.status == StatusCode::OK {
+            if server.is_ready().await {
                 return Ok(server);
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("the server was not ready within 30 s");
+    }
+
+    /// Whether `/readyz` answers 200; false if the server does not answer.
+    async fn is_ready(&self) -> bool {
+        let Ok(stream) = TcpStream::connect(self.addr).await else {
+            return false;
+        };
+        let Ok((mut sender, connection)) = http1::handshake(TokioIo::new(stream)).await else {
+            return false;
+        };
+        tokio::spawn(connection);
+        let request = Request::get("/readyz")
+            .header("host", "test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        matches!(sender.send_request(request).await, Ok(r) if r.status() == StatusCode::OK)
     }
 
     /// A new keep-alive connection to the server.

@@ -1,0 +1,506 @@
+//! The journal and snapshots over real files: a restart keeps everything, a
+//! torn tail is cut, corruption refuses to start, acknowledged writes are on
+//! disk before their answer.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::{Reply, TestServer};
+use hyper::{Method, StatusCode};
+use order_broker::Config;
+use order_broker::config::{Fsync, PersistenceMode};
+use order_broker::journal::record::{Frames, Record};
+use serde_json::{Value, json};
+
+fn durable_config(dir: &Path) -> Config {
+    let mut config = common::config();
+    config.persistence.mode = PersistenceMode::Journal;
+    config.persistence.dir = dir.to_path_buf();
+    config.persistence.fsync = Fsync::Always;
+    config
+}
+
+async fn send(server: &TestServer, method: Method, path: &str, body: Value) -> Reply {
+    let ct = ("content-type", "application/json");
+    server.send(method, path, &[ct], &body.to_string()).await
+}
+
+/// Files in `dir` whose names start with `prefix`, sorted.
+fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Every record in a journal segment, with the offset each starts at.
+fn records(path: &Path) -> Vec<(u64, Record)> {
+    let len = fs::metadata(path).unwrap().len();
+    let mut input = std::io::BufReader::new(File::open(path).unwrap());
+    let mut magic = [0u8; 8];
+    std::io::Read::read_exact(&mut input, &mut magic).unwrap();
+    let mut frames = Frames::new(input, 8, len);
+    let mut out = Vec::new();
+    loop {
+        let at = frames.offset();
+        match frames.next_payload().unwrap().unwrap() {
+            Some(payload) => out.push((at, Record::decode(payload).unwrap())),
+            None => return out,
+        }
+    }
+}
+
+/// Everything a client can read back, to compare before and after a restart.
+async fn state(server: &TestServer) -> Value {
+    let mut all = json!({
+        "get_all": server.get("/get_all").await.json(),
+        "current": server.get("/get_current_order").await.json(),
+        "new": server.get("/get_new_orders").await.json(),
+        "completed": server.get("/get_completed_orders").await.json(),
+        "products": server.get("/products").await.json(),
+        "customers": server.get("/customers").await.json(),
+        "orders": server.get("/orders?limit=1000").await.json(),
+    });
+    let ids: Vec<u64> = all["get_all"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_u64().unwrap())
+        .collect();
+    for id in ids {
+        all[format!("status_{id}")] = server.get(&format!("/get_status/{id}")).await.json();
+    }
+    all
+}
+
+/// Seed updates, products, customers, shop orders (processed, confirmed,
+/// deleted), so every kind of record is in the journal.
+async fn fill(server: &TestServer) {
+    for n in 0..30u64 {
+        let status = [
+            "Order Initiated",
+            "Mixing",
+            "Order Served",
+            "Order Cancelled",
+        ][n as usize % 4];
+        let body =
+            json!({"order_id": n % 12, "status": status, "orderbot_id": format!("bot-{}", n % 3)});
+        assert_eq!(
+            server
+                .put_json("/update_order", &body.to_string())
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    for body in [
+        json!({"id": 1, "name": "tea", "price": "2.50", "stock": 10}),
+        json!({"id": 2, "name": "cake", "price": 4, "stock": 3}),
+        json!({"id": 3, "name": "gone", "price": 1, "stock": 1}),
+    ] {
+        assert_eq!(
+            send(server, Method::POST, "/products", body).await.status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(
+        send(server, Method::DELETE, "/products/3", Value::Null)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(
+            server,
+            Method::POST,
+            "/customers",
+            json!({"id": 1, "name": "Ann", "balance": 100})
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let reply = send(
+            server,
+            Method::POST,
+            "/orders",
+            json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 2}, {"product_id": 2, "quantity": 1}], "notes": "hot"}),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        ids.push(reply.json());
+    }
+    let processed = format!("/api/orders/{}", ids[0]["id"]);
+    assert_eq!(
+        send(server, Method::PUT, &processed, json!({"process": true}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let confirm = json!({"number": ids[1]["number"]});
+    assert_eq!(
+        send(server, Method::POST, "/api/store/orders/confirm", confirm)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let deleted = format!("/orders/{}", ids[2]["id"]);
+    assert_eq!(
+        send(server, Method::DELETE, &deleted, Value::Null)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn a_restart_keeps_every_record_and_version_and_continues_the_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    fill(&server).await;
+    let before = state(&server).await;
+    let seq = server.get("/healthz").await.json()["seq"].clone();
+    let epoch = server.get("/views").await.json()["last_event_id"].clone();
+    server.stop().await;
+
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    assert_eq!(state(&server).await, before);
+    assert_eq!(server.get("/healthz").await.json()["seq"], seq);
+    let views = server.get("/views").await.json();
+    let (old_epoch, old_seq) = epoch.as_str().unwrap().split_once('-').unwrap();
+    let (new_epoch, new_seq) = views["last_event_id"]
+        .as_str()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    assert_ne!(old_epoch, new_epoch, "a new epoch at every start");
+    assert_eq!(old_seq, new_seq, "the sequence continues");
+
+    // New writes continue versions, ids and the sequence.
+    let body = json!({"order_id": 0, "status": "Mixing"});
+    server.put_json("/update_order", &body.to_string()).await;
+    let order = server.broker.get(order_broker::OrderId(0)).unwrap();
+    let old_version = before["status_0"]["version"].as_u64().unwrap();
+    assert_eq!(u64::from(order.version.0), old_version + 1);
+    let seq_now = server.get("/healthz").await.json()["seq"].as_u64().unwrap();
+    assert_eq!(seq_now, seq.as_u64().unwrap() + 1);
+    let product = send(
+        &server,
+        Method::POST,
+        "/products",
+        json!({"name": "new", "price": 1}),
+    )
+    .await;
+    assert_eq!(
+        product.json()["id"],
+        4,
+        "ids are never reused, even of deleted records"
+    );
+    let order = send(
+        &server,
+        Method::POST,
+        "/orders",
+        json!({"items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await;
+    let max_before = before["get_all"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(order.json()["id"].as_u64().unwrap() > max_before);
+}
+
+#[tokio::test]
+async fn snapshots_replace_the_journal_and_recovery_uses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = durable_config(dir.path());
+    config.persistence.snapshot_every_events = 7;
+    let server = TestServer::with_config(config.clone()).await;
+    fill(&server).await;
+    // Snapshots run in the background; wait until one has covered most of it.
+    let mut waited = 0;
+    while files(dir.path(), "snapshot-").is_empty() && waited < 500 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    let before = state(&server).await;
+    server.stop().await;
+
+    let snapshots = files(dir.path(), "snapshot-");
+    assert_eq!(
+        snapshots.len(),
+        1,
+        "older snapshots are deleted: {snapshots:?}"
+    );
+    let segments = files(dir.path(), "journal-");
+    // Only segments the snapshot does not cover are kept.
+    let snapshot_seq: u64 = name_number(&snapshots[0]);
+    for pair in segments.windows(2) {
+        assert!(
+            name_number(&pair[1]) > snapshot_seq + 1,
+            "{segments:?} kept next to {snapshots:?}"
+        );
+    }
+    assert!(files(dir.path(), "snapshot.tmp").is_empty());
+    let metrics = TestServer::with_config(config.clone()).await;
+    assert_eq!(state(&metrics).await, before);
+    let text = String::from_utf8(metrics.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        text.contains("order_broker_journal_recovered_records"),
+        "{text}"
+    );
+}
+
+fn name_number(path: &Path) -> u64 {
+    let name = path.file_stem().unwrap().to_str().unwrap();
+    name.rsplit('-').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_acknowledged_write_is_in_the_journal_file_before_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    for n in 1..=20u64 {
+        let body = json!({"order_id": n, "status": format!("step {n}")});
+        assert_eq!(
+            server
+                .put_json("/update_order", &body.to_string())
+                .await
+                .status,
+            StatusCode::OK
+        );
+        // The server is still running: what the file holds now was written
+        // before the answer came.
+        let metrics = server.get("/metrics").await.body;
+        let metrics = String::from_utf8_lossy(&metrics);
+        let durable = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("order_broker_journal_durable_seq "))
+            .unwrap();
+        assert!(
+            durable.parse::<u64>().unwrap() >= n,
+            "fsynced up to {durable}, acked {n}"
+        );
+        let segment = files(dir.path(), "journal-").pop().unwrap();
+        let last = records(&segment).pop().unwrap().1;
+        match last {
+            Record::Order { id, order, .. } => {
+                assert_eq!(id.0, n);
+                assert_eq!(order.status, format!("step {n}"));
+            }
+            other => panic!("unexpected record {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_at_the_last_good_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    for n in 1..=5u64 {
+        let body = json!({"order_id": n, "status": "Mixing"});
+        server.put_json("/update_order", &body.to_string()).await;
+    }
+    server.stop().await;
+    let segment = files(dir.path(), "journal-").pop().unwrap();
+    let good_len = fs::metadata(&segment).unwrap().len();
+
+    // A write the crash cut short: a frame that claims more bytes than follow.
+    let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+    file.write_all(&200u32.to_le_bytes()).unwrap();
+    file.write_all(&[7, 7, 7, 7]).unwrap();
+    file.write_all(b"{\"order\":{\"seq\":6").unwrap();
+    drop(file);
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    assert_eq!(
+        server
+            .get("/get_all")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(server.get("/healthz").await.json()["seq"], 5);
+    server.stop().await;
+    assert_eq!(
+        fs::metadata(&segment).unwrap().len(),
+        good_len,
+        "the tail was cut"
+    );
+
+    // The last record's bytes landed only in part: its checksum fails.
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    let body = json!({"order_id": 6, "status": "Mixing"});
+    server.put_json("/update_order", &body.to_string()).await;
+    server.stop().await;
+    let newest = files(dir.path(), "journal-").pop().unwrap();
+    flip_last_byte(&newest);
+    // Zeros after the last good record (a file system's extended, unwritten pages).
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    assert_eq!(
+        server.get("/healthz").await.json()["seq"],
+        5,
+        "the damaged record is cut"
+    );
+    assert!(server.get("/get_status/6").await.status == StatusCode::NOT_FOUND);
+    server.stop().await;
+    let newest = files(dir.path(), "journal-").pop().unwrap();
+    let mut file = OpenOptions::new().append(true).open(&newest).unwrap();
+    file.write_all(&[0u8; 4096]).unwrap();
+    drop(file);
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    assert_eq!(server.get("/healthz").await.json()["seq"], 5);
+    let body = json!({"order_id": 6, "status": "Mixing"});
+    assert_eq!(
+        server
+            .put_json("/update_order", &body.to_string())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(server.get("/healthz").await.json()["seq"], 6);
+}
+
+fn flip_last_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x55;
+    fs::write(path, bytes).unwrap();
+}
+
+fn flip_byte_at(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x55;
+    fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn corruption_before_the_tail_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    for n in 1..=5u64 {
+        let body = json!({"order_id": n, "status": "Mixing"});
+        server.put_json("/update_order", &body.to_string()).await;
+    }
+    server.stop().await;
+    let segment = files(dir.path(), "journal-").pop().unwrap();
+    let third = records(&segment)[2].0;
+    let pristine = fs::read(&segment).unwrap();
+    flip_byte_at(&segment, third + 20);
+    let err = TestServer::try_start(durable_config(dir.path()))
+        .await
+        .err()
+        .expect("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("corrupt") && message.contains(&format!("byte {third}")),
+        "{message}"
+    );
+    assert_eq!(
+        fs::read(&segment).unwrap().len(),
+        pristine.len(),
+        "nothing was cut"
+    );
+
+    // A missing segment is a gap in the sequence: refused too.
+    fs::write(&segment, &pristine).unwrap();
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    let body = json!({"order_id": 9, "status": "Mixing"});
+    server.put_json("/update_order", &body.to_string()).await;
+    server.stop().await;
+    fs::remove_file(&segment).unwrap();
+    let err = TestServer::try_start(durable_config(dir.path()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("expected the change with seq 1, found 6"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = durable_config(dir.path());
+    config.persistence.snapshot_every_events = 3;
+    let server = TestServer::with_config(config.clone()).await;
+    for n in 1..=10u64 {
+        let body = json!({"order_id": n, "status": "Mixing"});
+        server.put_json("/update_order", &body.to_string()).await;
+    }
+    let mut waited = 0;
+    while files(dir.path(), "snapshot-").is_empty() && waited < 500 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    server.stop().await;
+    let snapshot = files(dir.path(), "snapshot-")
+        .pop()
+        .expect("a snapshot was written");
+    let len = fs::metadata(&snapshot).unwrap().len();
+    flip_byte_at(&snapshot, len / 2);
+    let err = TestServer::try_start(config.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("snapshot") && err.to_string().contains("corrupt"),
+        "{err}"
+    );
+
+    // A snapshot cut short is refused as well (it has no end record).
+    flip_byte_at(&snapshot, len / 2);
+    let bytes = fs::read(&snapshot).unwrap();
+    fs::write(&snapshot, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(TestServer::try_start(config.clone()).await.is_err());
+    fs::write(&snapshot, &bytes).unwrap();
+    let server = TestServer::with_config(config).await;
+    assert_eq!(
+        server
+            .get("/get_all")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+}
+
+#[tokio::test]
+async fn a_data_directory_is_used_by_one_broker_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = TestServer::with_config(durable_config(dir.path())).await;
+    let err = TestServer::try_start(durable_config(dir.path()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[tokio::test]
+async fn memory_mode_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = durable_config(dir.path());
+    config.persistence.mode = PersistenceMode::Memory;
+    let server = TestServer::with_config(config.clone()).await;
+    let body = json!({"order_id": 1, "status": "Mixing"});
+    server.put_json("/update_order", &body.to_string()).await;
+    server.stop().await;
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}
