@@ -4,7 +4,11 @@
 //! broker's throughput as a ratio of the bare server's.
 //!
 //! Options (after `--`): `--seconds N` per run (5), `--rounds N` (3),
-//! `--connections N` (32), `--only update|sse|view`.
+//! `--connections N` (32), `--only update|sse|view|journal`.
+//!
+//! `journal` compares `PUT /update_order` with the journal on (fsync
+//! `everysec`, then `always`) against the same broker in memory mode, and
+//! prints how many requests shared each fsync (group commit).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +22,7 @@ use hyper::server::conn::http1 as server_http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use order_broker::config::{Fsync, PersistenceMode};
 use order_broker::{Broker, Config, OrderId, server};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -167,14 +172,32 @@ async fn bare_server(body: Bytes) -> SocketAddr {
     addr
 }
 
+/// The default config, state in memory only.
+fn memory_config() -> Config {
+    let mut config = Config::default();
+    config.persistence.mode = PersistenceMode::Memory;
+    config
+}
+
 async fn broker_server(broker: Broker) -> SocketAddr {
+    serve_with(broker, memory_config()).await
+}
+
+/// Serves `broker` with `config` and waits until it is ready (recovered).
+async fn serve_with(broker: Broker, config: Config) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        server::serve(listener, broker, &Config::default(), std::future::pending())
+        server::serve(listener, broker, &config, std::future::pending())
             .await
             .unwrap();
     });
+    while !get(addr, "/readyz")
+        .await
+        .starts_with(b"{\"status\":\"ready")
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     addr
 }
 
@@ -184,6 +207,18 @@ fn compare(
     client: &Runtime,
     bare: SocketAddr,
     broker: SocketAddr,
+    make: MakeRequest,
+) {
+    compare_labelled(name, opts, client, ("bare", bare), ("broker", broker), make);
+}
+
+/// Throughput of `candidate` as a ratio of `baseline`'s, in alternating runs.
+fn compare_labelled(
+    name: &str,
+    opts: &Options,
+    client: &Runtime,
+    (base_label, bare): (&str, SocketAddr),
+    (label, broker): (&str, SocketAddr),
     make: MakeRequest,
 ) {
     println!(
@@ -202,7 +237,7 @@ fn compare(
     for _ in 0..opts.rounds {
         let b = client.block_on(drive(bare, opts.connections, opts.seconds, make.clone()));
         let o = client.block_on(drive(broker, opts.connections, opts.seconds, make.clone()));
-        for (label, s) in [("bare", &b), ("broker", &o)] {
+        for (label, s) in [(base_label, &b), (label, &o)] {
             println!(
                 "  {label:<8} {:>10.0} {:>9.1?} {:>9.1?} {:>13.1?} {:>7}",
                 s.rps, s.p50, s.p99, s.server_cpu, s.errors
@@ -220,9 +255,9 @@ fn compare(
             listed.join(", ")
         )
     };
-    println!("  broker/bare throughput: {}", median(&mut ratios));
+    println!("  {label}/{base_label} throughput: {}", median(&mut ratios));
     println!(
-        "  broker/bare server CPU per request: {}",
+        "  {label}/{base_label} server CPU per request: {}",
         median(&mut cpu_ratios)
     );
 }
@@ -242,7 +277,7 @@ async fn get(addr: SocketAddr, path: &str) -> Bytes {
 
 /// A broker holding `n` orders in progress.
 fn broker_with_orders(n: u64) -> Broker {
-    let broker = Broker::new(&Config::default());
+    let broker = Broker::new(&memory_config());
     for id in 0..n {
         broker
             .update_status(OrderId(id), "Mixing", Some(&format!("bot-{}", id % 5)))
@@ -286,7 +321,7 @@ fn now_ms() -> u64 {
 /// to its arrival at the subscriber.
 fn sse_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
     const SUBSCRIBERS: u64 = 1_000;
-    let broker = Broker::new(&Config::default());
+    let broker = Broker::new(&memory_config());
     for id in 0..10_000 {
         broker
             .update_status(OrderId(id), "Mixing", Some("bot-1"))
@@ -377,6 +412,45 @@ fn sse_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
     );
 }
 
+/// `PUT /update_order` with the journal on, against memory mode.
+fn journal_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
+    let memory = servers.block_on(broker_server(Broker::new(&memory_config())));
+    for fsync in [Fsync::Everysec, Fsync::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.persistence.dir = dir.path().to_path_buf();
+        config.persistence.fsync = fsync;
+        let broker = Broker::new(&config);
+        let addr = servers.block_on(serve_with(broker, config));
+        let label = format!("{fsync:?}").to_lowercase();
+        compare_labelled(
+            &format!("PUT /update_order, journal fsync = {label} vs memory mode"),
+            opts,
+            client,
+            ("memory", memory),
+            (&label, addr),
+            update_requests(),
+        );
+        let metrics = client.block_on(get(addr, "/metrics"));
+        let metrics = String::from_utf8_lossy(&metrics);
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let records = value("order_broker_journal_records_total");
+        let fsyncs = value("order_broker_journal_fsync_seconds_count");
+        let fsync_time = value("order_broker_journal_fsync_seconds_sum");
+        println!(
+            "  journal: {records:.0} records, {fsyncs:.0} fsyncs ({:.1} records per fsync, mean fsync {:.2} ms), {:.1} MB written",
+            records / fsyncs.max(1.0),
+            fsync_time * 1e3 / fsyncs.max(1.0),
+            value("order_broker_journal_bytes_total") / 1e6
+        );
+    }
+}
+
 fn main() {
     let opts = options();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -402,6 +476,9 @@ fn main() {
             servers.block_on(async { (bare_server(ok).await, broker_server(broker).await) });
         let name = "PUT /update_order, 10,000 live orders";
         compare(name, &opts, &client, bare, addr, update_requests());
+    }
+    if wanted("journal") {
+        journal_scenario(&opts, &servers, &client);
     }
     if wanted("sse") {
         sse_scenario(&opts, &servers, &client);
