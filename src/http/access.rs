@@ -16,7 +16,7 @@ use crate::auth::{Caller, Role};
 use crate::model::OrderId;
 
 /// Who a route lets in.
-enum Need {
+pub enum Need {
     /// Anyone, with or without a token.
     Nobody,
     /// Any valid token.
@@ -27,10 +27,61 @@ enum Need {
     StaffOrAdmin,
     /// A customer (acting on their own orders).
     Customer,
-    /// Privileged, or the customer with this id.
-    CustomerSelf(Option<u64>),
-    /// Privileged, or the customer who owns this order.
-    OrderOwner(Option<OrderId>),
+    /// Privileged, or the customer the path names.
+    CustomerSelf,
+    /// Privileged, or the customer who owns the order (named by the path,
+    /// or for a lifecycle call by the body).
+    OrderOwner,
+}
+
+impl Need {
+    /// Who may call, for the API description.
+    pub fn who(&self) -> &'static str {
+        match self {
+            Need::Nobody => "anyone",
+            Need::Anyone => "any valid token",
+            Need::Privileged => "staff, admin, service",
+            Need::StaffOrAdmin => "staff, admin",
+            Need::Customer => "customer",
+            Need::CustomerSelf => "staff, admin, service, or that customer",
+            Need::OrderOwner => "staff, admin, service, or the order's customer",
+        }
+    }
+}
+
+/// Who a route and method let in (with auth on).
+pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: bool) -> Need {
+    let read = method == Method::GET || method == Method::HEAD;
+    match route {
+        // The page itself holds no data; what it loads is checked.
+        Route::Healthz | Route::Readyz | Route::Metrics | Route::Board | Route::OpenApi => {
+            Need::Nobody
+        }
+        Route::GetAll
+        | Route::GetCurrentOrder
+        | Route::GetCompletedOrders
+        | Route::GetNewOrders
+        | Route::GetStatus
+        | Route::Events
+        | Route::Views => {
+            if protect_views {
+                Need::Anyone
+            } else {
+                Need::Nobody
+            }
+        }
+        Route::Products | Route::Product if read => Need::Nobody,
+        Route::Orders | Route::Customers if read => Need::StaffOrAdmin,
+        Route::Orders => Need::Anyone, // the handler ties a customer's order to them
+        Route::MyOrders => Need::Customer,
+        Route::Customer if read => Need::CustomerSelf,
+        Route::CustomerOrders => Need::CustomerSelf,
+        Route::Order | Route::ProcessOrder | Route::TrackingStream if read => Need::OrderOwner,
+        Route::Order if method == Method::DELETE => Need::OrderOwner,
+        Route::OrderItems => Need::OrderOwner,
+        Route::Lifecycle if param == Some("cancel") => Need::OrderOwner,
+        _ => Need::Privileged,
+    }
 }
 
 pub fn unauthorized() -> ApiError {
@@ -57,40 +108,8 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
             Some(app.auth.identify(text).map_err(|_| unauthorized())?)
         }
     };
-    let read = req.method == Method::GET || req.method == Method::HEAD;
     let path_id = || req.param.as_deref().and_then(|p| p.parse::<u64>().ok());
-    let need = match route {
-        // The page itself holds no data; what it loads is checked.
-        Route::Healthz | Route::Readyz | Route::Metrics | Route::Board => Need::Nobody,
-        Route::GetAll
-        | Route::GetCurrentOrder
-        | Route::GetCompletedOrders
-        | Route::GetNewOrders
-        | Route::GetStatus
-        | Route::Events
-        | Route::Views => {
-            if app.protect_views {
-                Need::Anyone
-            } else {
-                Need::Nobody
-            }
-        }
-        Route::Products | Route::Product if read => Need::Nobody,
-        Route::Orders | Route::Customers if read => Need::StaffOrAdmin,
-        Route::Orders => Need::Anyone, // the handler ties a customer's order to them
-        Route::MyOrders => Need::Customer,
-        Route::Customer if read => Need::CustomerSelf(path_id()),
-        Route::CustomerOrders => Need::CustomerSelf(path_id()),
-        Route::Order | Route::ProcessOrder | Route::TrackingStream if read => {
-            Need::OrderOwner(path_id().map(OrderId))
-        }
-        Route::Order if req.method == Method::DELETE => Need::OrderOwner(path_id().map(OrderId)),
-        Route::OrderItems => Need::OrderOwner(path_id().map(OrderId)),
-        Route::Lifecycle if req.param.as_deref() == Some("cancel") => {
-            Need::OrderOwner(order_in_body(app, req))
-        }
-        _ => Need::Privileged,
-    };
+    let need = need(route, &req.method, req.param.as_deref(), app.protect_views);
     if matches!(need, Need::Nobody) {
         return Ok(caller);
     }
@@ -100,11 +119,17 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
         Need::Privileged => caller.is_privileged(),
         Need::StaffOrAdmin => matches!(caller.role, Role::Staff | Role::Admin),
         Need::Customer => caller.customer_id().is_some(),
-        Need::CustomerSelf(id) => {
+        Need::CustomerSelf => {
+            let id = path_id();
             caller.is_privileged() || (id.is_some() && caller.customer_id() == id)
         }
-        Need::OrderOwner(order) => {
+        Need::OrderOwner => {
             caller.is_privileged() || {
+                let order = if route == Route::Lifecycle {
+                    order_in_body(app, req)
+                } else {
+                    path_id().map(OrderId)
+                };
                 let owner = order
                     .and_then(|id| app.broker().get(id))
                     .and_then(|o| o.shop.as_ref().and_then(|s| s.customer_id))

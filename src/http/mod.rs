@@ -11,6 +11,7 @@ mod idempotency;
 mod lifecycle;
 pub mod live;
 mod metrics;
+mod openapi;
 mod ops;
 mod order_store;
 mod orders;
@@ -62,6 +63,7 @@ pub(crate) enum Route {
     Board,
     Metrics,
     Readyz,
+    OpenApi,
     // Process engines.
     Intake,
     NextOrder,
@@ -78,7 +80,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 29] = [
+    pub(crate) const ALL: [Route; 30] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -102,6 +104,7 @@ impl Route {
         Route::Board,
         Route::Metrics,
         Route::Readyz,
+        Route::OpenApi,
         Route::Intake,
         Route::NextOrder,
         Route::CpeeWait,
@@ -136,6 +139,7 @@ impl Route {
             Route::Board => "board",
             Route::Metrics => "metrics",
             Route::Readyz => "readyz",
+            Route::OpenApi => "openapi",
             Route::Intake => "intake",
             Route::NextOrder => "next_order",
             Route::CpeeWait => "cpee_wait",
@@ -163,7 +167,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 23] = [
+    const FIXED: [(&'static str, Route); 24] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -176,6 +180,7 @@ impl Route {
         ("/healthz", Route::Healthz),
         ("/readyz", Route::Readyz),
         ("/metrics", Route::Metrics),
+        ("/openapi.json", Route::OpenApi),
         ("/products", Route::Products),
         ("/products/{id}", Route::Product),
         ("/customers", Route::Customers),
@@ -232,6 +237,8 @@ pub struct App {
     pub live: std::sync::Arc<live::Live>,
     /// The board page, rendered once from its template.
     board: Bytes,
+    /// `/openapi.json`, built once from the routes.
+    openapi: Bytes,
     /// CPEE dispatch, waits and callbacks.
     pub cpee: std::sync::Arc<crate::cpee::Cpee>,
     cpee_intake_status: String,
@@ -263,6 +270,7 @@ impl App {
                 .map(|u| (u.as_str(), Route::Update)),
         );
         routes.extend(Route::FIXED);
+        let openapi = openapi::document(&routes, config.auth.protect_views);
         let mut router = matchit::Router::new();
         for (path, route) in routes {
             router
@@ -291,6 +299,7 @@ impl App {
             protect_views: config.auth.protect_views,
             live: std::sync::Arc::new(live::Live::new(&config.events)),
             board: live::board_page(&config.board),
+            openapi,
             cpee_intake_status: config.cpee.intake_status.clone(),
             cpee_max_wait_secs: config.cpee.max_wait_secs,
             metrics: metrics::Metrics::default(),
@@ -348,7 +357,10 @@ impl App {
         found: Option<(Route, Option<String>)>,
     ) -> Result<Response<Body>, ApiError> {
         let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
-        let ops = matches!(route, Route::Healthz | Route::Readyz | Route::Metrics);
+        let ops = matches!(
+            route,
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi
+        );
         if !ops && !self.ready.load(std::sync::atomic::Ordering::Acquire) {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -439,6 +451,7 @@ impl App {
             Route::Healthz if read => Ok(ops::healthz(self)),
             Route::Readyz if read => Ok(ops::readyz(self)),
             Route::Metrics if read => Ok(metrics::render(self)),
+            Route::OpenApi if read => Ok(json_bytes(StatusCode::OK, self.openapi.clone())),
 
             Route::Products if read => catalog::list_products(self),
             Route::Products if m == Method::POST => catalog::create_product(self, req),

@@ -1,0 +1,271 @@
+//! `GET /openapi.json`: an OpenAPI 3.0 description of every endpoint, built
+//! once at start from the table below and the configured seed URLs. Each
+//! operation carries a request example and, in `x-example-status`, what
+//! that example gets on a broker holding product 1, customer 1 and order 1
+//! (`tests/openapi.rs` sends every example and checks the answer), and
+//! `x-who` says who may call it when auth is on (from `access::need`).
+
+use bytes::Bytes;
+use hyper::Method;
+use serde_json::{Map, Value, json};
+
+use super::Route;
+use super::access::need;
+
+/// One operation: a route and a method.
+struct Op {
+    route: Route,
+    method: Method,
+    summary: &'static str,
+    /// Path, query and header parameters: (name, where, example, description).
+    params: &'static [Param],
+    /// A JSON request body's example.
+    body: Option<&'static str>,
+    /// Whether the body may also be a form (url-encoded or multipart).
+    form: bool,
+    /// Status codes with what they mean; the first is the example's answer.
+    responses: &'static [(u16, &'static str)],
+    /// Media type of the first response.
+    media: &'static str,
+}
+
+type Param = (&'static str, &'static str, &'static str, &'static str);
+
+const JSON: &str = "application/json";
+const ID: Param = ("id", "path", "1", "The record's id.");
+const BAD_ID: (u16, &str) = (404, "No such record.");
+const INVALID: (u16, &str) = (422, "A field is missing, of the wrong type, or unknown.");
+const MALFORMED: (u16, &str) = (
+    400,
+    "The body is not valid JSON or a required field is missing.",
+);
+
+fn op(
+    route: Route,
+    method: Method,
+    summary: &'static str,
+    responses: &'static [(u16, &'static str)],
+) -> Op {
+    Op {
+        route,
+        method,
+        summary,
+        params: &[],
+        body: None,
+        form: false,
+        responses,
+        media: JSON,
+    }
+}
+
+impl Op {
+    fn params(mut self, params: &'static [Param]) -> Op {
+        self.params = params;
+        self
+    }
+    fn body(mut self, example: &'static str) -> Op {
+        self.body = Some(example);
+        self
+    }
+    fn form(mut self) -> Op {
+        self.form = true;
+        self
+    }
+    fn media(mut self, media: &'static str) -> Op {
+        self.media = media;
+        self
+    }
+}
+
+fn ops() -> Vec<Op> {
+    use Method as M;
+    use Route as R;
+    let cpee_headers: &'static [Param] = &[
+        (
+            "CPEE-CALLBACK",
+            "header",
+            "",
+            "CPEE's callback URL: answer later by PUT.",
+        ),
+        ("CPEE-CALLBACK-ID", "header", "", "The callback's id."),
+        (
+            "CPEE-INSTANCE",
+            "header",
+            "",
+            "The process instance; names the orderbot if the body does not.",
+        ),
+        (
+            "CPEE-INSTANCE-UUID",
+            "header",
+            "",
+            "With CPEE-CALLBACK-ID, recognises a re-sent call.",
+        ),
+    ];
+    vec![
+        op(R::Update, M::PUT, "Create or update an order's status (the seed order_store).", &[(200, "Updated: {\"message\": \"Order updated\"}."), (400, "Missing data."), (412, "If-Match names another version."), (422, "A text is too long or too many distinct words.")])
+            .body(r#"{"order_id": 1, "status": "Mixing", "orderbot_id": "robot-1"}"#).form(),
+        op(R::Update, M::POST, "Same as PUT.", &[(200, "Updated."), (400, "Missing data.")])
+            .body(r#"{"order_id": 1, "status": "Mixing"}"#).form(),
+        op(R::GetAll, M::GET, "Every order: [{order_id, status, orderbot_id}].", &[(200, "The orders.")]),
+        op(R::GetCurrentOrder, M::GET, "Orders in progress: {incomplete_orders: [{id, orderbot_id, status}]}.", &[(200, "The view.")]),
+        op(R::GetCompletedOrders, M::GET, "Ids of completed orders: {completed_orders: [...]}.", &[(200, "The view.")]),
+        op(R::GetNewOrders, M::GET, "Ids of new orders: {new_orders: [...]}.", &[(200, "The view.")]),
+        op(R::GetStatus, M::GET, "One order with stage, version and times.", &[(200, "The order; ETag is its version."), (404, "Order not found.")])
+            .params(&[ID]),
+        op(R::Healthz, M::GET, "The process is up: order count, seq, open streams.", &[(200, "Up.")]),
+        op(R::Readyz, M::GET, "Ready to serve: recovery done and the journal writable.", &[(200, "Ready."), (503, "Recovering, or the journal failed.")]),
+        op(R::Metrics, M::GET, "Prometheus metrics.", &[(200, "Text exposition format.")]).media("text/plain"),
+        op(R::OpenApi, M::GET, "This description.", &[(200, "OpenAPI 3.0 JSON.")]),
+        op(R::Board, M::GET, "The live order board page.", &[(200, "HTML.")]).media("text/html"),
+        op(R::Events, M::GET, "Server-sent events of every change (filters: stage, order_id; resume: Last-Event-ID or since).", &[(200, "An event stream."), (503, "Too many streams.")])
+            .params(&[("stage", "query", "", "Comma-separated stages to follow."), ("order_id", "query", "", "One order to follow."), ("since", "query", "", "Resume after this event id."), ("Last-Event-ID", "header", "", "Resume after this event id.")])
+            .media("text/event-stream"),
+        op(R::Views, M::GET, "The three board views and the event id they reflect.", &[(200, "{new, in_progress, completed, last_event_id}.")]),
+        op(R::TrackingStream, M::GET, "Server-sent events of one order.", &[(200, "An event stream."), (404, "Order not found.")])
+            .params(&[ID]).media("text/event-stream"),
+        op(R::Products, M::GET, "Every product.", &[(200, "The products.")]),
+        op(R::Products, M::POST, "Create a product (id assigned, or chosen with \"id\").", &[(201, "Created; Location names it."), MALFORMED, (409, "The id is taken."), INVALID])
+            .body(r#"{"name": "Mojito", "price": 7.5, "stock": 40}"#),
+        op(R::Product, M::GET, "One product.", &[(200, "The product."), BAD_ID]).params(&[ID]),
+        op(R::Product, M::PUT, "Change the fields named.", &[(200, "The product."), BAD_ID, INVALID]).params(&[ID]).body(r#"{"stock": 35}"#),
+        op(R::Product, M::DELETE, "Delete a product.", &[(204, "Deleted."), BAD_ID]).params(&[ID]),
+        op(R::Customers, M::GET, "Every customer.", &[(200, "The customers.")]),
+        op(R::Customers, M::POST, "Create a customer.", &[(201, "Created."), MALFORMED, (409, "The id is taken."), INVALID])
+            .body(r#"{"name": "Bob", "phone": "555-2", "balance": "20.00"}"#),
+        op(R::Customer, M::GET, "One customer.", &[(200, "The customer."), BAD_ID]).params(&[ID]),
+        op(R::Customer, M::PUT, "Change the fields named.", &[(200, "The customer."), BAD_ID, INVALID]).params(&[ID]).body(r#"{"balance": 80}"#),
+        op(R::Customer, M::DELETE, "Delete a customer.", &[(204, "Deleted."), BAD_ID]).params(&[ID]),
+        op(R::CustomerOrders, M::GET, "A customer's orders.", &[(200, "The orders."), (404, "The customer has no orders.")]).params(&[ID]),
+        op(R::CustomerOrders, M::POST, "Create an order for this customer.", &[(201, "Created."), (400, "Out of stock (with check_stock)."), (404, "No such customer."), INVALID])
+            .params(&[ID]).body(r#"{"items": [{"product_id": 1, "quantity": 1}]}"#),
+        op(R::Orders, M::GET, "Orders ascending by id, filtered and paged (X-Next-Cursor, Link).", &[(200, "The orders."), (400, "A bad filter.")])
+            .params(&[("customer_id", "query", "", "Only this customer's."), ("stage", "query", "", "new, in_progress, completed or cancelled."), ("status", "query", "", "Only this status."), ("limit", "query", "", "1 to 1000 (100)."), ("after", "query", "", "The cursor: list ids above it.")]),
+        op(R::Orders, M::POST, "Create an order with items (prices captured now).", &[(201, "Created; Location and ETag."), (400, "Out of stock (with check_stock)."), INVALID])
+            .body(r#"{"customer_id": 1, "items": [{"product_id": 1, "quantity": 2}], "notes": "no ice", "table_number": 7, "channel": "web", "check_stock": true}"#),
+        op(R::MyOrders, M::GET, "The calling customer's orders.", &[(200, "The orders."), (400, "No customer token (auth off).")]),
+        op(R::Order, M::GET, "One order.", &[(200, "The order; ETag is its version."), (404, "Order not found.")]).params(&[ID]),
+        op(R::Order, M::PUT, "Set an order's status (If-Match optional).", &[(200, "The order."), (404, "Order not found."), (409, "The order is final."), (412, "Version mismatch.")])
+            .params(&[ID]).body(r#"{"status": "Confirmed"}"#),
+        op(R::Order, M::DELETE, "Delete an order that is not processed.", &[(204, "Deleted."), (404, "Order not found."), (409, "Processed orders stay.")]).params(&[ID]),
+        op(R::OrderItems, M::PUT, "Replace the items before processing or confirmation.", &[(200, "The order."), (404, "Order not found."), (409, "Too late."), INVALID])
+            .params(&[ID]).body(r#"{"items": [{"product_id": 1, "quantity": 3}]}"#),
+        op(R::ProcessOrder, M::GET, "One order (the store tutorial's path).", &[(200, "The order."), (404, "Order not found.")]).params(&[ID]),
+        op(R::ProcessOrder, M::PUT, "Process: take stock, charge the balance, atomically.", &[(200, "The processed order."), (400, "Refused: already processed, balance, stock, strategy."), (404, "Order not found.")])
+            .params(&[ID]).body(r#"{"process": true, "strategy": "adjust"}"#),
+        op(R::Lifecycle, M::POST, "Order Status API: confirm, paid, complete or cancel by order number.", &[(200, "The order in the Order Status API's shape."), (400, "Not allowed from the order's state, or no number."), (404, "Unknown action or order.")])
+            .params(&[("action", "path", "confirm", "confirm, paid, complete or cancel.")]).body(r#"{"number": "FR9TL74P"}"#),
+        op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
+            .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
+        op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])
+            .params(cpee_headers).body(r#"{"orderbot_id": "robot-2"}"#).form(),
+        op(R::NextOrder, M::GET, "Same as POST, with the orderbot in the query or headers.", &[(204, "No order waiting."), (200, "The oldest waiting order."), (400, "No orderbot named.")])
+            .params(&[("orderbot_id", "query", "robot-2", "The orderbot asking.")]),
+        op(R::CpeeWait, M::POST, "Wait until an order reaches a status or stage (at once, or by callback).", &[(200, "Reached: the order; or CPEE-CALLBACK: true."), (400, "Bad target or no callback."), (404, "Order not found."), (409, "The order can never reach it.")])
+            .params(cpee_headers).body(r#"{"order_id": 1, "stage": "new"}"#).form(),
+        op(R::CpeeCallbacks, M::GET, "Callbacks waiting to be delivered.", &[(200, "The pending callbacks.")]),
+        op(R::CpeeCallback, M::DELETE, "Cancel a pending callback.", &[(204, "Cancelled."), (404, "No such callback.")]).params(&[ID]),
+    ]
+}
+
+/// The OpenAPI document for the router's `paths` (route, path) pairs.
+pub fn document(paths: &[(&str, Route)], protect_views: bool) -> Bytes {
+    let mut out: Map<String, Value> = Map::new();
+    for op in ops() {
+        for (path, _) in paths.iter().filter(|(_, r)| *r == op.route) {
+            let item = out.entry(path.to_string()).or_insert_with(|| json!({}));
+            let param = op.params.iter().find(|p| p.1 == "path").map(|p| p.2);
+            let who = need(op.route, &op.method, param, protect_views).who();
+            item[op.method.as_str().to_lowercase()] = operation(&op, who);
+        }
+    }
+    let doc = json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "order-broker",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "An in-memory, concurrent order-state broker: the seed order_store API, \
+                shop orders, live views and CPEE's protocol. Errors are {\"error\": \"...\"} \
+                unless an API's own shape is named. With auth on, send \
+                Authorization: token <t> or Bearer <jwt>; x-who says who may call.",
+        },
+        "components": {"securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "Authorization"}}},
+        "paths": out,
+    });
+    Bytes::from(serde_json::to_vec_pretty(&doc).expect("a JSON value serializes"))
+}
+
+fn operation(op: &Op, who: &str) -> Value {
+    let parameters: Vec<Value> = op
+        .params
+        .iter()
+        .map(|(name, place, example, description)| {
+            let mut p = json!({
+                "name": name,
+                "in": place,
+                "required": *place == "path",
+                "description": description,
+                "schema": {"type": "string"},
+            });
+            if !example.is_empty() {
+                p["example"] = json!(example);
+            }
+            p
+        })
+        .collect();
+    let mut responses = Map::new();
+    for (i, (code, description)) in op.responses.iter().enumerate() {
+        let mut response = json!({"description": description});
+        if i == 0 && *code != 204 {
+            response["content"] = json!({op.media: {}});
+        }
+        responses.insert(code.to_string(), response);
+    }
+    let mut operation = json!({
+        "summary": op.summary,
+        "operationId": format!("{}_{}", op.route.name(), op.method.as_str().to_lowercase()),
+        "x-who": who,
+        "x-example-status": op.responses[0].0,
+        "security": [{}, {"token": []}],
+        "parameters": parameters,
+        "responses": responses,
+    });
+    if let Some(example) = op.body {
+        let example: Value = serde_json::from_str(example).expect("examples are JSON");
+        let mut content = json!({JSON: {"schema": {"type": "object"}, "example": example}});
+        if op.form {
+            for media in ["application/x-www-form-urlencoded", "multipart/form-data"] {
+                content[media] = json!({"schema": {"type": "object"}});
+            }
+        }
+        operation["requestBody"] = json!({"required": true, "content": content});
+    }
+    operation
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_an_operation_with_a_method_it_takes() {
+        let ops = ops();
+        for route in Route::ALL {
+            assert!(
+                ops.iter().any(|o| o.route == route),
+                "{} is not described",
+                route.name()
+            );
+        }
+        for op in &ops {
+            assert!(
+                op.route.allow().contains(op.method.as_str()),
+                "{} does not take {}",
+                op.route.name(),
+                op.method
+            );
+            if let Some(body) = op.body {
+                serde_json::from_str::<Value>(body).expect("example bodies are JSON");
+            }
+        }
+    }
+}

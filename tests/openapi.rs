@@ -1,0 +1,201 @@
+//! `/openapi.json` stays true: every documented operation is sent with its
+//! own example to a broker holding product 1, customer 1 and order 1, and
+//! must answer with the status its `x-example-status` names, in the documented media
+//! type; without a token, only operations open to anyone may answer.
+
+mod common;
+
+use common::{Sse, TestServer};
+use hyper::{Method, StatusCode};
+use order_broker::auth::{Role, Secret, StaticToken};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "token admin-t";
+const CUSTOMER: &str = "token cust-1";
+
+fn config() -> order_broker::Config {
+    let mut config = common::config();
+    let token = |token: &str, role, subject: &str| StaticToken {
+        token: Secret(token.into()),
+        role,
+        subject: Some(subject.into()),
+    };
+    config.auth.tokens = vec![
+        token("admin-t", Role::Admin, "ada"),
+        token("cust-1", Role::Customer, "1"),
+    ];
+    config
+}
+
+/// A broker with product 1, customer 1, order 1 (customer 1's, with items)
+/// and pending callback 1; the order's number.
+async fn fixture() -> (TestServer, String) {
+    let server = TestServer::with_config(config()).await;
+    let json_ct = ("content-type", "application/json");
+    let auth = ("authorization", ADMIN);
+    let post = |path: &'static str, body: Value| {
+        let server = &server;
+        async move {
+            let reply = server
+                .send(Method::POST, path, &[json_ct, auth], &body.to_string())
+                .await;
+            assert!(reply.status.is_success(), "{path}: {:?}", reply.body);
+            reply.json()
+        }
+    };
+    post(
+        "/products",
+        json!({"id": 1, "name": "Mojito", "price": 7.5, "stock": 40}),
+    )
+    .await;
+    post("/customers", json!({"id": 1, "name": "Ann", "balance": 50})).await;
+    let order = post(
+        "/orders",
+        json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 2}]}),
+    )
+    .await;
+    assert_eq!(order["id"], 1);
+    let callback = ("cpee-callback", "http://127.0.0.1:9/callback");
+    let reply = server
+        .send(
+            Method::POST,
+            "/cpee/wait",
+            &[json_ct, auth, callback],
+            r#"{"order_id": 1, "stage": "completed"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let pending = server
+        .send(Method::GET, "/cpee/callbacks", &[auth], "")
+        .await
+        .json();
+    assert_eq!(pending[0]["id"], 1);
+    (server, order["number"].as_str().unwrap().to_string())
+}
+
+struct Operation {
+    method: Method,
+    path: String,
+    body: Option<String>,
+    status: u16,
+    media: Option<String>,
+    open_to_anyone: bool,
+    who: String,
+}
+
+fn operations(doc: &Value) -> Vec<Operation> {
+    let mut out = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let mut path = template.clone();
+            let mut query = Vec::new();
+            for param in op["parameters"].as_array().unwrap() {
+                let name = param["name"].as_str().unwrap();
+                match (param["in"].as_str().unwrap(), param["example"].as_str()) {
+                    ("path", Some(example)) => path = path.replace(&format!("{{{name}}}"), example),
+                    ("path", None) => panic!("{template}: path parameters have examples"),
+                    ("query", Some(example)) => query.push(format!("{name}={example}")),
+                    _ => {}
+                }
+            }
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            let status = op["x-example-status"].as_u64().unwrap().to_string();
+            let response = &op["responses"][&status];
+            assert!(response.is_object(), "{template}: {status} is documented");
+            let media = response["content"]
+                .as_object()
+                .and_then(|c| c.keys().next().cloned());
+            out.push(Operation {
+                method: method.to_uppercase().parse().unwrap(),
+                path,
+                body: op["requestBody"]["content"]["application/json"]["example"]
+                    .as_object()
+                    .map(|b| Value::Object(b.clone()).to_string()),
+                status: status.parse().unwrap(),
+                media,
+                open_to_anyone: op["x-who"] == "anyone",
+                who: op["x-who"].as_str().unwrap().to_string(),
+            });
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_documented_operation_answers_as_documented() {
+    let server = TestServer::with_config(config()).await;
+    let reply = server.get("/openapi.json").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let ops = operations(&doc);
+    assert!(ops.len() >= 40, "{} operations", ops.len());
+
+    for op in ops {
+        let (server, number) = fixture().await;
+        let token = if op.who == "customer" {
+            CUSTOMER
+        } else {
+            ADMIN
+        };
+        let label = format!("{} {}", op.method, op.path);
+        if op.media.as_deref() == Some("text/event-stream") {
+            let stream = Sse::open(server.addr, &op.path, &[("authorization", token)]).await;
+            assert!(
+                stream.is_ok(),
+                "{label}: {:?}",
+                stream.err().map(|r| r.status)
+            );
+            continue;
+        }
+        let body = op
+            .body
+            .clone()
+            .unwrap_or_default()
+            .replace("FR9TL74P", &number);
+        let mut headers = vec![("authorization", token)];
+        if op.body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let reply = server
+            .send(op.method.clone(), &op.path, &headers, &body)
+            .await;
+        assert_eq!(
+            reply.status.as_u16(),
+            op.status,
+            "{label}: {:?}",
+            reply.body
+        );
+        if let Some(media) = &op.media {
+            let got = reply.header("content-type").unwrap_or_default();
+            assert!(
+                got.starts_with(media.as_str()),
+                "{label}: content-type {got}"
+            );
+            if media == "application/json" {
+                serde_json::from_slice::<Value>(&reply.body)
+                    .unwrap_or_else(|e| panic!("{label}: not JSON: {e}"));
+            }
+        }
+
+        // Without a token only the operations open to anyone get through.
+        let (server, _) = fixture().await;
+        let bare: Vec<(&str, &str)> = headers
+            .iter()
+            .filter(|(name, _)| *name != "authorization")
+            .copied()
+            .collect();
+        let reply = server.send(op.method.clone(), &op.path, &bare, &body).await;
+        if op.open_to_anyone {
+            assert_eq!(reply.status.as_u16(), op.status, "{label} without a token");
+        } else {
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{label} without a token"
+            );
+        }
+    }
+}
