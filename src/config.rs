@@ -138,6 +138,12 @@ pub struct Limits {
     /// Most `Idempotency-Key` answers kept at once; past it (after dropping
     /// expired ones) a new key gets 503.
     pub max_idempotency_keys: usize,
+    /// Most orders kept in memory; past it the orders that finished
+    /// (completed or cancelled) longest ago leave memory for the archive.
+    pub max_orders_kept: usize,
+    /// Seconds after which a finished order leaves memory for the archive;
+    /// 0: never by age.
+    pub evict_finished_after_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -319,6 +325,8 @@ impl Default for Limits {
             header_read_timeout_secs: 10,
             max_connections: 20_000,
             max_idempotency_keys: 100_000,
+            max_orders_kept: 5_000_000,
+            evict_finished_after_secs: 0,
         }
     }
 }
@@ -512,6 +520,7 @@ impl Config {
             ("events.live_buffer", self.events.live_buffer),
             ("limits.max_idempotency_keys", l.max_idempotency_keys),
             ("limits.max_connections", l.max_connections),
+            ("limits.max_orders_kept", l.max_orders_kept),
             (
                 "cpee.callback_timeout_ms",
                 self.cpee.callback_timeout_ms as usize,

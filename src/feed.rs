@@ -31,9 +31,12 @@ pub enum Change {
         order: Order,
         from: Option<Stage>,
     },
+    /// `evicted`: the order's final state when it left because it was
+    /// finished and old (`limits.max_orders_kept`), not by a delete.
     OrderRemoved {
         id: OrderId,
         from: Stage,
+        evicted: Option<Order>,
     },
     Product(Arc<Product>),
     ProductRemoved(ProductId),

@@ -102,6 +102,11 @@ impl Stage {
         self as usize
     }
 
+    /// Completed or cancelled: the order will not move on.
+    pub const fn is_finished(self) -> bool {
+        matches!(self, Stage::Completed | Stage::Cancelled)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Stage::New => "new",

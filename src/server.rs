@@ -16,9 +16,10 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
-use crate::config::{Config, Persistence, PersistenceMode};
+use crate::config::{Config, Limits, Persistence, PersistenceMode};
 use crate::http::App;
 use crate::journal::{Journal, JournalError};
+use crate::model::Millis;
 
 /// Serves a new broker built from `config` until `shutdown` resolves.
 pub async fn run(
@@ -54,6 +55,7 @@ pub async fn serve(
         app.ready.store(true, std::sync::atomic::Ordering::Release);
     }
     let watcher = tokio::spawn(app.cpee.clone().watch());
+    let evictor = tokio::spawn(evict(app.clone(), config.limits.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
@@ -109,6 +111,7 @@ pub async fn serve(
     // Event streams never end on their own: end them so connections drain.
     app.live.close();
     watcher.abort();
+    evictor.abort();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     info!(
         open = graceful.count(),
@@ -137,6 +140,35 @@ fn recover(app: &App, persistence: &Persistence) -> Result<(), JournalError> {
     let journal = Journal::open(persistence, app.broker())?;
     let _ = app.journal.set(Arc::new(journal));
     Ok(())
+}
+
+/// Once a second, evicts finished orders past `limits.max_orders_kept` or
+/// older than `limits.evict_finished_after_secs` (off the async threads:
+/// it may scan every finished order).
+async fn evict(app: Arc<App>, limits: Limits) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let age = (limits.evict_finished_after_secs > 0)
+        .then(|| limits.evict_finished_after_secs.saturating_mul(1000));
+    loop {
+        tick.tick().await;
+        if !app.ready.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        let broker = app.broker().clone();
+        let max = limits.max_orders_kept;
+        let older_than = age.map(|ms| Millis(Millis::now().0.saturating_sub(ms)));
+        let evicted =
+            tokio::task::spawn_blocking(move || broker.evict_finished(max, older_than)).await;
+        if let Ok(n) = evicted
+            && n > 0
+        {
+            app.metrics
+                .evicted
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            info!(orders = n, "evicted finished orders from memory");
+        }
+    }
 }
 
 /// Counts a connection in `/metrics` while it lives.

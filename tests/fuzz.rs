@@ -166,6 +166,7 @@ fn records() -> impl Strategy<Value = Record> {
         (any::<u64>(), any::<u64>()).prop_map(|(seq, id)| Record::OrderRemoved {
             seq: Seq(seq),
             id: OrderId(id),
+            evicted: None,
         }),
         (
             any::<u64>(),

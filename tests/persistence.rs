@@ -504,3 +504,96 @@ async fn memory_mode_writes_nothing() {
     server.stop().await;
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Ids of every order the broker still holds.
+async fn order_ids(server: &TestServer) -> Vec<u64> {
+    let all = server.get("/get_all").await.json();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Polls until `done` holds for the broker's ids (or 10 s pass).
+async fn wait_for_ids(server: &TestServer, done: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+    for _ in 0..1000 {
+        let ids = order_ids(server).await;
+        if done(&ids) {
+            return ids;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    order_ids(server).await
+}
+
+#[tokio::test]
+async fn finished_orders_past_the_limit_leave_memory_for_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = durable_config(dir.path());
+    config.limits.max_orders_kept = 10;
+    let server = TestServer::with_config(config.clone()).await;
+    for id in 1..=5u64 {
+        let body = json!({"order_id": id, "status": "Mixing"});
+        server.put_json("/update_order", &body.to_string()).await;
+    }
+    for id in 6..=20u64 {
+        let body = json!({"order_id": id, "status": "Order Served"});
+        server.put_json("/update_order", &body.to_string()).await;
+        // Distinct finishing times: the oldest finished leave first.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let kept: Vec<u64> = (1..=5).chain(16..=20).collect();
+    assert_eq!(wait_for_ids(&server, |ids| ids.len() <= 10).await, kept);
+    assert_eq!(
+        server.get("/get_status/6").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let metrics = server.get("/metrics").await.body;
+    assert!(String::from_utf8_lossy(&metrics).contains("order_broker_evicted_orders_total 10"));
+    let completed = server.get("/get_completed_orders").await.json();
+    assert_eq!(completed["completed_orders"], json!([16, 17, 18, 19, 20]));
+    server.stop().await;
+
+    // The evicted orders' final states are in the archive, in order.
+    let archive = files(dir.path(), "archive-");
+    assert_eq!(archive.len(), 1);
+    let archived: Vec<(u64, String)> = records(&archive[0])
+        .into_iter()
+        .map(|(_, r)| match r {
+            Record::OrderRemoved {
+                id,
+                evicted: Some(order),
+                ..
+            } => (id.0, order.status),
+            other => panic!("unexpected archive record {other:?}"),
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = (6..=15).map(|id| (id, "Order Served".into())).collect();
+    assert_eq!(archived, expected);
+
+    // A restart does not bring them back.
+    let server = TestServer::with_config(config).await;
+    assert_eq!(order_ids(&server).await, kept);
+}
+
+#[tokio::test]
+async fn finished_orders_leave_memory_after_the_configured_age() {
+    let mut config = common::config();
+    config.limits.evict_finished_after_secs = 1;
+    let server = TestServer::with_config(config).await;
+    for (id, status) in [
+        (1, "Order Served"),
+        (2, "Mixing"),
+        (3, "Order Cancelled"),
+        (4, "Order Initiated"),
+    ] {
+        let body = json!({"order_id": id, "status": status});
+        server.put_json("/update_order", &body.to_string()).await;
+    }
+    assert_eq!(order_ids(&server).await, [1, 2, 3, 4]);
+    // Not before the age: still there after half of it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(order_ids(&server).await.len(), 4);
+    assert_eq!(wait_for_ids(&server, |ids| ids.len() == 2).await, [2, 4]);
+}

@@ -18,6 +18,7 @@
 //! `catalog.rs`.
 
 mod catalog;
+mod evict;
 mod persist;
 mod shop;
 
@@ -239,7 +240,7 @@ impl Sequencer {
                 }
                 self.stages[order.stage.index()].insert(*id);
             }
-            Change::OrderRemoved { id, from } => {
+            Change::OrderRemoved { id, from, .. } => {
                 self.stages[from.index()].remove(id);
             }
             _ => {}

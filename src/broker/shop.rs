@@ -61,6 +61,15 @@ pub enum Transition {
 
 /// Order numbers use letters and digits that cannot be mistaken for each other.
 const NUMBER_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+/// Why an order leaves the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Removal {
+    /// A client deleted it (with an optional `If-Match` version).
+    Delete(Option<Version>),
+    /// It is finished and old: it leaves memory for the archive.
+    Evict,
+}
+
 /// The channel of orders taken in by intake.
 const INTAKE_CHANNEL: &str = "cpee";
 
@@ -395,16 +404,31 @@ impl Broker {
         id: OrderId,
         expected: Option<Version>,
     ) -> Result<Order, BrokerError> {
+        self.remove_order(id, Removal::Delete(expected))
+    }
+
+    /// Takes an order out of the map and its indexes, committing its
+    /// removal while it is locked.
+    pub(super) fn remove_order(&self, id: OrderId, how: Removal) -> Result<Order, BrokerError> {
         let Entry::Occupied(entry) = self.inner.orders.entry(id) else {
             return Err(BrokerError::OrderNotFound);
         };
-        check_version(entry.get(), expected)?;
-        if let Some(shop) = &entry.get().shop {
-            if shop.processed.is_some() {
-                return Err(BrokerError::Conflict(
-                    "order is processed and cannot be deleted".into(),
-                ));
+        let order = entry.get();
+        match how {
+            Removal::Delete(expected) => {
+                check_version(order, expected)?;
+                if order.shop.as_ref().is_some_and(|s| s.processed.is_some()) {
+                    return Err(BrokerError::Conflict(
+                        "order is processed and cannot be deleted".into(),
+                    ));
+                }
             }
+            Removal::Evict if !order.stage.is_finished() => {
+                return Err(BrokerError::Conflict("order is not finished".into()));
+            }
+            Removal::Evict => {}
+        }
+        if let Some(shop) = &order.shop {
             self.inner.numbers.remove(&shop.number);
             if let Some(cid) = shop.customer_id
                 && let Some(mut ids) = self.inner.by_customer.get_mut(&cid)
@@ -412,10 +436,13 @@ impl Broker {
                 ids.remove(&id);
             }
         }
-        let stage = entry.get().stage;
-        let event = self
-            .sequencer()
-            .commit(Change::OrderRemoved { id, from: stage });
+        let stage = order.stage;
+        let evicted = (how == Removal::Evict).then(|| order.clone());
+        let event = self.sequencer().commit(Change::OrderRemoved {
+            id,
+            from: stage,
+            evicted,
+        });
         let order = entry.remove();
         self.inner.generations.bump(Some(stage), None);
         self.published(Some(event));

@@ -222,7 +222,9 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
                 frame: Bytes::from(format!("id: {id}\nevent: order\ndata: {json}\n\n")),
             }
         }
-        Change::OrderRemoved { id: order_id, from } => Rendered {
+        Change::OrderRemoved {
+            id: order_id, from, ..
+        } => Rendered {
             seq: event.seq,
             gap: false,
             order: Some((*order_id, None, Some(*from))),

@@ -52,6 +52,8 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     /// Connections open now (the server counts them).
     pub connections: AtomicUsize,
+    /// Finished orders evicted from memory since start.
+    pub evicted: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -60,6 +62,7 @@ impl Default for Metrics {
             started: Instant::now(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             connections: AtomicUsize::new(0),
+            evicted: AtomicU64::new(0),
         }
     }
 }
@@ -195,7 +198,13 @@ pub fn render(app: &App) -> Response<Body> {
             counts[stage.index()]
         );
     }
-    let gauges: [(&str, &str, &str, f64); 6] = [
+    let gauges: [(&str, &str, &str, f64); 7] = [
+        (
+            "order_broker_evicted_orders_total",
+            "counter",
+            "Finished orders evicted from memory (limits.max_orders_kept, evict_finished_after_secs).",
+            m.evicted.load(Ordering::Relaxed) as f64,
+        ),
         (
             "order_broker_event_seq",
             "counter",

@@ -8,6 +8,9 @@
 //! - `snapshot-<seq>.snap`: every record as of at least `seq`. Written to
 //!   `snapshot.tmp`, fsynced, renamed, and the directory fsynced; then the
 //!   segments it covers and older snapshots are deleted.
+//! - `archive-<seq>.log`: the final state of every order evicted from memory
+//!   (`limits.max_orders_kept`), one file per run, never deleted by the
+//!   broker. Same frames as the journal (`OBARCH01` magic).
 //! - `LOCK`: held while a broker uses the directory.
 //!
 //! The sequencer sends each event down a crossbeam channel while it holds
@@ -44,7 +47,7 @@ use crate::broker::Broker;
 use crate::config::{Fsync, Persistence};
 use crate::feed::Event;
 use crate::model::{Millis, Seq};
-use record::{FrameError, Frames, JOURNAL_MAGIC, Record, SNAPSHOT_MAGIC};
+use record::{ARCHIVE_MAGIC, FrameError, Frames, JOURNAL_MAGIC, Record, SNAPSHOT_MAGIC};
 
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
 const LOCK_FILE: &str = "LOCK";
@@ -201,6 +204,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             fsync: config.fsync,
             file,
+            archive: None,
             buf: Vec::with_capacity(1 << 16),
             written: recovery.last,
             dirty: false,
@@ -280,6 +284,9 @@ struct Writer {
     fsync: Fsync,
     /// The newest segment, written unbuffered: each batch is one `write`.
     file: File,
+    /// Where evicted orders' final states go (`archive-<seq>.log`), once
+    /// there is one.
+    archive: Option<File>,
     buf: Vec<u8>,
     /// Newest seq written to `file`.
     written: Seq,
@@ -363,15 +370,33 @@ impl Writer {
         self.buf.clear();
         // Resolve texts in chunks, so a writer interning a new word never
         // waits long for the symbol table.
+        let mut evicted = Vec::new();
         for chunk in batch.chunks(256) {
             let symbols = self.broker.symbols();
             for event in chunk {
-                Record::of(event, &symbols).write_frame(&mut self.buf);
+                let record = Record::of(event, &symbols);
+                record.write_frame(&mut self.buf);
+                if matches!(
+                    record,
+                    Record::OrderRemoved {
+                        evicted: Some(_),
+                        ..
+                    }
+                ) {
+                    record.write_frame(&mut evicted);
+                }
             }
         }
         if let Err(e) = self.file.write_all(&self.buf) {
             self.fail("cannot write the journal", e);
             return;
+        }
+        if !evicted.is_empty() {
+            let first = batch.first().expect("not empty").seq;
+            if let Err(e) = self.archive(first, &evicted) {
+                self.fail("cannot write the archive of evicted orders", e);
+                return;
+            }
         }
         let bytes = self.buf.len() as u64;
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -387,12 +412,31 @@ impl Writer {
         }
     }
 
+    /// Appends evicted orders' final records to this run's archive file,
+    /// created at the first eviction.
+    fn archive(&mut self, first: Seq, frames: &[u8]) -> io::Result<()> {
+        if self.archive.is_none() {
+            let path = self.dir.join(format!("archive-{:020}.log", first.0));
+            let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+            if file.metadata()?.len() == 0 {
+                file.write_all(ARCHIVE_MAGIC)?;
+            }
+            sync_dir(&self.dir)?;
+            self.archive = Some(file);
+        }
+        self.archive
+            .as_mut()
+            .expect("opened above")
+            .write_all(frames)
+    }
+
     fn sync(&mut self) {
         if !self.dirty || self.failed {
             return;
         }
         let started = Instant::now();
-        if let Err(e) = self.file.sync_data() {
+        let archived = self.archive.as_ref().map_or(Ok(()), File::sync_data);
+        if let Err(e) = archived.and_then(|()| self.file.sync_data()) {
             self.fail("cannot fsync the journal", e);
             return;
         }

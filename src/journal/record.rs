@@ -18,6 +18,8 @@ use crate::symbols::SymbolsReader;
 
 /// First bytes of a journal segment.
 pub const JOURNAL_MAGIC: &[u8; 8] = b"OBJRNL01";
+/// First bytes of an archive of evicted orders.
+pub const ARCHIVE_MAGIC: &[u8; 8] = b"OBARCH01";
 /// First bytes of a snapshot.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"OBSNAP01";
 /// Bytes before a frame's payload: length and checksum.
@@ -40,6 +42,9 @@ pub enum Record {
     OrderRemoved {
         seq: Seq,
         id: OrderId,
+        /// Its final state, when it was evicted (it is in the archive too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        evicted: Option<StoredOrder>,
     },
     Product {
         seq: Seq,
@@ -111,7 +116,11 @@ impl Record {
                 id: *id,
                 order: StoredOrder::of(order, symbols),
             },
-            Change::OrderRemoved { id, .. } => Record::OrderRemoved { seq, id: *id },
+            Change::OrderRemoved { id, evicted, .. } => Record::OrderRemoved {
+                seq,
+                id: *id,
+                evicted: evicted.as_ref().map(|o| StoredOrder::of(o, symbols)),
+            },
             Change::Product(product) => Record::Product {
                 seq,
                 product: product.clone(),
