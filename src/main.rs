@@ -36,7 +36,12 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr; stdout carries only the "listening on" line.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    raise_file_limit(config.limits.max_connections);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -73,6 +78,22 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Every connection is a file descriptor: raise the soft limit (often 1024)
+/// towards the hard one, so `limits.max_connections` can be reached.
+fn raise_file_limit(max_connections: usize) {
+    // Room for the journal, snapshots and outgoing callbacks as well.
+    let wanted = max_connections as u64 + 1024;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < max_connections as u64 => tracing::warn!(
+            open_files = got,
+            max_connections,
+            "the open-file limit is below limits.max_connections; raise the hard limit (ulimit -Hn)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 /// Registers for SIGINT and SIGTERM now (so a signal sent right after the

@@ -128,33 +128,35 @@ fn a_config_with_an_unknown_key_is_refused_by_name() {
 /// One keep-alive HTTP/1.1 connection over std's TcpStream, enough to PUT
 /// JSON and read the status line; None once the server is gone.
 struct RawClient {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    stream: TcpStream,
 }
 
 impl RawClient {
     fn connect(addr: &str) -> RawClient {
-        let writer = TcpStream::connect(addr).unwrap();
-        let reader = BufReader::new(writer.try_clone().unwrap());
-        RawClient { writer, reader }
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient { stream }
     }
 
     /// The status code, or None if the connection broke.
     fn put_json(&mut self, path: &str, body: &str) -> Option<u16> {
-        write!(
-            self.writer,
+        // One write: pieces would wait on Nagle and delayed ACKs.
+        let request = format!(
             "PUT {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
              content-length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .ok()?;
+        );
+        (&self.stream).write_all(request.as_bytes()).ok()?;
+        // One answer per request and nothing after it: a reader per call
+        // never buffers bytes that belong to the next one.
+        let mut reader = BufReader::new(&self.stream);
         let mut line = String::new();
-        self.reader.read_line(&mut line).ok()?;
+        reader.read_line(&mut line).ok()?;
         let status = line.split(' ').nth(1)?.parse().ok()?;
         let mut length = 0;
         loop {
             line.clear();
-            if self.reader.read_line(&mut line).ok()? == 0 {
+            if reader.read_line(&mut line).ok()? == 0 {
                 return None;
             }
             let header = line.trim_end();
@@ -168,7 +170,7 @@ impl RawClient {
             }
         }
         let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).ok()?;
+        reader.read_exact(&mut body).ok()?;
         Some(status)
     }
 }
@@ -244,4 +246,99 @@ fn every_write_acknowledged_with_fsync_always_survives_sigkill() {
         assert_eq!(order["status"], format!("s{version}"), "writer {w}");
     }
     assert!(terminate(&mut restarted).success());
+}
+
+/// The broker's resident memory, from /proc (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let response = http_get(addr, "/metrics");
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[test]
+fn ten_thousand_held_connections_while_updates_continue() {
+    const HELD: usize = 10_000;
+    // This process holds the client ends: it needs the descriptors too.
+    let limit = rlimit::increase_nofile_limit(HELD as u64 + 1024).unwrap();
+    assert!(
+        limit >= HELD as u64 + 512,
+        "this machine allows {limit} open files; the test needs {HELD} (raise ulimit -Hn)"
+    );
+    let (mut cmd, _data) = broker();
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0"])
+        // Held connections stay idle longer than the default 10 s would allow.
+        .env("ORDER_BROKER_LIMITS_HEADER_READ_TIMEOUT_SECS", "120")
+        .env("ORDER_BROKER_PERSISTENCE_FSYNC", "everysec")
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut child);
+    wait_ready(&addr);
+    let before = rss_bytes(child.id());
+
+    // Open and hold them from a few threads; each makes one request first,
+    // so the broker has accepted and served it (not only the kernel).
+    let threads = 8;
+    let held: Vec<RawClient> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    (0..HELD / threads)
+                        .map(|i| {
+                            let mut client = RawClient::connect(&addr);
+                            let body =
+                                format!(r#"{{"order_id": {}, "status": "Mixing"}}"#, t * HELD + i);
+                            assert_eq!(client.put_json("/update_order", &body), Some(200));
+                            client
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(held.len(), HELD);
+    assert!(metric(&addr, "order_broker_connections") >= HELD as f64);
+
+    // Updates go on, from new connections and from held ones.
+    let mut writer = RawClient::connect(&addr);
+    for n in 0..2000 {
+        let body = format!(r#"{{"order_id": {}, "status": "Pouring"}}"#, n % 50);
+        assert_eq!(writer.put_json("/update_order", &body), Some(200));
+    }
+    let mut held = held;
+    for client in held.iter_mut().step_by(100) {
+        assert_eq!(
+            client.put_json("/update_order", r#"{"order_id": 1, "status": "Served"}"#),
+            Some(200)
+        );
+    }
+    let grown = rss_bytes(child.id()).saturating_sub(before);
+    let per_connection = grown / HELD as u64;
+    println!(
+        "10,000 held connections: RSS grew {} MiB ({per_connection} bytes each)",
+        grown >> 20
+    );
+    assert!(
+        per_connection < 64 * 1024,
+        "memory per held connection is {per_connection} bytes"
+    );
+    drop(held);
+    assert!(terminate(&mut child).success());
 }
