@@ -13,7 +13,12 @@
 //! - [`broker`]: the [`Broker`] handle and every write path, with the lock
 //!   order that keeps them consistent: the seed status update and views
 //!   (`broker/mod.rs`), orders with items, processing and the lifecycle
-//!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`).
+//!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`),
+//!   snapshot dumps and recovery (`broker/persist.rs`), eviction of finished
+//!   orders (`broker/evict.rs`).
+//! - [`journal`]: durability: the writer thread (group commit, fsync
+//!   policy), snapshots, the archive of evicted orders, and recovery at
+//!   start; the file format in `journal/record.rs`.
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.
 //! - [`cpee`]: CPEE's protocol: the dispatch queue and waiting orderbots,
@@ -26,8 +31,9 @@
 //!   `order_store` (the seed robot-bar API), `catalog`, `orders` (incl.
 //!   processing), `lifecycle` (the Order Status API), `live` (event streams,
 //!   `/views`, the board page from `assets/board.html`), `cpee` (the CPEE
-//!   endpoints), `ops`.
-//! - [`server`]: accept loop, connections, graceful shutdown (`run`, `serve`).
+//!   endpoints), `openapi` (`/openapi.json`), `ops`.
+//! - [`server`]: accept loop, connections, recovery before ready, the
+//!   eviction sweep, graceful shutdown with a journal flush (`run`, `serve`).
 //!
 //! The binary (`main.rs`) only parses the command line, loads the config,
 //! sets up logging, binds, and calls [`server::run`].
