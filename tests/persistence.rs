@@ -597,3 +597,58 @@ async fn finished_orders_leave_memory_after_the_configured_age() {
     assert_eq!(order_ids(&server).await.len(), 4);
     assert_eq!(wait_for_ids(&server, |ids| ids.len() == 2).await, [2, 4]);
 }
+
+#[tokio::test]
+async fn nothing_but_health_is_served_until_recovery_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    // A named pipe as the journal: opening it blocks until a writer comes,
+    // so recovery is held exactly as long as the test wants.
+    let fifo = dir.path().join("journal-00000000000000000001.log");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = durable_config(dir.path());
+    let broker = order_broker::Broker::new(&config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        order_broker::server::serve(listener, broker, &config, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let get = |path: &'static str| async move {
+        common::Client::connect(addr)
+            .await
+            .send(Method::GET, path, &[], "")
+            .await
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(get("/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let refused = get("/get_all").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.error().contains("recovered"), "{}", refused.error());
+    assert_eq!(get("/healthz").await.status, StatusCode::OK);
+    let metrics = get("/metrics").await.body;
+    assert!(String::from_utf8_lossy(&metrics).contains("order_broker_ready 0"));
+
+    // Let recovery read the (empty) pipe: then the broker serves.
+    tokio::task::spawn_blocking(move || drop(OpenOptions::new().write(true).open(fifo).unwrap()))
+        .await
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..500 {
+        if get("/readyz").await.status == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(ready);
+    assert_eq!(get("/get_all").await.status, StatusCode::OK);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
