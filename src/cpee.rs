@@ -495,6 +495,12 @@ impl Cpee {
     /// the order back at the head of the queue.
     fn deliver(self: Arc<Self>, callback: u64, body: Bytes, update: bool, order: Option<OrderId>) {
         tokio::spawn(async move {
+            // What a callback reports (an order handed out, a state reached)
+            // is on disk before CPEE hears of it.
+            if self.broker.durable().await.is_err() {
+                warn!(callback, "journal failed: the callback is not sent");
+                return self.give_up(callback, order);
+            }
             let mut delay = Duration::from_millis(self.config.callback_backoff_ms);
             let timeout = Duration::from_millis(self.config.callback_timeout_ms);
             loop {

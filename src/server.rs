@@ -123,7 +123,7 @@ pub async fn serve(
     {
         warn!("connections still open after {grace:?}; closing them");
     }
-    if let Some(journal) = app.journal.get().cloned() {
+    if let Some(journal) = app.broker().journal().cloned() {
         // Every change acknowledged so far is written and fsynced before exit.
         let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         info!("journal flushed and closed");
@@ -137,8 +137,7 @@ fn recover(app: &App, persistence: &Persistence) -> Result<(), JournalError> {
     if persistence.mode == PersistenceMode::Memory {
         return Ok(());
     }
-    let journal = Journal::open(persistence, app.broker())?;
-    let _ = app.journal.set(Arc::new(journal));
+    Journal::open(persistence, app.broker())?;
     Ok(())
 }
 

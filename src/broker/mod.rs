@@ -214,6 +214,8 @@ struct Inner {
     tax_rate: Rate,
     service_charge_rate: Rate,
     history_size: usize,
+    /// The journal, once recovery attached it (`persistence.mode = "journal"`).
+    journal: std::sync::OnceLock<Arc<crate::journal::Journal>>,
     /// Random per boot, so a client can tell a restart from a gap in `seq`.
     epoch: u64,
     max_text_bytes: usize,
@@ -333,6 +335,7 @@ impl Broker {
                 tax_rate: Rate::parse(&shop.tax_rate).unwrap_or_default(),
                 service_charge_rate: Rate::parse(&shop.service_charge_rate).unwrap_or_default(),
                 history_size: config.events.history_size,
+                journal: std::sync::OnceLock::new(),
                 epoch: random_epoch(),
                 max_text_bytes: config.limits.max_text_bytes,
             }),

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 
 use super::{Broker, Order};
 use crate::feed::History;
-use crate::journal::Msg;
 use crate::journal::record::{Record, StoredOrder};
+use crate::journal::{Journal, JournalFailed, Msg};
 use crate::model::{OrderId, Seq, Stamp, Version};
 
 impl Broker {
@@ -155,7 +155,26 @@ impl Broker {
     }
 
     /// From now on every committed event goes to the journal writer too.
-    pub(crate) fn attach_journal(&self, writer: crossbeam_channel::Sender<Msg>) {
+    pub(crate) fn attach_journal(
+        &self,
+        writer: crossbeam_channel::Sender<Msg>,
+        journal: Arc<Journal>,
+    ) {
         self.sequencer().journal = Some(writer);
+        let _ = self.inner.journal.set(journal);
+    }
+
+    /// The journal, once recovery attached it (never in memory mode).
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.inner.journal.get()
+    }
+
+    /// With `fsync = "always"`, waits until every change published so far
+    /// is on disk; at once otherwise.
+    pub async fn durable(&self) -> Result<(), JournalFailed> {
+        match self.journal().filter(|j| j.waits()) {
+            Some(journal) => journal.durable(self.published_seq()).await,
+            None => Ok(()),
+        }
     }
 }

@@ -252,7 +252,7 @@ pub fn render(app: &App) -> Response<Body> {
         "1 once the state is recovered and the broker serves.",
         f64::from(u8::from(app.ready.load(Ordering::Acquire))),
     );
-    if let Some(journal) = app.journal.get() {
+    if let Some(journal) = app.broker().journal() {
         render_journal(&mut out, &journal.stats);
     }
     let mut response = Response::new(full(out));

@@ -247,8 +247,6 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// False until the broker has recovered its state and may serve.
     pub ready: std::sync::atomic::AtomicBool,
-    /// The journal, once recovery is done (none in memory mode).
-    pub journal: std::sync::OnceLock<std::sync::Arc<crate::journal::Journal>>,
 }
 
 impl App {
@@ -304,7 +302,6 @@ impl App {
             cpee_max_wait_secs: config.cpee.max_wait_secs,
             metrics: metrics::Metrics::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
-            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -410,7 +407,7 @@ impl App {
         req: &Req,
         caller: Option<&crate::auth::Caller>,
     ) -> Result<Response<Body>, ApiError> {
-        let journal = self.journal.get().filter(|j| j.waits());
+        let journal = self.broker.journal().filter(|j| j.waits());
         // Reads do not wait, except for the one that hands out work.
         let Some(journal) = journal.filter(|_| {
             !(req.method == Method::GET || req.method == Method::HEAD) || route == Route::NextOrder
@@ -424,7 +421,8 @@ impl App {
         if after > before && journal.durable(after).await.is_err() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the change was applied in memory but the journal cannot be written,                  so it is not durable; see the broker's log",
+                "the change was applied in memory but the journal cannot be written, \
+                 so it is not durable; see the broker's log",
             ));
         }
         response

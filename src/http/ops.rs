@@ -22,7 +22,7 @@ pub fn healthz(app: &App) -> Response<Body> {
 /// `GET /readyz`: 200 once the broker has recovered and serves; 503 before,
 /// and after the journal failed to write.
 pub fn readyz(app: &App) -> Response<Body> {
-    if app.journal.get().is_some_and(|j| j.failed()) {
+    if app.broker().journal().is_some_and(|j| j.failed()) {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({"status": "journal failed: changes are not durable; see the log"}),

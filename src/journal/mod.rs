@@ -156,8 +156,9 @@ pub struct Recovery {
 
 impl Journal {
     /// Recovers `broker`'s state from `config.dir` (blocking; run it off the
-    /// async threads), then starts the writer and attaches it to the broker.
-    pub fn open(config: &Persistence, broker: &Broker) -> Result<Journal, JournalError> {
+    /// async threads), then starts the writer and attaches it to the broker
+    /// (`Broker::journal` returns it from then on).
+    pub fn open(config: &Persistence, broker: &Broker) -> Result<Arc<Journal>, JournalError> {
         let dir = config.dir.as_path();
         fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -224,14 +225,15 @@ impl Journal {
             .name("journal".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| JournalError(format!("cannot start the journal thread: {e}")))?;
-        broker.attach_journal(tx.clone());
-        Ok(Journal {
-            tx,
+        let journal = Arc::new(Journal {
+            tx: tx.clone(),
             durable,
             fsync: config.fsync,
             stats,
             writer: Mutex::new(Some(thread)),
-        })
+        });
+        broker.attach_journal(tx, journal.clone());
+        Ok(journal)
     }
 
     /// Whether an acknowledgement must wait for its change to be on disk.
