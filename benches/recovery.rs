@@ -59,12 +59,33 @@ fn main() {
     };
     recover("the journal alone");
 
-    let started = Instant::now();
-    let (seq, size) = journal::write_snapshot(&broker, dir.path()).unwrap();
+    // A writer keeps updating while the snapshot is written: how long does
+    // one update wait at worst (the snapshot copies one map shard at a time)?
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (seq, size, took, worst, updates) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut worst = std::time::Duration::ZERO;
+            let mut n = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                broker
+                    .update_status(OrderId(n % orders), "Mixing", None)
+                    .unwrap();
+                worst = worst.max(t.elapsed());
+                n += 1;
+            }
+            (worst, n)
+        });
+        let started = Instant::now();
+        let (seq, size) = journal::write_snapshot(&broker, dir.path()).unwrap();
+        let took = started.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (worst, n) = writer.join().unwrap();
+        (seq, size, took, worst, n)
+    });
     println!(
-        "  snapshot of seq {} written in {:.2?} ({:.1} MB)",
+        "  snapshot of seq {} written in {took:.2?} ({:.1} MB); meanwhile {updates} updates, the slowest {worst:.2?}",
         seq.0,
-        started.elapsed(),
         size as f64 / 1e6
     );
     recover("the snapshot");

@@ -169,6 +169,9 @@ impl From<SymbolsFull> for BrokerError {
     }
 }
 
+/// Shards of the order map (a power of two).
+const ORDER_SHARDS: usize = 64;
+
 /// Whether `apply` may create the order, change it, or both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -314,7 +317,12 @@ impl Broker {
         let shop = &config.shop;
         Broker {
             inner: Arc::new(Inner {
-                orders: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+                // Many small shards: a snapshot copies one at a time, so a
+                // writer waits at most for one shard's copy.
+                orders: DashMap::with_hasher_and_shard_amount(
+                    foldhash::fast::RandomState::default(),
+                    ORDER_SHARDS,
+                ),
                 sequencer: Mutex::new(Sequencer {
                     last: Seq(0),
                     stages: Default::default(),

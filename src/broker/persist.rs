@@ -31,11 +31,10 @@ impl Broker {
             next_customer_id: inner.customers.next_id(),
         })?;
         let mut records = 0u64;
-        let orders: Vec<(OrderId, Order)> = inner
-            .orders
-            .iter()
-            .map(|e| (*e.key(), e.value().clone()))
-            .collect();
+        // Sized up front: growing it while a shard is locked would copy
+        // everything copied so far under that lock.
+        let mut orders: Vec<(OrderId, Order)> = Vec::with_capacity(inner.orders.len() + 4096);
+        orders.extend(inner.orders.iter().map(|e| (*e.key(), e.value().clone())));
         let mut batch = Vec::with_capacity(1024);
         for chunk in orders.chunks(1024) {
             // Resolve texts a chunk at a time: the symbol table stays free
