@@ -28,6 +28,15 @@ async fn send(server: &TestServer, method: Method, path: &str, body: Value) -> R
     server.send(method, path, &[ct], &body.to_string()).await
 }
 
+/// Sets the status of every order in `ids` through the seed API.
+async fn update_all(server: &TestServer, ids: std::ops::RangeInclusive<u64>, status: &str) {
+    for id in ids {
+        let body = json!({"order_id": id, "status": status});
+        let reply = server.put_json("/update_order", &body.to_string()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+}
+
 /// Files in `dir` whose names start with `prefix`, sorted.
 fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
@@ -37,6 +46,16 @@ fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
+}
+
+/// Waits (up to 5 s) until a background snapshot has been written.
+async fn wait_for_snapshot(dir: &Path) {
+    for _ in 0..500 {
+        if !files(dir, "snapshot-").is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Every record in a journal segment, with the offset each starts at.
@@ -185,8 +204,7 @@ async fn a_restart_keeps_every_record_and_version_and_continues_the_sequence() {
     assert_eq!(old_seq, new_seq, "the sequence continues");
 
     // New writes continue versions, ids and the sequence.
-    let body = json!({"order_id": 0, "status": "Mixing"});
-    server.put_json("/update_order", &body.to_string()).await;
+    update_all(&server, 0..=0, "Mixing").await;
     let order = server.broker.get(order_broker::OrderId(0)).unwrap();
     let old_version = before["status_0"]["version"].as_u64().unwrap();
     assert_eq!(u64::from(order.version.0), old_version + 1);
@@ -229,11 +247,7 @@ async fn snapshots_replace_the_journal_and_recovery_uses_them() {
     let server = TestServer::with_config(config.clone()).await;
     fill(&server).await;
     // Snapshots run in the background; wait until one has covered most of it.
-    let mut waited = 0;
-    while files(dir.path(), "snapshot-").is_empty() && waited < 500 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        waited += 1;
-    }
+    wait_for_snapshot(dir.path()).await;
     let before = state(&server).await;
     server.stop().await;
 
@@ -304,16 +318,19 @@ async fn an_acknowledged_write_is_in_the_journal_file_before_its_answer() {
     }
 }
 
-#[tokio::test]
-async fn a_torn_tail_is_cut_at_the_last_good_record() {
+/// A data directory whose journal holds orders 1 to 5; its newest segment.
+async fn five_orders_journaled() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::with_config(durable_config(dir.path())).await;
-    for n in 1..=5u64 {
-        let body = json!({"order_id": n, "status": "Mixing"});
-        server.put_json("/update_order", &body.to_string()).await;
-    }
+    update_all(&server, 1..=5, "Mixing").await;
     server.stop().await;
     let segment = files(dir.path(), "journal-").pop().unwrap();
+    (dir, segment)
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_at_the_last_good_record() {
+    let (dir, segment) = five_orders_journaled().await;
     let good_len = fs::metadata(&segment).unwrap().len();
 
     // A write the crash cut short: a frame that claims more bytes than follow.
@@ -323,16 +340,7 @@ async fn a_torn_tail_is_cut_at_the_last_good_record() {
     file.write_all(b"{\"order\":{\"seq\":6").unwrap();
     drop(file);
     let server = TestServer::with_config(durable_config(dir.path())).await;
-    assert_eq!(
-        server
-            .get("/get_all")
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        5
-    );
+    assert_eq!(order_ids(&server).await.len(), 5);
     assert_eq!(server.get("/healthz").await.json()["seq"], 5);
     server.stop().await;
     assert_eq!(
@@ -343,8 +351,7 @@ async fn a_torn_tail_is_cut_at_the_last_good_record() {
 
     // The last record's bytes landed only in part: its checksum fails.
     let server = TestServer::with_config(durable_config(dir.path())).await;
-    let body = json!({"order_id": 6, "status": "Mixing"});
-    server.put_json("/update_order", &body.to_string()).await;
+    update_all(&server, 6..=6, "Mixing").await;
     server.stop().await;
     let newest = files(dir.path(), "journal-").pop().unwrap();
     flip_last_byte(&newest);
@@ -389,14 +396,7 @@ fn flip_byte_at(path: &Path, at: u64) {
 
 #[tokio::test]
 async fn corruption_before_the_tail_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::with_config(durable_config(dir.path())).await;
-    for n in 1..=5u64 {
-        let body = json!({"order_id": n, "status": "Mixing"});
-        server.put_json("/update_order", &body.to_string()).await;
-    }
-    server.stop().await;
-    let segment = files(dir.path(), "journal-").pop().unwrap();
+    let (dir, segment) = five_orders_journaled().await;
     let third = records(&segment)[2].0;
     let pristine = fs::read(&segment).unwrap();
     flip_byte_at(&segment, third + 20);
@@ -418,8 +418,7 @@ async fn corruption_before_the_tail_refuses_to_start() {
     // A missing segment is a gap in the sequence: refused too.
     fs::write(&segment, &pristine).unwrap();
     let server = TestServer::with_config(durable_config(dir.path())).await;
-    let body = json!({"order_id": 9, "status": "Mixing"});
-    server.put_json("/update_order", &body.to_string()).await;
+    update_all(&server, 9..=9, "Mixing").await;
     server.stop().await;
     fs::remove_file(&segment).unwrap();
     let err = TestServer::try_start(durable_config(dir.path()))
@@ -439,15 +438,8 @@ async fn a_corrupt_snapshot_is_refused() {
     let mut config = durable_config(dir.path());
     config.persistence.snapshot_every_events = 3;
     let server = TestServer::with_config(config.clone()).await;
-    for n in 1..=10u64 {
-        let body = json!({"order_id": n, "status": "Mixing"});
-        server.put_json("/update_order", &body.to_string()).await;
-    }
-    let mut waited = 0;
-    while files(dir.path(), "snapshot-").is_empty() && waited < 500 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        waited += 1;
-    }
+    update_all(&server, 1..=10, "Mixing").await;
+    wait_for_snapshot(dir.path()).await;
     server.stop().await;
     let snapshot = files(dir.path(), "snapshot-")
         .pop()
@@ -470,16 +462,7 @@ async fn a_corrupt_snapshot_is_refused() {
     assert!(TestServer::try_start(config.clone()).await.is_err());
     fs::write(&snapshot, &bytes).unwrap();
     let server = TestServer::with_config(config).await;
-    assert_eq!(
-        server
-            .get("/get_all")
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .len(),
-        10
-    );
+    assert_eq!(order_ids(&server).await.len(), 10);
 }
 
 #[tokio::test]
@@ -499,8 +482,7 @@ async fn memory_mode_writes_nothing() {
     let mut config = durable_config(dir.path());
     config.persistence.mode = PersistenceMode::Memory;
     let server = TestServer::with_config(config.clone()).await;
-    let body = json!({"order_id": 1, "status": "Mixing"});
-    server.put_json("/update_order", &body.to_string()).await;
+    update_all(&server, 1..=1, "Mixing").await;
     server.stop().await;
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
