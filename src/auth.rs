@@ -19,6 +19,9 @@ pub enum Role {
     Admin,
     /// Another system (a process engine, a shop back end).
     Service,
+    /// A delivery partner; `subject` is their partner id (the orderbot id
+    /// of the orders assigned to them).
+    Delivery,
 }
 
 /// Text that must never be printed (tokens, secrets).
@@ -57,7 +60,15 @@ pub struct Caller {
 impl Caller {
     /// Staff, admin and service may do everything.
     pub fn is_privileged(&self) -> bool {
-        self.role != Role::Customer
+        matches!(self.role, Role::Staff | Role::Admin | Role::Service)
+    }
+
+    /// The partner id of a delivery partner.
+    pub fn partner_id(&self) -> Option<&str> {
+        match self.role {
+            Role::Delivery => self.subject.as_deref(),
+            _ => None,
+        }
     }
 
     /// The customer id of a customer caller.

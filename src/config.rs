@@ -470,7 +470,7 @@ impl Config {
                 )));
             }
         }
-        for (w, stage) in crate::shop::Lifecycle::WORDS {
+        for (w, stage) in crate::shop::reserved_words() {
             for (name, list, listed) in [
                 ("new", &s.new, crate::model::Stage::New),
                 ("completed", &s.completed, crate::model::Stage::Completed),
@@ -478,7 +478,7 @@ impl Config {
             ] {
                 if listed != stage && list.iter().any(|x| x == w) {
                     return Err(ConfigError(format!(
-                        "stages.{name} lists {w:?}, a lifecycle word that always means stage {stage}"
+                        "stages.{name} lists {w:?}, a reserved word (lifecycle, delivery) that always means stage {stage}"
                     )));
                 }
             }
@@ -502,6 +502,13 @@ impl Config {
             if t.role == crate::auth::Role::Customer && !numeric {
                 return Err(ConfigError(format!(
                     "auth.tokens[{i}] has role customer, so its subject must be a customer id"
+                )));
+            }
+            if t.role == crate::auth::Role::Delivery
+                && t.subject.as_deref().is_none_or(|s| s.trim().is_empty())
+            {
+                return Err(ConfigError(format!(
+                    "auth.tokens[{i}] has role delivery, so its subject must be the partner id"
                 )));
             }
         }

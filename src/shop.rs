@@ -30,6 +30,9 @@ pub struct ShopOrder {
     pub processed: Option<Millis>,
     /// Every status the order had, with when it got it.
     pub history: Vec<HistoryEntry>,
+    /// Where the assigned delivery partner last was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_location: Option<Location>,
     /// Free-form details an intake call brought (drink, size, name…).
     #[serde(
         default,
@@ -38,6 +41,19 @@ pub struct ShopOrder {
         deserialize_with = "from_map"
     )]
     pub details: Vec<(String, String)>,
+}
+
+impl ShopOrder {
+    /// This order with one more history entry, stamped now.
+    pub fn with_entry(&self, status: &str, reason: Option<&str>) -> ShopOrder {
+        let mut next = self.clone();
+        next.history.push(HistoryEntry {
+            status: status.to_string(),
+            at: Millis::now(),
+            reason: reason.map(str::to_string),
+        });
+        next
+    }
 }
 
 fn as_map<S: serde::Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
@@ -93,6 +109,9 @@ pub struct Totals {
 pub struct HistoryEntry {
     pub status: String,
     pub at: Millis,
+    /// Why, when the change has a reason (a cancellation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The Order Status API's payment states: 1 unpaid, 2 paid.
@@ -117,6 +136,143 @@ impl<'de> Deserialize<'de> for PaymentStatus {
                 "unknown payment status {n}"
             ))),
         }
+    }
+}
+
+/// Status words the broker itself uses (lifecycle and delivery flow), with
+/// their stage; the config may not put them in another stage.
+pub fn reserved_words() -> impl Iterator<Item = (&'static str, Stage)> {
+    Lifecycle::WORDS.into_iter().chain(Fulfilment::WORDS)
+}
+
+/// The delivery flow of `PUT /orders/{id}/status`: each step only to the
+/// next. The names are the API's; the status words are what the order shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fulfilment {
+    New,
+    Confirmed,
+    Preparing,
+    OutForDelivery,
+    Delivered,
+    Cancelled,
+}
+
+impl Fulfilment {
+    /// (API name, status word) of each state.
+    const NAMES: [(&'static str, &'static str); 6] = [
+        ("new", "New"),
+        ("confirmed", "Confirmed"),
+        ("preparing", "Preparing"),
+        ("out_for_delivery", "Out for delivery"),
+        ("delivered", "Delivered"),
+        ("cancelled", "Cancelled"),
+    ];
+
+    /// Status words the flow owns beyond the lifecycle's, with their stage;
+    /// reserved like the lifecycle words.
+    pub const WORDS: [(&'static str, Stage); 3] = [
+        ("Preparing", Stage::InProgress),
+        ("Out for delivery", Stage::InProgress),
+        ("Delivered", Stage::Completed),
+    ];
+
+    const ALL: [Fulfilment; 6] = [
+        Fulfilment::New,
+        Fulfilment::Confirmed,
+        Fulfilment::Preparing,
+        Fulfilment::OutForDelivery,
+        Fulfilment::Delivered,
+        Fulfilment::Cancelled,
+    ];
+
+    pub fn parse(name: &str) -> Option<Fulfilment> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize].0
+    }
+
+    pub fn word(self) -> &'static str {
+        Self::NAMES[self as usize].1
+    }
+
+    /// Where an order with this status word and stage stands in the flow.
+    /// Another word of the in-progress stage counts as confirmed.
+    pub fn of(status: &str, stage: Stage) -> Fulfilment {
+        match stage {
+            Stage::New => Fulfilment::New,
+            Stage::Completed => Fulfilment::Delivered,
+            Stage::Cancelled => Fulfilment::Cancelled,
+            Stage::InProgress => Self::ALL
+                .into_iter()
+                .find(|f| f.word() == status)
+                .unwrap_or(Fulfilment::Confirmed),
+        }
+    }
+
+    /// The one state this one may move to.
+    pub fn next(self) -> Option<Fulfilment> {
+        match self {
+            Fulfilment::New => Some(Fulfilment::Confirmed),
+            Fulfilment::Confirmed => Some(Fulfilment::Preparing),
+            Fulfilment::Preparing => Some(Fulfilment::OutForDelivery),
+            Fulfilment::OutForDelivery => Some(Fulfilment::Delivered),
+            Fulfilment::Delivered | Fulfilment::Cancelled => None,
+        }
+    }
+}
+
+/// Where a delivery partner last was: micro-degrees, so the order stays `Eq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "LocationJson", try_from = "LocationJson")]
+pub struct Location {
+    lat_e6: i32,
+    lng_e6: i32,
+    pub at: Millis,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LocationJson {
+    lat: f64,
+    lng: f64,
+    at: Millis,
+}
+
+impl Location {
+    /// None unless -90 ≤ lat ≤ 90 and -180 ≤ lng ≤ 180.
+    pub fn new(lat: f64, lng: f64, at: Millis) -> Option<Location> {
+        let ok = |v: f64, max: f64| v.is_finite() && v.abs() <= max;
+        (ok(lat, 90.0) && ok(lng, 180.0)).then(|| Location {
+            lat_e6: (lat * 1e6).round() as i32,
+            lng_e6: (lng * 1e6).round() as i32,
+            at,
+        })
+    }
+
+    pub fn lat(&self) -> f64 {
+        f64::from(self.lat_e6) / 1e6
+    }
+
+    pub fn lng(&self) -> f64 {
+        f64::from(self.lng_e6) / 1e6
+    }
+}
+
+impl From<Location> for LocationJson {
+    fn from(l: Location) -> Self {
+        LocationJson {
+            lat: l.lat(),
+            lng: l.lng(),
+            at: l.at,
+        }
+    }
+}
+
+impl TryFrom<LocationJson> for Location {
+    type Error = String;
+    fn try_from(j: LocationJson) -> Result<Self, String> {
+        Location::new(j.lat, j.lng, j.at).ok_or_else(|| "location out of range".into())
     }
 }
 

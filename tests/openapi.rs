@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 const ADMIN: &str = "token admin-t";
 const CUSTOMER: &str = "token cust-1";
+const RIDER: &str = "token rider-t";
 
 fn config() -> order_broker::Config {
     let mut config = common::config();
@@ -23,12 +24,14 @@ fn config() -> order_broker::Config {
     config.auth.tokens = vec![
         token("admin-t", Role::Admin, "ada"),
         token("cust-1", Role::Customer, "1"),
+        token("rider-t", Role::Delivery, "rider-7"),
     ];
     config
 }
 
-/// A broker with product 1, customer 1, order 1 (customer 1's, with items)
-/// and pending callback 1; the order's number.
+/// A broker with product 1, customer 1, order 1 (customer 1's, with items,
+/// assigned to delivery partner rider-7, with a location) and pending
+/// callback 1; the order's number.
 async fn fixture() -> (TestServer, String) {
     let server = TestServer::with_config(config()).await;
     let json_ct = ("content-type", "application/json");
@@ -55,6 +58,27 @@ async fn fixture() -> (TestServer, String) {
     )
     .await;
     assert_eq!(order["id"], 1);
+    let assign = r#"{"partner_id": "rider-7"}"#;
+    let reply = server
+        .send(
+            Method::PUT,
+            "/orders/1/assign-delivery",
+            &[json_ct, auth],
+            assign,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let at = r#"{"lat": 1.5, "lng": 2.5}"#;
+    let rider = ("authorization", RIDER);
+    let reply = server
+        .send(
+            Method::PUT,
+            "/orders/1/delivery-location",
+            &[json_ct, rider],
+            at,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
     let callback = ("cpee-callback", "http://127.0.0.1:9/callback");
     let reply = server
         .send(
@@ -135,10 +159,10 @@ async fn every_documented_operation_answers_as_documented() {
 
     for op in ops {
         let (server, number) = fixture().await;
-        let token = if op.who == "customer" {
-            CUSTOMER
-        } else {
-            ADMIN
+        let token = match op.who.as_str() {
+            "customer" => CUSTOMER,
+            "the assigned delivery partner" => RIDER,
+            _ => ADMIN,
         };
         let label = format!("{} {}", op.method, op.path);
         if op.media.as_deref() == Some("text/event-stream") {

@@ -519,7 +519,7 @@ async fn healthz_answers() {
 async fn urls_and_stage_words_come_from_config() {
     let mut config = common::config();
     config.order_store.url_get_all = "/orders/all".into();
-    config.order_store.url_get_status = "/orders/{id}/status".into();
+    config.order_store.url_get_status = "/orders/{id}/state".into();
     config.order_store.url_update_aliases = vec!["/api/update".into()];
     config.stages.new = vec!["Queued".into()];
     config.stages.completed = vec!["Done".into(), "Served".into()];
@@ -550,7 +550,7 @@ async fn urls_and_stage_words_come_from_config() {
     let reply = server.get("/orders/all").await;
     assert_eq!(reply.json().as_array().unwrap().len(), 3);
     assert_eq!(reply.header("access-control-allow-origin"), None);
-    assert_eq!(server.get("/orders/1/status").await.json()["stage"], "new");
+    assert_eq!(server.get("/orders/1/state").await.json()["stage"], "new");
     assert_eq!(
         server.get("/get_new_orders").await.json(),
         json!({"new_orders": [1]})

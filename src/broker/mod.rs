@@ -19,6 +19,7 @@
 
 mod catalog;
 mod evict;
+mod fulfilment;
 mod persist;
 mod shop;
 
@@ -44,6 +45,7 @@ use crate::shop::{Lifecycle, Shortage};
 use crate::symbols::{Sym, Symbols, SymbolsFull, SymbolsReader};
 
 pub use catalog::{CustomerFields, ProductFields};
+pub use fulfilment::Canceller;
 pub use shop::{NewItem, NewOrder, OrderFilter, Transition};
 
 /// Why the broker refused a change. Nothing was changed.
@@ -84,6 +86,8 @@ pub enum BrokerError {
     VersionMismatch {
         current: Version,
     },
+    /// The caller is a delivery partner the order is not assigned to (403).
+    NotAssigned,
 }
 
 /// Why processing an order was refused.
@@ -149,6 +153,7 @@ impl fmt::Display for BrokerError {
             BrokerError::VersionMismatch { current } => {
                 write!(f, "version mismatch: the order is at version {}", current.0)
             }
+            BrokerError::NotAssigned => f.write_str("the order is not assigned to you"),
         }
     }
 }
@@ -306,7 +311,7 @@ impl Broker {
             (&words.completed, Stage::Completed),
             (&words.cancelled, Stage::Cancelled),
         ];
-        let lifecycle = Lifecycle::WORDS.map(|(w, stage)| (w.to_string(), stage));
+        let lifecycle = crate::shop::reserved_words().map(|(w, stage)| (w.to_string(), stage));
         let all = configured
             .iter()
             .flat_map(|(list, stage)| list.iter().map(move |w| (w.clone(), *stage)))

@@ -113,9 +113,11 @@ impl Broker {
             payment_method: None,
             totals,
             processed: None,
+            delivery_location: None,
             history: vec![HistoryEntry {
                 status: Lifecycle::New.text().into(),
                 at: now,
+                reason: None,
             }],
             details: Vec::new(),
         };
@@ -164,9 +166,11 @@ impl Broker {
             payment_method: None,
             totals: Totals::default(),
             processed: None,
+            delivery_location: None,
             history: vec![HistoryEntry {
                 status: status.to_string(),
                 at: now,
+                reason: None,
             }],
             details,
         };
@@ -357,7 +361,7 @@ impl Broker {
                 shop: current
                     .shop
                     .as_ref()
-                    .map(|s| Arc::new(with_history(s, status))),
+                    .map(|s| Arc::new(s.with_entry(status, None))),
                 ..current.clone()
             })
         })
@@ -636,7 +640,7 @@ impl Broker {
             let mut next_shop = if next_state == state {
                 (**shop).clone()
             } else {
-                with_history(shop, next_state.text())
+                shop.with_entry(next_state.text(), None)
             };
             if pay {
                 next_shop.payment_status = PaymentStatus::Paid;
@@ -656,15 +660,6 @@ impl Broker {
             })
         })
     }
-}
-
-fn with_history(shop: &ShopOrder, status: &str) -> ShopOrder {
-    let mut next = shop.clone();
-    next.history.push(HistoryEntry {
-        status: status.to_string(),
-        at: Millis::now(),
-    });
-    next
 }
 
 #[cfg(test)]

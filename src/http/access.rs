@@ -1,7 +1,8 @@
 //! What each caller may do, route by route. With auth off everything is
 //! open. With auth on: writes need a token; staff, admin and service may do
 //! everything; listing all orders and all customers is for staff and admin;
-//! customers see and act on their own orders and record only; the board
+//! customers see and act on their own orders and record only; delivery
+//! partners move the orders assigned to them and report where they are; the board
 //! views need a token only when `auth.protect_views` is set.
 //! Missing or bad token → 401 `{"detail": "Invalid token"}`; a valid token
 //! without the right → 403.
@@ -27,6 +28,11 @@ pub enum Need {
     StaffOrAdmin,
     /// A customer (acting on their own orders).
     Customer,
+    /// Staff, admin, or a delivery partner (the broker checks the partner
+    /// is the one assigned).
+    StaffOrPartner,
+    /// A delivery partner (the one assigned, checked by the broker).
+    Partner,
     /// Privileged, or the customer the path names.
     CustomerSelf,
     /// Privileged, or the customer who owns the order (named by the path,
@@ -42,6 +48,8 @@ impl Need {
             Need::Anyone => "any valid token",
             Need::Privileged => "staff, admin, service",
             Need::StaffOrAdmin => "staff, admin",
+            Need::StaffOrPartner => "staff, admin, or the assigned delivery partner",
+            Need::Partner => "the assigned delivery partner",
             Need::Customer => "customer",
             Need::CustomerSelf => "staff, admin, service, or that customer",
             Need::OrderOwner => "staff, admin, service, or the order's customer",
@@ -80,6 +88,11 @@ pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: b
         Route::Order if method == Method::DELETE => Need::OrderOwner,
         Route::OrderItems => Need::OrderOwner,
         Route::Lifecycle if param == Some("cancel") => Need::OrderOwner,
+        Route::AssignDelivery => Need::StaffOrAdmin,
+        Route::OrderStatus => Need::StaffOrPartner,
+        Route::DeliveryLocation if read => Need::OrderOwner,
+        Route::DeliveryLocation => Need::Partner,
+        Route::CancelOrder => Need::OrderOwner,
         _ => Need::Privileged,
     }
 }
@@ -118,6 +131,8 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
         Need::Nobody | Need::Anyone => true,
         Need::Privileged => caller.is_privileged(),
         Need::StaffOrAdmin => matches!(caller.role, Role::Staff | Role::Admin),
+        Need::StaffOrPartner => matches!(caller.role, Role::Staff | Role::Admin | Role::Delivery),
+        Need::Partner => caller.role == Role::Delivery,
         Need::Customer => caller.customer_id().is_some(),
         Need::CustomerSelf => {
             let id = path_id();

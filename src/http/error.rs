@@ -132,6 +132,7 @@ impl From<BrokerError> for ApiError {
                 ApiError::bad_request(message).with_body(body)
             }
             BrokerError::Lifecycle(_) => ApiError::bad_request(message),
+            BrokerError::NotAssigned => ApiError::new(StatusCode::FORBIDDEN, message),
             BrokerError::TextTooLong { .. }
             | BrokerError::TooManySymbols { .. }
             | BrokerError::VersionExhausted

@@ -7,6 +7,7 @@ pub mod body;
 mod catalog;
 mod cpee;
 pub mod error;
+mod fulfilment;
 mod idempotency;
 mod lifecycle;
 pub mod live;
@@ -56,6 +57,11 @@ pub(crate) enum Route {
     OrderItems,
     ProcessOrder,
     Lifecycle,
+    // Fulfilment.
+    AssignDelivery,
+    OrderStatus,
+    DeliveryLocation,
+    CancelOrder,
     // Live views.
     Events,
     Views,
@@ -80,7 +86,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 30] = [
+    pub(crate) const ALL: [Route; 34] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -98,6 +104,10 @@ impl Route {
         Route::OrderItems,
         Route::ProcessOrder,
         Route::Lifecycle,
+        Route::AssignDelivery,
+        Route::OrderStatus,
+        Route::DeliveryLocation,
+        Route::CancelOrder,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -133,6 +143,10 @@ impl Route {
             Route::OrderItems => "order_items",
             Route::ProcessOrder => "process_order",
             Route::Lifecycle => "lifecycle",
+            Route::AssignDelivery => "assign_delivery",
+            Route::OrderStatus => "order_status",
+            Route::DeliveryLocation => "delivery_location",
+            Route::CancelOrder => "cancel_order",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -157,7 +171,9 @@ impl Route {
                 "GET, HEAD, POST, OPTIONS"
             }
             Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
-            Route::OrderItems => "PUT, OPTIONS",
+            Route::OrderItems | Route::AssignDelivery | Route::OrderStatus => "PUT, OPTIONS",
+            Route::DeliveryLocation => "GET, HEAD, PUT, OPTIONS",
+            Route::CancelOrder => "POST, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
             Route::NextOrder => "GET, HEAD, POST, OPTIONS",
@@ -167,7 +183,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 24] = [
+    const FIXED: [(&'static str, Route); 28] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -190,6 +206,10 @@ impl Route {
         ("/orders/my-orders", Route::MyOrders),
         ("/orders/{id}", Route::Order),
         ("/orders/{id}/items", Route::OrderItems),
+        ("/orders/{id}/assign-delivery", Route::AssignDelivery),
+        ("/orders/{id}/status", Route::OrderStatus),
+        ("/orders/{id}/delivery-location", Route::DeliveryLocation),
+        ("/orders/{id}/cancel", Route::CancelOrder),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -476,6 +496,13 @@ impl App {
             Route::OrderItems if m == Method::PUT => orders::replace_items(self, req),
             Route::ProcessOrder if m == Method::PUT => orders::process(self, req),
             Route::Lifecycle if m == Method::POST => lifecycle::transition(self, req),
+            Route::AssignDelivery if m == Method::PUT => fulfilment::assign(self, req),
+            Route::OrderStatus if m == Method::PUT => fulfilment::set_status(self, req, caller),
+            Route::DeliveryLocation if read => fulfilment::get_location(self, req),
+            Route::DeliveryLocation if m == Method::PUT => {
+                fulfilment::put_location(self, req, caller)
+            }
+            Route::CancelOrder if m == Method::POST => fulfilment::cancel(self, req, caller),
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),

@@ -154,6 +154,15 @@ fn ops() -> Vec<Op> {
             .params(&[ID]).body(r#"{"process": true, "strategy": "adjust"}"#),
         op(R::Lifecycle, M::POST, "Order Status API: confirm, paid, complete or cancel by order number.", &[(200, "The order in the Order Status API's shape."), (400, "Not allowed from the order's state, or no number."), (404, "Unknown action or order.")])
             .params(&[("action", "path", "confirm", "confirm, paid, complete or cancel.")]).body(r#"{"number": "FR9TL74P"}"#),
+        op(R::AssignDelivery, M::PUT, "Assign a delivery partner (shown as the order's orderbot).", &[(200, "The order."), (404, "Order not found."), (409, "The order is finished."), INVALID])
+            .params(&[ID]).body(r#"{"partner_id": "rider-7"}"#),
+        op(R::OrderStatus, M::PUT, "Move an order to the next step: confirmed, preparing, out_for_delivery, delivered.", &[(200, "The order; the step is in its history with its time."), (403, "Not the assigned partner."), (404, "Order not found."), (409, "Not the next step."), INVALID])
+            .params(&[ID]).body(r#"{"status": "confirmed"}"#),
+        op(R::DeliveryLocation, M::PUT, "The assigned partner reports where they are (also on the tracking stream).", &[(200, "{lat, lng, at}."), (403, "Not the assigned partner."), (404, "Order not found."), (409, "No delivery under way."), (422, "Out of range.")])
+            .params(&[ID]).body(r#"{"lat": 48.2082, "lng": 16.3738}"#),
+        op(R::DeliveryLocation, M::GET, "Where the partner last was.", &[(200, "{lat, lng, at}."), (404, "Order not found, or no location yet.")]).params(&[ID]),
+        op(R::CancelOrder, M::POST, "Cancel with a reason (a customer before preparation, staff before delivery); a processed order's stock and money go back.", &[(200, "The cancelled order."), (404, "Order not found."), (409, "Too late, or already cancelled."), INVALID])
+            .params(&[ID]).body(r#"{"reason": "changed my mind"}"#),
         op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
             .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
         op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])

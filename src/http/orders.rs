@@ -67,12 +67,12 @@ fn order_response(app: &App, status: StatusCode, id: OrderId, order: &Order) -> 
     response
 }
 
-fn event_response(app: &App, status: StatusCode, event: &Event) -> Response<Body> {
+pub(super) fn event_response(app: &App, status: StatusCode, event: &Event) -> Response<Body> {
     let (id, order) = event.order().expect("order operations publish the order");
     order_response(app, status, id, order)
 }
 
-fn order_id(req: &Req) -> Result<OrderId, ApiError> {
+pub(super) fn order_id(req: &Req) -> Result<OrderId, ApiError> {
     req.id(NO_ORDER).map(OrderId)
 }
 

@@ -1,0 +1,297 @@
+//! Fulfilment: assigning a delivery partner (shown as the order's
+//! orderbot), the delivery flow one step at a time, the partner's location,
+//! and cancellation with a reason, which puts back the stock and the money
+//! a processed order took — atomically, like processing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use parking_lot::MutexGuard;
+
+use super::{Broker, BrokerError, check_version};
+use crate::catalog::{Customer, Product, ProductId, Slot};
+use crate::feed::{Change, Event};
+use crate::model::{Millis, Order, OrderId, Stage, Version};
+use crate::shop::{Fulfilment, Lifecycle, Location, ShopOrder};
+use crate::symbols::Sym;
+
+/// Who asks to cancel, which decides until when they may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canceller {
+    /// The order's customer: only before preparation starts.
+    Customer,
+    /// Staff (or auth off): any time before delivery.
+    Staff,
+}
+
+impl Broker {
+    /// Assigns a delivery partner; the board shows them as the orderbot.
+    pub fn assign_delivery(
+        &self,
+        id: OrderId,
+        partner: &str,
+        expected: Option<Version>,
+    ) -> Result<Event, BrokerError> {
+        self.check_len("partner_id", partner)?;
+        let partner = self.inner.symbols.intern(partner)?;
+        self.apply(id, super::Mode::Update, expected, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            if current.stage.is_finished() {
+                return Err(BrokerError::Conflict(format!(
+                    "order is {}; it cannot be assigned",
+                    current.stage
+                )));
+            }
+            Ok(Order {
+                orderbot_id: Some(partner),
+                ..current.clone()
+            })
+        })
+    }
+
+    /// Moves an order to the next step of the delivery flow. `partner`: the
+    /// caller is this delivery partner, who must be the one assigned.
+    pub fn advance(
+        &self,
+        id: OrderId,
+        to: Fulfilment,
+        partner: Option<&str>,
+        expected: Option<Version>,
+    ) -> Result<Event, BrokerError> {
+        // Symbols before the order's lock (never the other way round).
+        let word = self.inner.symbols.reserve(to.word());
+        let flow = self.flow_words();
+        let partner = partner.map(|p| self.inner.symbols.lookup(p));
+        self.apply(id, super::Mode::Update, expected, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            check_assignee(current, partner)?;
+            let now = flow_state(&flow, current);
+            if now.next() != Some(to) {
+                return Err(BrokerError::Conflict(match now.next() {
+                    Some(next) => {
+                        format!("order is {}; it can only go to {}", now.name(), next.name())
+                    }
+                    None => format!("order is {}; it cannot change", now.name()),
+                }));
+            }
+            Ok(Order {
+                status: word,
+                shop: current
+                    .shop
+                    .as_ref()
+                    .map(|s| Arc::new(s.with_entry(to.word(), None))),
+                ..current.clone()
+            })
+        })
+    }
+
+    /// Records where the assigned partner is (`partner`: the caller, if a
+    /// delivery partner). Only shop orders still under way have one.
+    pub fn set_location(
+        &self,
+        id: OrderId,
+        location: Location,
+        partner: Option<&str>,
+    ) -> Result<Event, BrokerError> {
+        let partner = partner.map(|p| self.inner.symbols.lookup(p));
+        self.apply(id, super::Mode::Update, None, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            check_assignee(current, partner)?;
+            let shop = current.shop.as_ref().ok_or_else(|| {
+                BrokerError::Conflict("order has no delivery (no shop details)".into())
+            })?;
+            if current.stage.is_finished() {
+                return Err(BrokerError::Conflict(format!(
+                    "order is {}; its delivery is over",
+                    current.stage
+                )));
+            }
+            Ok(Order {
+                shop: Some(Arc::new(ShopOrder {
+                    delivery_location: Some(location),
+                    ..(**shop).clone()
+                })),
+                ..current.clone()
+            })
+        })
+    }
+
+    /// Cancels an order with a reason. A processed order gives back what
+    /// processing took: its items go back in stock (products since deleted
+    /// are skipped) and its grand total back to the customer's balance —
+    /// with the cancellation, in one step.
+    pub fn cancel_order(
+        &self,
+        id: OrderId,
+        reason: &str,
+        by: Canceller,
+        expected: Option<Version>,
+    ) -> Result<Event, BrokerError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > 500 {
+            return Err(BrokerError::Invalid(
+                "reason must be 1 to 500 bytes of text".into(),
+            ));
+        }
+        let status = self.inner.symbols.reserve(Lifecycle::Cancelled.text());
+        let flow = self.flow_words();
+        let now = Millis::now();
+        let mut entry = self
+            .inner
+            .orders
+            .get_mut(&id)
+            .ok_or(BrokerError::OrderNotFound)?;
+        check_version(&entry, expected)?;
+        let state = flow_state(&flow, &entry);
+        let allowed = match by {
+            Canceller::Customer => matches!(state, Fulfilment::New | Fulfilment::Confirmed),
+            Canceller::Staff => !matches!(state, Fulfilment::Delivered | Fulfilment::Cancelled),
+        };
+        if !allowed {
+            return Err(BrokerError::Conflict(match (by, state) {
+                (_, Fulfilment::Cancelled) => "order is already cancelled".into(),
+                (_, Fulfilment::Delivered) => "order is delivered; request a return".into(),
+                _ => format!(
+                    "order is {}; a customer can cancel only before preparation",
+                    state.name()
+                ),
+            }));
+        }
+        let shop = entry.shop.clone();
+        let processed = shop.as_ref().filter(|s| s.processed.is_some());
+
+        // What processing took comes back: lock the products by ascending
+        // id, then the customer (the broker's lock order).
+        let product_ids: BTreeSet<ProductId> = processed
+            .iter()
+            .flat_map(|s| s.items.iter().map(|i| i.product_id))
+            .collect();
+        let product_slots: Vec<Slot<Product>> = product_ids
+            .iter()
+            .filter_map(|pid| self.inner.products.slot(*pid))
+            .collect();
+        let customer_slot: Option<Slot<Customer>> = processed
+            .and_then(|s| s.customer_id)
+            .and_then(|cid| self.inner.customers.slot(cid));
+        let mut products: Vec<MutexGuard<'_, Option<Product>>> =
+            product_slots.iter().map(|s| s.lock()).collect();
+        let mut customer = customer_slot.as_ref().map(|s| s.lock());
+
+        let mut restocked = Vec::new();
+        if let Some(shop) = processed {
+            for guard in &products {
+                let Some(product) = guard.as_ref() else {
+                    continue; // deleted meanwhile
+                };
+                let units: u64 = shop
+                    .items
+                    .iter()
+                    .filter(|i| i.product_id == product.id)
+                    .map(|i| i.quantity)
+                    .sum();
+                let stock = product.stock.checked_add(units).ok_or_else(|| {
+                    BrokerError::Invalid(format!(
+                        "stock of product {} would overflow",
+                        product.id.0
+                    ))
+                })?;
+                restocked.push(Product {
+                    stock,
+                    version: next_version(product.version)?,
+                    ..product.clone()
+                });
+            }
+        }
+        let refunded = match (processed, customer.as_ref().and_then(|c| c.as_ref())) {
+            (Some(shop), Some(c)) => Some(Customer {
+                balance: c
+                    .balance
+                    .checked_add(shop.totals.grand_total)
+                    .ok_or_else(|| BrokerError::Invalid("balance would overflow".into()))?,
+                version: next_version(c.version)?,
+                ..c.clone()
+            }),
+            _ => None,
+        };
+        let next = self.stamp(
+            Some(&entry),
+            Order {
+                status,
+                shop: shop
+                    .map(|s| Arc::new(s.with_entry(Lifecycle::Cancelled.text(), Some(reason)))),
+                ..entry.clone()
+            },
+            now,
+        )?;
+        let before = entry.stage;
+        let event = {
+            let mut seq = self.sequencer();
+            for product in restocked {
+                let slot = products
+                    .iter_mut()
+                    .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
+                    .expect("locked above");
+                seq.commit(Change::Product(Arc::new(product.clone())));
+                **slot = Some(product);
+            }
+            if let (Some(customer), Some(refunded)) = (customer.as_mut(), refunded) {
+                seq.commit(Change::Customer(Arc::new(refunded.clone())));
+                **customer = Some(refunded);
+            }
+            *entry = next.clone();
+            seq.commit(Change::Order {
+                id,
+                order: next,
+                from: Some(before),
+            })
+        };
+        drop(customer);
+        drop(products);
+        self.inner
+            .generations
+            .bump(Some(before), Some(Stage::Cancelled));
+        drop(entry);
+        self.published(Some(event.clone()));
+        Ok(event)
+    }
+
+    /// The status symbol of each flow word (all reserved at start).
+    fn flow_words(&self) -> Vec<(Sym, Fulfilment)> {
+        [
+            Fulfilment::Confirmed,
+            Fulfilment::Preparing,
+            Fulfilment::OutForDelivery,
+        ]
+        .into_iter()
+        .filter_map(|f| Some((self.inner.symbols.lookup(f.word())?, f)))
+        .collect()
+    }
+}
+
+/// Where an order stands in the delivery flow (see [`Fulfilment::of`]).
+fn flow_state(flow: &[(Sym, Fulfilment)], order: &Order) -> Fulfilment {
+    match order.stage {
+        Stage::InProgress => flow
+            .iter()
+            .find(|(sym, _)| *sym == order.status)
+            .map_or(Fulfilment::Confirmed, |(_, f)| *f),
+        stage => Fulfilment::of("", stage),
+    }
+}
+
+/// A delivery partner may act only on orders assigned to them. `partner`:
+/// None when the caller is not a partner; Some(None) for a partner id the
+/// broker has never seen (so no order is assigned to it).
+fn check_assignee(order: &Order, partner: Option<Option<Sym>>) -> Result<(), BrokerError> {
+    match partner {
+        Some(p) if p.is_none() || order.orderbot_id != p => Err(BrokerError::NotAssigned),
+        _ => Ok(()),
+    }
+}
+
+fn next_version(v: u32) -> Result<u32, BrokerError> {
+    Version(v)
+        .next()
+        .map(|v| v.0)
+        .ok_or(BrokerError::VersionExhausted)
+}
