@@ -1,0 +1,558 @@
+//! Fulfilment with auth on: assigning partners, the delivery flow and who
+//! may move it, partner locations, cancellation rules and what a
+//! cancellation gives back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Reply, Sse, TestServer};
+use hyper::{Method, StatusCode};
+use order_broker::auth::{Role, Secret, StaticToken};
+use serde_json::{Value, json};
+
+const STAFF: &str = "staff-t";
+const CUST1: &str = "cust-1";
+const CUST2: &str = "cust-2";
+const RIDER7: &str = "rider-7-t";
+const RIDER8: &str = "rider-8-t";
+
+async fn shop() -> TestServer {
+    let mut config = common::config();
+    let token = |token: &str, role, subject: &str| StaticToken {
+        token: Secret(token.into()),
+        role,
+        subject: Some(subject.into()),
+    };
+    config.auth.tokens = vec![
+        token(STAFF, Role::Staff, "sam"),
+        token(CUST1, Role::Customer, "1"),
+        token(CUST2, Role::Customer, "2"),
+        token(RIDER7, Role::Delivery, "rider-7"),
+        token(RIDER8, Role::Delivery, "rider-8"),
+    ];
+    let server = TestServer::with_config(config).await;
+    let product = json!({"id": 1, "name": "tea", "price": "2.50", "stock": 1000});
+    assert_eq!(
+        call(&server, Method::POST, "/products", Some(STAFF), product)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    for id in [1, 2] {
+        let customer = json!({"id": id, "name": format!("c{id}"), "balance": 1000});
+        call(&server, Method::POST, "/customers", Some(STAFF), customer).await;
+    }
+    server
+}
+
+async fn call(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Reply {
+    let auth = token.map(|t| format!("token {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth));
+    }
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    server.send(method, path, &headers, &body).await
+}
+
+/// A new order of customer 1 (three teas); its id.
+async fn new_order(server: &TestServer) -> u64 {
+    let body = json!({"items": [{"product_id": 1, "quantity": 3}]});
+    let reply = call(server, Method::POST, "/orders", Some(CUST1), body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.json()["id"].as_u64().unwrap()
+}
+
+async fn step(server: &TestServer, id: u64, token: Option<&str>, status: &str) -> Reply {
+    call(
+        server,
+        Method::PUT,
+        &format!("/orders/{id}/status"),
+        token,
+        json!({"status": status}),
+    )
+    .await
+}
+
+async fn assign(server: &TestServer, id: u64, token: Option<&str>, partner: Value) -> Reply {
+    let body = json!({"partner_id": partner});
+    call(
+        server,
+        Method::PUT,
+        &format!("/orders/{id}/assign-delivery"),
+        token,
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_delivery_flow_moves_one_step_at_a_time_by_staff_or_the_assigned_partner() {
+    let server = shop().await;
+    let id = new_order(&server).await;
+
+    // Assigning: staff only, not a finished order, a partner id given.
+    assert_eq!(
+        assign(&server, id, None, json!("rider-7")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        assign(&server, id, Some(CUST1), json!("rider-7"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        assign(&server, id, Some(RIDER7), json!("rider-7"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        assign(&server, id, Some(STAFF), json!("")).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        assign(&server, id, Some(STAFF), json!(["x"])).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let bad = call(
+        &server,
+        Method::PUT,
+        &format!("/orders/{id}/assign-delivery"),
+        Some(STAFF),
+        json!({"partner": "x"}),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        assign(&server, 999, Some(STAFF), json!("rider-7"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let assigned = assign(&server, id, Some(STAFF), json!("rider-7")).await;
+    assert_eq!(assigned.status, StatusCode::OK);
+    assert_eq!(assigned.json()["orderbot_id"], "rider-7");
+    // The board shows the assignee as the orderbot.
+    assert_eq!(
+        server.get(&format!("/get_status/{id}")).await.json()["orderbot_id"],
+        "rider-7"
+    );
+
+    // Who may move it: not the customer, not another partner.
+    assert_eq!(
+        step(&server, id, Some(CUST1), "confirmed").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let other = step(&server, id, Some(RIDER8), "confirmed").await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.error(), "the order is not assigned to you");
+    assert_eq!(
+        step(&server, id, None, "confirmed").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Only the next step; names outside the flow are refused.
+    let skip = step(&server, id, Some(RIDER7), "delivered").await;
+    assert_eq!(skip.status, StatusCode::CONFLICT);
+    assert_eq!(skip.error(), "order is new; it can only go to confirmed");
+    assert_eq!(
+        step(&server, id, Some(STAFF), "teleported").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let cancel = step(&server, id, Some(STAFF), "cancelled").await;
+    assert_eq!(cancel.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(cancel.error().contains("/cancel"), "{}", cancel.error());
+    assert_eq!(
+        step(&server, id, Some(STAFF), "new").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    assert_eq!(
+        step(&server, id, Some(STAFF), "confirmed").await.status,
+        StatusCode::OK
+    );
+    for status in ["preparing", "out_for_delivery"] {
+        let reply = step(&server, id, Some(RIDER7), status).await;
+        assert_eq!(reply.status, StatusCode::OK, "{status}: {:?}", reply.body);
+        assert_eq!(reply.json()["stage"], "in_progress");
+    }
+    let again = step(&server, id, Some(RIDER7), "out_for_delivery").await;
+    assert_eq!(
+        again.error(),
+        "order is out_for_delivery; it can only go to delivered"
+    );
+    let delivered = step(&server, id, Some(RIDER7), "delivered").await;
+    assert_eq!(delivered.status, StatusCode::OK);
+    let order = delivered.json();
+    assert_eq!(
+        (order["status"].clone(), order["stage"].clone()),
+        (json!("Delivered"), json!("completed"))
+    );
+    let last = step(&server, id, Some(STAFF), "delivered").await;
+    assert_eq!(
+        (last.status, last.error()),
+        (
+            StatusCode::CONFLICT,
+            "order is delivered; it cannot change".into()
+        )
+    );
+    assert_eq!(
+        assign(&server, id, Some(STAFF), json!(8)).await.status,
+        StatusCode::CONFLICT
+    );
+
+    // Each step is in the history, with its time, in order.
+    let history = order["history"].as_array().unwrap();
+    let statuses: Vec<&str> = history
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "New",
+            "Confirmed",
+            "Preparing",
+            "Out for delivery",
+            "Delivered"
+        ]
+    );
+    let times: Vec<u64> = history.iter().map(|h| h["at"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let completed = server.get("/get_completed_orders").await.json();
+    assert_eq!(completed["completed_orders"], json!([id]));
+
+    // A partner cannot act on an order nobody assigned to them; staff can.
+    let unassigned = new_order(&server).await;
+    assert_eq!(
+        step(&server, unassigned, Some(RIDER7), "confirmed")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        step(&server, unassigned, Some(STAFF), "confirmed")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A numeric partner id (as the FastAPI seed sends it) is its text.
+    assert_eq!(
+        assign(&server, unassigned, Some(STAFF), json!(8))
+            .await
+            .json()["orderbot_id"],
+        "8"
+    );
+}
+
+#[tokio::test]
+async fn the_partner_location_reaches_the_customer_and_the_tracking_stream() {
+    let server = shop().await;
+    let id = new_order(&server).await;
+    assign(&server, id, Some(STAFF), json!("rider-7")).await;
+    let path = format!("/orders/{id}/delivery-location");
+    let auth = format!("token {CUST1}");
+    let mut stream = Sse::open(
+        server.addr,
+        &format!("/orders/{id}/tracking-stream"),
+        &[("authorization", &auth)],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("{:?}", r.status));
+
+    assert_eq!(
+        call(&server, Method::GET, &path, Some(CUST1), Value::Null)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let at = json!({"lat": 48.2082, "lng": 16.3738});
+    assert_eq!(
+        call(&server, Method::PUT, &path, Some(STAFF), at.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::PUT, &path, Some(RIDER8), at.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::PUT, &path, Some(CUST1), at.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    for bad in [
+        json!({"lat": 91, "lng": 0}),
+        json!({"lat": 0, "lng": -180.5}),
+        json!({"lat": 1}),
+        json!({"lat": "1", "lng": 2}),
+        json!({"lat": 1, "lng": 2, "alt": 3}),
+    ] {
+        let reply = call(&server, Method::PUT, &path, Some(RIDER7), bad.clone()).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let reply = call(&server, Method::PUT, &path, Some(RIDER7), at).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        (reply.json()["lat"].clone(), reply.json()["lng"].clone()),
+        (json!(48.2082), json!(16.3738))
+    );
+
+    // The customer reads it, another customer may not; staff may.
+    let seen = call(&server, Method::GET, &path, Some(CUST1), Value::Null).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert_eq!(seen.json()["lat"], 48.2082);
+    assert_eq!(
+        call(&server, Method::GET, &path, Some(CUST2), Value::Null)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::GET, &path, Some(STAFF), Value::Null)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // It is on the order's tracking stream.
+    let mut found = false;
+    while let Some(event) = stream.next_block(Duration::from_secs(5)).await {
+        if event.data.contains("\"delivery_location\"") {
+            let order: Value = serde_json::from_str(&event.data).unwrap();
+            assert_eq!(order["delivery_location"]["lng"], 16.3738);
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "the location reached the tracking stream");
+
+    // Once delivered, there is nothing to report.
+    for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
+        step(&server, id, Some(RIDER7), status).await;
+    }
+    let late = call(
+        &server,
+        Method::PUT,
+        &path,
+        Some(RIDER7),
+        json!({"lat": 1, "lng": 1}),
+    )
+    .await;
+    assert_eq!(late.status, StatusCode::CONFLICT);
+}
+
+async fn cancel(server: &TestServer, id: u64, token: Option<&str>, reason: &str) -> Reply {
+    call(
+        server,
+        Method::POST,
+        &format!("/orders/{id}/cancel"),
+        token,
+        json!({"reason": reason}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn who_may_cancel_until_when() {
+    let server = shop().await;
+
+    // The customer, before preparation; the reason is in the history.
+    let id = new_order(&server).await;
+    assert_eq!(
+        cancel(&server, id, Some(CUST2), "not mine").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assign(&server, id, Some(STAFF), json!("rider-7")).await;
+    assert_eq!(
+        cancel(&server, id, Some(RIDER7), "no").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        cancel(&server, id, Some(CUST1), "  ").await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let empty = call(
+        &server,
+        Method::POST,
+        &format!("/orders/{id}/cancel"),
+        Some(CUST1),
+        json!({}),
+    )
+    .await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    step(&server, id, Some(STAFF), "confirmed").await;
+    let reply = cancel(&server, id, Some(CUST1), "changed my mind").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let order_json = reply.json();
+    assert_eq!(order_json["stage"], "cancelled");
+    let last = order_json["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["status"].clone(), last["reason"].clone()),
+        (json!("Cancelled"), json!("changed my mind"))
+    );
+    assert_eq!(
+        cancel(&server, id, Some(STAFF), "again").await.error(),
+        "order is already cancelled"
+    );
+
+    // Once preparing, only staff; once delivered, nobody.
+    let id = new_order(&server).await;
+    step(&server, id, Some(STAFF), "confirmed").await;
+    step(&server, id, Some(STAFF), "preparing").await;
+    let late = cancel(&server, id, Some(CUST1), "too slow").await;
+    assert_eq!(late.status, StatusCode::CONFLICT);
+    assert_eq!(
+        late.error(),
+        "order is preparing; a customer can cancel only before preparation"
+    );
+    assert_eq!(
+        cancel(&server, id, Some(STAFF), "out of tea").await.status,
+        StatusCode::OK
+    );
+    let id = new_order(&server).await;
+    for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
+        step(&server, id, Some(STAFF), status).await;
+    }
+    assert_eq!(
+        cancel(&server, id, Some(STAFF), "late").await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        cancel(&server, 999, Some(STAFF), "x").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn stock_and_balance(server: &TestServer) -> (u64, f64) {
+    let product = call(server, Method::GET, "/products/1", Some(STAFF), Value::Null)
+        .await
+        .json();
+    let customer = call(
+        server,
+        Method::GET,
+        "/customers/1",
+        Some(STAFF),
+        Value::Null,
+    )
+    .await
+    .json();
+    (
+        product["stock"].as_u64().unwrap(),
+        customer["balance"].as_f64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn cancelling_a_processed_order_gives_back_its_stock_and_money() {
+    let server = shop().await;
+    let id = new_order(&server).await;
+    let processed = call(
+        &server,
+        Method::PUT,
+        &format!("/api/orders/{id}"),
+        Some(STAFF),
+        json!({"process": true}),
+    )
+    .await;
+    assert_eq!(processed.status, StatusCode::OK);
+    assert_eq!(stock_and_balance(&server).await, (997, 992.5));
+    let product_version = call(
+        &server,
+        Method::GET,
+        "/products/1",
+        Some(STAFF),
+        Value::Null,
+    )
+    .await
+    .json()["version"]
+        .clone();
+    assert_eq!(
+        cancel(&server, id, Some(STAFF), "spilled").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(stock_and_balance(&server).await, (1000, 1000.0));
+    let product = call(
+        &server,
+        Method::GET,
+        "/products/1",
+        Some(STAFF),
+        Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(product["version"], product_version.as_u64().unwrap() + 1);
+}
+
+/// Processing and cancelling race on many orders: whichever comes first,
+/// stock and balance end where they started.
+#[tokio::test]
+async fn racing_cancels_and_processing_keep_stock_and_money_exact() {
+    let server = std::sync::Arc::new(shop().await);
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        ids.push(new_order(&server).await);
+    }
+    let mut tasks = Vec::new();
+    for (n, id) in ids.iter().copied().enumerate() {
+        for action in 0..2 {
+            let server = server.clone();
+            tasks.push(tokio::spawn(async move {
+                if (n + action) % 2 == 0 {
+                    call(
+                        &server,
+                        Method::PUT,
+                        &format!("/api/orders/{id}"),
+                        Some(STAFF),
+                        json!({"process": true}),
+                    )
+                    .await
+                    .status
+                } else {
+                    cancel(&server, id, Some(STAFF), "race").await.status
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        let status = task.await.unwrap();
+        assert!(matches!(status.as_u16(), 200 | 400 | 409), "{status}");
+    }
+    for id in &ids {
+        let order = call(
+            &server,
+            Method::GET,
+            &format!("/orders/{id}"),
+            Some(STAFF),
+            Value::Null,
+        )
+        .await
+        .json();
+        assert_eq!(order["stage"], "cancelled", "every order got its cancel");
+    }
+    // Each cancel that came after processing gave everything back; each
+    // processing that came after a cancel was refused.
+    assert_eq!(stock_and_balance(&server).await, (1000, 1000.0));
+}
