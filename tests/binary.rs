@@ -342,3 +342,70 @@ fn ten_thousand_held_connections_while_updates_continue() {
     drop(held);
     assert!(terminate(&mut child).success());
 }
+
+#[test]
+fn exporting_many_orders_keeps_memory_flat() {
+    const ORDERS: usize = 150_000;
+    const WRITERS: usize = 8;
+    let (mut cmd, _data) = broker();
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0"])
+        .env("ORDER_BROKER_PERSISTENCE_MODE", "memory")
+        .spawn()
+        .unwrap();
+    let addr = listening_addr(&mut child);
+    wait_ready(&addr);
+    std::thread::scope(|s| {
+        for w in 0..WRITERS {
+            let addr = addr.clone();
+            s.spawn(move || {
+                let mut client = RawClient::connect(&addr);
+                for id in (w..ORDERS).step_by(WRITERS) {
+                    let body = format!(
+                        r#"{{"order_id": {id}, "status": "Mixing", "orderbot_id": "bot-{}"}}"#,
+                        id % 7
+                    );
+                    assert_eq!(client.put_json("/update_order", &body), Some(200));
+                }
+            });
+        }
+    });
+    let before = rss_bytes(child.id());
+
+    // Read the export as it streams, watching the broker's memory.
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /orders/export?format=ndjson HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut total, mut lines, mut peak) = (0usize, 0usize, before);
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        lines += buf[..n].iter().filter(|b| **b == b'\n').count();
+        if total % (1 << 20) < n {
+            peak = peak.max(rss_bytes(child.id()));
+        }
+    }
+    let grown = peak.saturating_sub(before);
+    println!(
+        "export of {ORDERS} orders: {} MB streamed, broker RSS grew at most {} MB",
+        total >> 20,
+        grown >> 20
+    );
+    assert!(lines >= ORDERS, "every order exported ({lines} lines)");
+    assert!(
+        total > 20 << 20,
+        "the export is larger than the bound below"
+    );
+    assert!(
+        grown < 12 << 20,
+        "memory grew {grown} bytes while exporting"
+    );
+    assert!(terminate(&mut child).success());
+}

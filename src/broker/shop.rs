@@ -45,6 +45,10 @@ pub struct OrderFilter {
     pub customer_id: Option<CustomerId>,
     pub status: Option<String>,
     pub stage: Option<Stage>,
+    /// Only orders created at or after this time…
+    pub created_from: Option<Millis>,
+    /// …and before this one.
+    pub created_to: Option<Millis>,
     /// Cursor: only ids above this one.
     pub after: Option<OrderId>,
     pub limit: usize,
@@ -308,8 +312,11 @@ impl Broker {
             };
             for id in batch {
                 let Some(order) = self.get(id) else { continue };
-                let matches =
-                    status.is_none_or(|s| s == order.status) && stages.contains(&order.stage);
+                let created = order.created.get();
+                let matches = status.is_none_or(|s| s == order.status)
+                    && stages.contains(&order.stage)
+                    && filter.created_from.is_none_or(|from| created >= from)
+                    && filter.created_to.is_none_or(|to| created < to);
                 if matches {
                     page.push((id, order));
                     if page.len() == limit {

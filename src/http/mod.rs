@@ -7,6 +7,7 @@ pub mod body;
 mod catalog;
 mod cpee;
 pub mod error;
+mod export;
 mod fulfilment;
 mod idempotency;
 mod lifecycle;
@@ -62,7 +63,7 @@ pub(crate) enum Route {
     OrderStatus,
     DeliveryLocation,
     CancelOrder,
-    // Live views.
+    Export,
     Events,
     Views,
     TrackingStream,
@@ -86,7 +87,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 34] = [
+    pub(crate) const ALL: [Route; 35] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -108,6 +109,7 @@ impl Route {
         Route::OrderStatus,
         Route::DeliveryLocation,
         Route::CancelOrder,
+        Route::Export,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -147,6 +149,7 @@ impl Route {
             Route::OrderStatus => "order_status",
             Route::DeliveryLocation => "delivery_location",
             Route::CancelOrder => "cancel_order",
+            Route::Export => "export",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -183,7 +186,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 28] = [
+    const FIXED: [(&'static str, Route); 29] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -210,6 +213,7 @@ impl Route {
         ("/orders/{id}/status", Route::OrderStatus),
         ("/orders/{id}/delivery-location", Route::DeliveryLocation),
         ("/orders/{id}/cancel", Route::CancelOrder),
+        ("/orders/export", Route::Export),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -503,6 +507,7 @@ impl App {
                 fulfilment::put_location(self, req, caller)
             }
             Route::CancelOrder if m == Method::POST => fulfilment::cancel(self, req, caller),
+            Route::Export if read => export::export(self, req),
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),

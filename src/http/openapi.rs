@@ -163,6 +163,9 @@ fn ops() -> Vec<Op> {
         op(R::DeliveryLocation, M::GET, "Where the partner last was.", &[(200, "{lat, lng, at}."), (404, "Order not found, or no location yet.")]).params(&[ID]),
         op(R::CancelOrder, M::POST, "Cancel with a reason (a customer before preparation, staff before delivery); a processed order's stock and money go back.", &[(200, "The cancelled order."), (404, "Order not found."), (409, "Too late, or already cancelled."), INVALID])
             .params(&[ID]).body(r#"{"reason": "changed my mind"}"#),
+        op(R::Export, M::GET, "Every order the filters select, streamed: CSV (RFC 4180, header row), NDJSON or a JSON array.", &[(200, "The export (chunked)."), (400, "A bad format or filter.")])
+            .params(&[("format", "query", "csv", "csv, ndjson or json (the default)."), ("customer_id", "query", "", "Only this customer's."), ("stage", "query", "", "Only this stage."), ("status", "query", "", "Only this status."), ("created_from", "query", "", "Created at or after (ms since the epoch)."), ("created_to", "query", "", "Created before (ms since the epoch).")])
+            .media("text/csv"),
         op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
             .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
         op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])

@@ -184,9 +184,12 @@ pub fn create(
 /// `GET /orders?customer_id=&status=&stage=&limit=&after=`: a JSON array,
 /// ascending by id; `Link: <...>; rel="next"` and `X-Next-Cursor` name the
 /// next page when there may be one.
-pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+/// The filters of `GET /orders` and `/orders/export` from the query:
+/// `customer_id`, `status`, `stage`, `created_from` / `created_to` (ms since
+/// the epoch; from inclusive, to exclusive), `limit`, `after`.
+pub(super) fn filter(req: &Req, limit: usize) -> Result<OrderFilter, ApiError> {
     let mut filter = OrderFilter {
-        limit: DEFAULT_PAGE,
+        limit,
         ..OrderFilter::default()
     };
     let number = |key: &str, value: &str| {
@@ -210,6 +213,8 @@ pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
                         })?,
                 )
             }
+            "created_from" => filter.created_from = Some(Millis(number(&key, &value)?)),
+            "created_to" => filter.created_to = Some(Millis(number(&key, &value)?)),
             "limit" => {
                 let limit = number(&key, &value)? as usize;
                 if !(1..=MAX_PAGE).contains(&limit) {
@@ -223,6 +228,12 @@ pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
             _ => {}
         }
     }
+    Ok(filter)
+}
+
+/// `GET /orders`: a page of orders, filtered (see [`filter`]).
+pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let filter = filter(req, DEFAULT_PAGE)?;
     let (page, next) = app.broker().list_orders(&filter);
     let mut response = orders_response(app, &page);
     if let Some(next) = next {
