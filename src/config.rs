@@ -144,6 +144,8 @@ pub struct Limits {
     /// Seconds after which a finished order leaves memory for the archive;
     /// 0: never by age.
     pub evict_finished_after_secs: u64,
+    /// Most orders one bulk call may name.
+    pub max_bulk_orders: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -327,6 +329,7 @@ impl Default for Limits {
             max_idempotency_keys: 100_000,
             max_orders_kept: 5_000_000,
             evict_finished_after_secs: 0,
+            max_bulk_orders: 100,
         }
     }
 }
@@ -528,6 +531,7 @@ impl Config {
             ("limits.max_idempotency_keys", l.max_idempotency_keys),
             ("limits.max_connections", l.max_connections),
             ("limits.max_orders_kept", l.max_orders_kept),
+            ("limits.max_bulk_orders", l.max_bulk_orders),
             (
                 "cpee.callback_timeout_ms",
                 self.cpee.callback_timeout_ms as usize,

@@ -556,3 +556,172 @@ async fn racing_cancels_and_processing_keep_stock_and_money_exact() {
     // processing that came after a cancel was refused.
     assert_eq!(stock_and_balance(&server).await, (1000, 1000.0));
 }
+
+async fn bulk(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Reply {
+    call(server, method, path, token, body).await
+}
+
+#[tokio::test]
+async fn bulk_status_updates_are_all_or_nothing_or_skip_what_fails() {
+    let server = shop().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(new_order(&server).await);
+    }
+    let path = "/orders/bulk-status-update";
+    // One order is a step ahead: confirming all four is refused as a whole.
+    step(&server, ids[2], Some(STAFF), "confirmed").await;
+    let refused = bulk(
+        &server,
+        Method::PUT,
+        path,
+        Some(STAFF),
+        json!({"order_ids": ids, "status": "confirmed"}),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let body = refused.json();
+    assert_eq!(
+        (body["applied"].clone(), body["failed"].clone()),
+        (json!(0), json!(1))
+    );
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[2]["result"], "failed");
+    assert_eq!(results[2]["status"], 409);
+    assert_eq!(
+        results[2]["error"],
+        "order is confirmed; it can only go to preparing"
+    );
+    assert_eq!(results[0]["result"], "skipped");
+    for id in [ids[0], ids[1], ids[3]] {
+        let order = call(
+            &server,
+            Method::GET,
+            &format!("/orders/{id}"),
+            Some(STAFF),
+            Value::Null,
+        )
+        .await
+        .json();
+        assert_eq!(
+            (order["status"].clone(), order["version"].clone()),
+            (json!("New"), json!(1)),
+            "nothing changed"
+        );
+    }
+
+    // skip_failed applies what it can; an unknown id fails with 404.
+    let mut with_unknown = ids.clone();
+    with_unknown.push(999);
+    let body =
+        json!({"order_ids": with_unknown, "status": "confirmed", "error_policy": "skip_failed"});
+    let partial = bulk(&server, Method::PUT, path, Some(STAFF), body).await;
+    assert_eq!(partial.status, StatusCode::OK);
+    let body = partial.json();
+    assert_eq!(
+        (body["applied"].clone(), body["failed"].clone()),
+        (json!(3), json!(2))
+    );
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[0]["order"]["status"], "Confirmed");
+    assert_eq!(results[4]["status"], 404);
+
+    // Everything valid under reject_all: every order moves.
+    let all = bulk(
+        &server,
+        Method::PUT,
+        path,
+        Some(STAFF),
+        json!({"order_ids": ids, "status": "preparing"}),
+    )
+    .await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.json()["applied"], 4);
+}
+
+#[tokio::test]
+async fn bulk_assignment_and_the_limits_of_a_bulk_call() {
+    let server = shop().await;
+    let a = new_order(&server).await;
+    let b = new_order(&server).await;
+    let path = "/orders/bulk-assign-delivery";
+    let body = json!({"order_ids": [a, b], "partner_id": "rider-7"});
+    assert_eq!(
+        bulk(&server, Method::POST, path, Some(CUST1), body.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        bulk(&server, Method::POST, path, Some(RIDER7), body.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        bulk(&server, Method::POST, path, None, body.clone())
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let reply = bulk(&server, Method::POST, path, Some(STAFF), body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    for id in [a, b] {
+        assert_eq!(
+            server.get(&format!("/get_status/{id}")).await.json()["orderbot_id"],
+            "rider-7"
+        );
+    }
+    // The partner can now move both.
+    let moved = bulk(
+        &server,
+        Method::PUT,
+        "/orders/bulk-status-update",
+        Some(STAFF),
+        json!({"order_ids": [a, b], "status": "confirmed"}),
+    )
+    .await;
+    assert_eq!(moved.status, StatusCode::OK);
+
+    let too_many: Vec<u64> = (1..=101).collect();
+    for bad in [
+        json!({"order_ids": [], "partner_id": "x"}),
+        json!({"order_ids": too_many, "partner_id": "x"}),
+        json!({"order_ids": [a, a], "partner_id": "x"}),
+        json!({"order_ids": [a], "partner_id": ""}),
+        json!({"order_ids": [a]}),
+        json!({"order_ids": [a], "partner_id": "x", "error_policy": "maybe"}),
+        json!({"order_ids": ["a"], "partner_id": "x"}),
+        json!({"order_ids": [a], "partner_id": "x", "extra": 1}),
+    ] {
+        let reply = bulk(&server, Method::POST, path, Some(STAFF), bad.clone()).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let malformed = server
+        .send(
+            Method::POST,
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "token staff-t"),
+            ],
+            "{",
+        )
+        .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    let missing_status = bulk(
+        &server,
+        Method::PUT,
+        "/orders/bulk-status-update",
+        Some(STAFF),
+        json!({"order_ids": [a]}),
+    )
+    .await;
+    assert_eq!(missing_status.status, StatusCode::UNPROCESSABLE_ENTITY);
+}

@@ -36,12 +36,7 @@ impl Broker {
         let partner = self.inner.symbols.intern(partner)?;
         self.apply(id, super::Mode::Update, expected, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
-            if current.stage.is_finished() {
-                return Err(BrokerError::Conflict(format!(
-                    "order is {}; it cannot be assigned",
-                    current.stage
-                )));
-            }
+            assign_check(current)?;
             Ok(Order {
                 orderbot_id: Some(partner),
                 ..current.clone()
@@ -65,15 +60,7 @@ impl Broker {
         self.apply(id, super::Mode::Update, expected, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
             check_assignee(current, partner)?;
-            let now = flow_state(&flow, current);
-            if now.next() != Some(to) {
-                return Err(BrokerError::Conflict(match now.next() {
-                    Some(next) => {
-                        format!("order is {}; it can only go to {}", now.name(), next.name())
-                    }
-                    None => format!("order is {}; it cannot change", now.name()),
-                }));
-            }
+            advance_check(&flow, current, to)?;
             Ok(Order {
                 status: word,
                 shop: current
@@ -137,9 +124,7 @@ impl Broker {
         let flow = self.flow_words();
         let now = Millis::now();
         let mut entry = self
-            .inner
-            .orders
-            .get_mut(&id)
+            .locked(|| self.inner.orders.get_mut(&id))
             .ok_or(BrokerError::OrderNotFound)?;
         check_version(&entry, expected)?;
         let state = flow_state(&flow, &entry);
@@ -256,7 +241,7 @@ impl Broker {
     }
 
     /// The status symbol of each flow word (all reserved at start).
-    fn flow_words(&self) -> Vec<(Sym, Fulfilment)> {
+    pub(super) fn flow_words(&self) -> Vec<(Sym, Fulfilment)> {
         [
             Fulfilment::Confirmed,
             Fulfilment::Preparing,
@@ -266,6 +251,33 @@ impl Broker {
         .filter_map(|f| Some((self.inner.symbols.lookup(f.word())?, f)))
         .collect()
     }
+}
+
+/// Whether an order may be assigned: not once it is finished.
+pub(super) fn assign_check(order: &Order) -> Result<(), BrokerError> {
+    if order.stage.is_finished() {
+        return Err(BrokerError::Conflict(format!(
+            "order is {}; it cannot be assigned",
+            order.stage
+        )));
+    }
+    Ok(())
+}
+
+/// Whether an order may move to `to`: only to the flow's next step.
+pub(super) fn advance_check(
+    flow: &[(Sym, Fulfilment)],
+    order: &Order,
+    to: Fulfilment,
+) -> Result<(), BrokerError> {
+    let now = flow_state(flow, order);
+    if now.next() == Some(to) {
+        return Ok(());
+    }
+    Err(BrokerError::Conflict(match now.next() {
+        Some(next) => format!("order is {}; it can only go to {}", now.name(), next.name()),
+        None => format!("order is {}; it cannot change", now.name()),
+    }))
 }
 
 /// Where an order stands in the delivery flow (see [`Fulfilment::of`]).

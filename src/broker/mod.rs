@@ -17,6 +17,7 @@
 //! processing and the lifecycle in `shop.rs`; products and customers in
 //! `catalog.rs`.
 
+mod bulk;
 mod catalog;
 mod evict;
 mod fulfilment;
@@ -44,6 +45,7 @@ use crate::money::Rate;
 use crate::shop::{Lifecycle, Shortage};
 use crate::symbols::{Sym, Symbols, SymbolsFull, SymbolsReader};
 
+pub use bulk::{BulkAction, BulkResult, ErrorPolicy};
 pub use catalog::{CustomerFields, ProductFields};
 pub use fulfilment::Canceller;
 pub use shop::{NewItem, NewOrder, OrderFilter, Transition};
@@ -222,6 +224,11 @@ struct Inner {
     tax_rate: Rate,
     service_charge_rate: Rate,
     history_size: usize,
+    /// Serialises bulk changes; writers blocked by one wait on it.
+    bulk: Mutex<()>,
+    /// Set while a bulk change runs: order writers other than the bulk's
+    /// own let go of their order and wait (see [`Broker::locked`]).
+    bulk_active: std::sync::atomic::AtomicBool,
     /// The journal, once recovery attached it (`persistence.mode = "journal"`).
     journal: std::sync::OnceLock<Arc<crate::journal::Journal>>,
     /// Random per boot, so a client can tell a restart from a gap in `seq`.
@@ -349,6 +356,8 @@ impl Broker {
                 service_charge_rate: Rate::parse(&shop.service_charge_rate).unwrap_or_default(),
                 history_size: config.events.history_size,
                 journal: std::sync::OnceLock::new(),
+                bulk: Mutex::new(()),
+                bulk_active: std::sync::atomic::AtomicBool::new(false),
                 epoch: random_epoch(),
                 max_text_bytes: config.limits.max_text_bytes,
             }),
@@ -428,7 +437,7 @@ impl Broker {
         change: impl FnOnce(Option<&Order>) -> Result<Order, BrokerError>,
     ) -> Result<Event, BrokerError> {
         let now = Millis::now();
-        let (event, before, after) = match self.inner.orders.entry(id) {
+        let (event, before, after) = match self.locked(|| self.inner.orders.entry(id)) {
             Entry::Occupied(_) if mode == Mode::Create => return Err(BrokerError::IdTaken(id.0)),
             Entry::Occupied(mut entry) => {
                 check_version(entry.get(), expected)?;
@@ -455,6 +464,22 @@ impl Broker {
         self.inner.generations.bump(before, Some(after));
         self.inner.notifier.publish(event.seq);
         Ok(event)
+    }
+
+    /// Locks an order (`lock` takes its map entry) for a change, unless a
+    /// bulk change is running: then the writer lets go, waits for the bulk
+    /// to finish, and tries again. The flag is read *after* the lock is
+    /// taken, and the bulk takes each of its orders' locks once after
+    /// setting it, so no writer of those orders overlaps the bulk.
+    fn locked<T>(&self, lock: impl Fn() -> T) -> T {
+        loop {
+            let guard = lock();
+            if !self.inner.bulk_active.load(Ordering::Acquire) || bulk::is_running_here() {
+                return guard;
+            }
+            drop(guard);
+            drop(self.inner.bulk.lock());
+        }
     }
 
     /// Sets what the broker owns in a changed order: stage, version, times.

@@ -421,7 +421,7 @@ impl Broker {
     /// Takes an order out of the map and its indexes, committing its
     /// removal while it is locked.
     pub(super) fn remove_order(&self, id: OrderId, how: Removal) -> Result<Order, BrokerError> {
-        let Entry::Occupied(entry) = self.inner.orders.entry(id) else {
+        let Entry::Occupied(entry) = self.locked(|| self.inner.orders.entry(id)) else {
             return Err(BrokerError::OrderNotFound);
         };
         let order = entry.get();
@@ -472,9 +472,7 @@ impl Broker {
     ) -> Result<Event, BrokerError> {
         let now = Millis::now();
         let mut entry = self
-            .inner
-            .orders
-            .get_mut(&id)
+            .locked(|| self.inner.orders.get_mut(&id))
             .ok_or(BrokerError::OrderNotFound)?;
         check_version(&entry, expected)?;
         let shop = entry

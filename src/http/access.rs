@@ -88,7 +88,9 @@ pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: b
         Route::Order if method == Method::DELETE => Need::OrderOwner,
         Route::OrderItems => Need::OrderOwner,
         Route::Lifecycle if param == Some("cancel") => Need::OrderOwner,
-        Route::AssignDelivery | Route::Export => Need::StaffOrAdmin,
+        Route::AssignDelivery | Route::Export | Route::BulkStatus | Route::BulkAssign => {
+            Need::StaffOrAdmin
+        }
         Route::OrderStatus => Need::StaffOrPartner,
         Route::DeliveryLocation if read => Need::OrderOwner,
         Route::DeliveryLocation => Need::Partner,

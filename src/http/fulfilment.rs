@@ -1,6 +1,7 @@
 //! Fulfilment endpoints: `PUT /orders/{id}/assign-delivery`,
 //! `PUT /orders/{id}/status` (the delivery flow), `PUT|GET
-//! /orders/{id}/delivery-location`, `POST /orders/{id}/cancel`.
+//! /orders/{id}/delivery-location`, `POST /orders/{id}/cancel`, and the bulk
+//! forms `PUT /orders/bulk-status-update`, `POST /orders/bulk-assign-delivery`.
 
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
@@ -8,11 +9,12 @@ use serde_json::json;
 
 use super::body::json;
 use super::error::ApiError;
+use super::orders::OrderBody;
 use super::orders::{event_response, order_id};
 use super::{App, Body, Req, if_match, json_response};
 use crate::auth::Caller;
-use crate::broker::Canceller;
-use crate::model::Millis;
+use crate::broker::{BulkAction, BulkResult, Canceller, ErrorPolicy};
+use crate::model::{Millis, OrderId};
 use crate::shop::{Fulfilment, Location};
 
 /// A partner id: text, or a number as the FastAPI seed sends it.
@@ -21,6 +23,16 @@ use crate::shop::{Fulfilment, Location};
 enum PartnerId {
     Text(String),
     Number(u64),
+}
+
+fn partner_text(id: &PartnerId) -> Result<String, ApiError> {
+    match id {
+        PartnerId::Text(t) if t.trim().is_empty() => {
+            Err(ApiError::unprocessable("partner_id must not be empty"))
+        }
+        PartnerId::Text(t) => Ok(t.clone()),
+        PartnerId::Number(n) => Ok(n.to_string()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -33,13 +45,7 @@ struct AssignIn {
 pub fn assign(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let id = order_id(req)?;
     let body: AssignIn = json(&req.headers, &req.body)?;
-    let partner = match body.partner_id {
-        PartnerId::Text(t) if t.trim().is_empty() => {
-            return Err(ApiError::unprocessable("partner_id must not be empty"));
-        }
-        PartnerId::Text(t) => t,
-        PartnerId::Number(n) => n.to_string(),
-    };
+    let partner = partner_text(&body.partner_id)?;
     let event = app.broker().assign_delivery(id, &partner, if_match(req)?)?;
     Ok(event_response(app, StatusCode::OK, &event))
 }
@@ -59,10 +65,18 @@ pub fn set_status(
 ) -> Result<Response<Body>, ApiError> {
     let id = order_id(req)?;
     let body: StatusIn = json(&req.headers, &req.body)?;
-    let to = Fulfilment::parse(&body.status)
+    let to = flow_step(&body.status)?;
+    let partner = caller.and_then(Caller::partner_id);
+    let event = app.broker().advance(id, to, partner, if_match(req)?)?;
+    Ok(event_response(app, StatusCode::OK, &event))
+}
+
+/// A step of the delivery flow a client may ask for.
+fn flow_step(status: &str) -> Result<Fulfilment, ApiError> {
+    Fulfilment::parse(status)
         .filter(|f| !matches!(f, Fulfilment::New | Fulfilment::Cancelled))
         .ok_or_else(|| {
-            let hint = if body.status == "cancelled" {
+            let hint = if status == "cancelled" {
                 "; cancel with POST /orders/{id}/cancel and a reason"
             } else {
                 ""
@@ -70,10 +84,7 @@ pub fn set_status(
             ApiError::unprocessable(format!(
                 "status must be one of confirmed, preparing, out_for_delivery, delivered{hint}"
             ))
-        })?;
-    let partner = caller.and_then(Caller::partner_id);
-    let event = app.broker().advance(id, to, partner, if_match(req)?)?;
-    Ok(event_response(app, StatusCode::OK, &event))
+        })
 }
 
 #[derive(Deserialize)]
@@ -137,4 +148,95 @@ pub fn cancel(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Response<
         .broker()
         .cancel_order(id, &body.reason, by, if_match(req)?)?;
     Ok(event_response(app, StatusCode::OK, &event))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkIn {
+    order_ids: Vec<u64>,
+    status: Option<String>,
+    partner_id: Option<PartnerId>,
+    #[serde(default)]
+    error_policy: Option<String>,
+}
+
+/// `PUT /orders/bulk-status-update` `{"order_ids", "status", "error_policy"}`.
+pub fn bulk_status(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let body: BulkIn = json(&req.headers, &req.body)?;
+    let status = body
+        .status
+        .as_deref()
+        .ok_or_else(|| ApiError::unprocessable("status is required"))?;
+    let to = flow_step(status)?;
+    bulk(app, &body, BulkAction::Status(to))
+}
+
+/// `POST /orders/bulk-assign-delivery` `{"order_ids", "partner_id", "error_policy"}`.
+pub fn bulk_assign(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let body: BulkIn = json(&req.headers, &req.body)?;
+    let partner = match &body.partner_id {
+        Some(id) => partner_text(id)?,
+        None => return Err(ApiError::unprocessable("partner_id is required")),
+    };
+    bulk(app, &body, BulkAction::Assign(&partner))
+}
+
+fn bulk(app: &App, body: &BulkIn, action: BulkAction<'_>) -> Result<Response<Body>, ApiError> {
+    let policy = match body.error_policy.as_deref() {
+        None | Some("reject_all") => ErrorPolicy::RejectAll,
+        Some("skip_failed") => ErrorPolicy::SkipFailed,
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "error_policy must be reject_all or skip_failed",
+            ));
+        }
+    };
+    let max = app.max_bulk_orders;
+    if body.order_ids.is_empty() || body.order_ids.len() > max {
+        return Err(ApiError::unprocessable(format!(
+            "order_ids must hold 1 to {max} ids"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = body.order_ids.iter().find(|id| !seen.insert(**id)) {
+        return Err(ApiError::unprocessable(format!(
+            "order_ids names {dup} twice"
+        )));
+    }
+    let ids: Vec<OrderId> = body.order_ids.iter().map(|id| OrderId(*id)).collect();
+    let results = app.broker().bulk(&ids, action, policy);
+    let symbols = app.broker().symbols();
+    let mut applied = 0;
+    let mut failed = 0;
+    let rendered: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(id, result)| match result {
+            BulkResult::Applied(event) => {
+                applied += 1;
+                let order = event.order().map(|(_, o)| OrderBody::new(*id, o, &symbols));
+                json!({"order_id": id, "result": "applied", "order": order})
+            }
+            BulkResult::Failed(e) => {
+                failed += 1;
+                let status = ApiError::from(e.clone()).status.as_u16();
+                json!({"order_id": id, "result": "failed", "status": status, "error": e.to_string()})
+            }
+            BulkResult::Skipped => json!({"order_id": id, "result": "skipped"}),
+        })
+        .collect();
+    drop(symbols);
+    // All or nothing that came to nothing: the request as a whole conflicts.
+    let status = if policy == ErrorPolicy::RejectAll && failed > 0 {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
+    };
+    let policy = match policy {
+        ErrorPolicy::RejectAll => "reject_all",
+        ErrorPolicy::SkipFailed => "skip_failed",
+    };
+    Ok(json_response(
+        status,
+        &json!({"error_policy": policy, "applied": applied, "failed": failed, "results": rendered}),
+    ))
 }

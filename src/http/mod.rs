@@ -64,6 +64,8 @@ pub(crate) enum Route {
     DeliveryLocation,
     CancelOrder,
     Export,
+    BulkStatus,
+    BulkAssign,
     Events,
     Views,
     TrackingStream,
@@ -87,7 +89,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 35] = [
+    pub(crate) const ALL: [Route; 37] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -110,6 +112,8 @@ impl Route {
         Route::DeliveryLocation,
         Route::CancelOrder,
         Route::Export,
+        Route::BulkStatus,
+        Route::BulkAssign,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -150,6 +154,8 @@ impl Route {
             Route::DeliveryLocation => "delivery_location",
             Route::CancelOrder => "cancel_order",
             Route::Export => "export",
+            Route::BulkStatus => "bulk_status_update",
+            Route::BulkAssign => "bulk_assign_delivery",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -176,7 +182,8 @@ impl Route {
             Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
             Route::OrderItems | Route::AssignDelivery | Route::OrderStatus => "PUT, OPTIONS",
             Route::DeliveryLocation => "GET, HEAD, PUT, OPTIONS",
-            Route::CancelOrder => "POST, OPTIONS",
+            Route::CancelOrder | Route::BulkAssign => "POST, OPTIONS",
+            Route::BulkStatus => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
             Route::NextOrder => "GET, HEAD, POST, OPTIONS",
@@ -186,7 +193,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 29] = [
+    const FIXED: [(&'static str, Route); 31] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -214,6 +221,8 @@ impl Route {
         ("/orders/{id}/delivery-location", Route::DeliveryLocation),
         ("/orders/{id}/cancel", Route::CancelOrder),
         ("/orders/export", Route::Export),
+        ("/orders/bulk-status-update", Route::BulkStatus),
+        ("/orders/bulk-assign-delivery", Route::BulkAssign),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -267,6 +276,8 @@ pub struct App {
     pub cpee: std::sync::Arc<crate::cpee::Cpee>,
     cpee_intake_status: String,
     cpee_max_wait_secs: u64,
+    /// `limits.max_bulk_orders`.
+    max_bulk_orders: usize,
     /// Request counters and latency histograms for `/metrics`.
     pub metrics: metrics::Metrics,
     /// False until the broker has recovered its state and may serve.
@@ -324,6 +335,7 @@ impl App {
             openapi,
             cpee_intake_status: config.cpee.intake_status.clone(),
             cpee_max_wait_secs: config.cpee.max_wait_secs,
+            max_bulk_orders: config.limits.max_bulk_orders,
             metrics: metrics::Metrics::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
         })
@@ -508,6 +520,8 @@ impl App {
             }
             Route::CancelOrder if m == Method::POST => fulfilment::cancel(self, req, caller),
             Route::Export if read => export::export(self, req),
+            Route::BulkStatus if m == Method::PUT => fulfilment::bulk_status(self, req),
+            Route::BulkAssign if m == Method::POST => fulfilment::bulk_assign(self, req),
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),

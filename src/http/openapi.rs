@@ -166,6 +166,10 @@ fn ops() -> Vec<Op> {
         op(R::Export, M::GET, "Every order the filters select, streamed: CSV (RFC 4180, header row), NDJSON or a JSON array.", &[(200, "The export (chunked)."), (400, "A bad format or filter.")])
             .params(&[("format", "query", "csv", "csv, ndjson or json (the default)."), ("customer_id", "query", "", "Only this customer's."), ("stage", "query", "", "Only this stage."), ("status", "query", "", "Only this status."), ("created_from", "query", "", "Created at or after (ms since the epoch)."), ("created_to", "query", "", "Created before (ms since the epoch).")])
             .media("text/csv"),
+        op(R::BulkStatus, M::PUT, "Move up to limits.max_bulk_orders orders one step; error_policy reject_all (default, atomic) or skip_failed.", &[(200, "Per-order results: applied, failed (with status and error), skipped."), (409, "reject_all: an order failed, none changed."), INVALID])
+            .body(r#"{"order_ids": [1], "status": "confirmed", "error_policy": "reject_all"}"#),
+        op(R::BulkAssign, M::POST, "Assign a partner to up to limits.max_bulk_orders orders; same error policies.", &[(200, "Per-order results."), (409, "reject_all: an order failed, none changed."), INVALID])
+            .body(r#"{"order_ids": [1], "partner_id": "rider-9", "error_policy": "skip_failed"}"#),
         op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
             .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
         op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])
