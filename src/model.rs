@@ -87,14 +87,19 @@ pub enum Stage {
     InProgress,
     Completed,
     Cancelled,
+    /// Waiting for its time (`POST /orders/scheduled`); on no board view.
+    Scheduled,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
+    pub const COUNT: usize = 5;
+
+    pub const ALL: [Stage; Stage::COUNT] = [
         Stage::New,
         Stage::InProgress,
         Stage::Completed,
         Stage::Cancelled,
+        Stage::Scheduled,
     ];
 
     /// Dense index, for per-stage arrays.
@@ -113,6 +118,7 @@ impl Stage {
             Stage::InProgress => "in_progress",
             Stage::Completed => "completed",
             Stage::Cancelled => "cancelled",
+            Stage::Scheduled => "scheduled",
         }
     }
 }

@@ -55,7 +55,7 @@ pub async fn serve(
         app.ready.store(true, std::sync::atomic::Ordering::Release);
     }
     let watcher = tokio::spawn(app.cpee.clone().watch());
-    let evictor = tokio::spawn(evict(app.clone(), config.limits.clone()));
+    let housekeeping = tokio::spawn(housekeeping(app.clone(), config.limits.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
@@ -111,7 +111,7 @@ pub async fn serve(
     // Event streams never end on their own: end them so connections drain.
     app.live.close();
     watcher.abort();
-    evictor.abort();
+    housekeeping.abort();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     info!(
         open = graceful.count(),
@@ -141,10 +141,11 @@ fn recover(app: &App, persistence: &Persistence) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// Once a second, evicts finished orders past `limits.max_orders_kept` or
-/// older than `limits.evict_finished_after_secs` (off the async threads:
-/// it may scan every finished order).
-async fn evict(app: Arc<App>, limits: Limits) {
+/// Once a second: releases scheduled orders whose time has come (they join
+/// the dispatch queue), and evicts finished orders past
+/// `limits.max_orders_kept` or older than `limits.evict_finished_after_secs`
+/// (off the async threads: it may scan every finished order).
+async fn housekeeping(app: Arc<App>, limits: Limits) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let age = (limits.evict_finished_after_secs > 0)
@@ -153,6 +154,9 @@ async fn evict(app: Arc<App>, limits: Limits) {
         tick.tick().await;
         if !app.ready.load(std::sync::atomic::Ordering::Acquire) {
             continue;
+        }
+        for id in app.broker().release_due(Millis::now()) {
+            app.cpee.enqueue(id);
         }
         let broker = app.broker().clone();
         let max = limits.max_orders_kept;

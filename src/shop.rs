@@ -30,6 +30,9 @@ pub struct ShopOrder {
     pub processed: Option<Millis>,
     /// Every status the order had, with when it got it.
     pub history: Vec<HistoryEntry>,
+    /// When a scheduled order becomes new (`POST /orders/scheduled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<Millis>,
     /// Where the assigned delivery partner last was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_location: Option<Location>,
@@ -149,6 +152,8 @@ pub fn reserved_words() -> impl Iterator<Item = (&'static str, Stage)> {
 /// next. The names are the API's; the status words are what the order shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fulfilment {
+    /// Waiting for its time; it becomes new then (nothing moves it before).
+    Scheduled,
     New,
     Confirmed,
     Preparing,
@@ -159,7 +164,8 @@ pub enum Fulfilment {
 
 impl Fulfilment {
     /// (API name, status word) of each state.
-    const NAMES: [(&'static str, &'static str); 6] = [
+    const NAMES: [(&'static str, &'static str); 7] = [
+        ("scheduled", "Scheduled"),
         ("new", "New"),
         ("confirmed", "Confirmed"),
         ("preparing", "Preparing"),
@@ -170,13 +176,15 @@ impl Fulfilment {
 
     /// Status words the flow owns beyond the lifecycle's, with their stage;
     /// reserved like the lifecycle words.
-    pub const WORDS: [(&'static str, Stage); 3] = [
+    pub const WORDS: [(&'static str, Stage); 4] = [
+        ("Scheduled", Stage::Scheduled),
         ("Preparing", Stage::InProgress),
         ("Out for delivery", Stage::InProgress),
         ("Delivered", Stage::Completed),
     ];
 
-    const ALL: [Fulfilment; 6] = [
+    const ALL: [Fulfilment; 7] = [
+        Fulfilment::Scheduled,
         Fulfilment::New,
         Fulfilment::Confirmed,
         Fulfilment::Preparing,
@@ -201,6 +209,7 @@ impl Fulfilment {
     /// Another word of the in-progress stage counts as confirmed.
     pub fn of(status: &str, stage: Stage) -> Fulfilment {
         match stage {
+            Stage::Scheduled => Fulfilment::Scheduled,
             Stage::New => Fulfilment::New,
             Stage::Completed => Fulfilment::Delivered,
             Stage::Cancelled => Fulfilment::Cancelled,
@@ -218,7 +227,7 @@ impl Fulfilment {
             Fulfilment::Confirmed => Some(Fulfilment::Preparing),
             Fulfilment::Preparing => Some(Fulfilment::OutForDelivery),
             Fulfilment::OutForDelivery => Some(Fulfilment::Delivered),
-            Fulfilment::Delivered | Fulfilment::Cancelled => None,
+            Fulfilment::Scheduled | Fulfilment::Delivered | Fulfilment::Cancelled => None,
         }
     }
 }
@@ -297,7 +306,7 @@ impl Lifecycle {
 
     pub fn of(stage: Stage) -> Lifecycle {
         match stage {
-            Stage::New => Lifecycle::New,
+            Stage::New | Stage::Scheduled => Lifecycle::New,
             Stage::InProgress => Lifecycle::Confirmed,
             Stage::Completed => Lifecycle::Complete,
             Stage::Cancelled => Lifecycle::Cancelled,

@@ -725,3 +725,159 @@ async fn bulk_assignment_and_the_limits_of_a_bulk_call() {
     .await;
     assert_eq!(missing_status.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn scheduled_orders_wait_off_the_board_and_become_new_at_their_time() {
+    let server = shop().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let body =
+        |at: Value| json!({"items": [{"product_id": 1, "quantity": 1}], "scheduled_for": at});
+    let path = "/orders/scheduled";
+    for bad in [
+        json!(now - 1000),
+        json!(now + 400 * 24 * 3600 * 1000),
+        json!("tomorrow"),
+        Value::Null,
+    ] {
+        let reply = call(&server, Method::POST, path, Some(CUST1), body(bad.clone())).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    // scheduled_for belongs on /orders/scheduled only.
+    let misplaced = call(
+        &server,
+        Method::POST,
+        "/orders",
+        Some(CUST1),
+        body(json!(now + 60_000)),
+    )
+    .await;
+    assert_eq!(misplaced.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        call(&server, Method::POST, path, None, body(json!(now + 60_000)))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let soon = call(
+        &server,
+        Method::POST,
+        path,
+        Some(CUST1),
+        body(json!(now + 1500)),
+    )
+    .await;
+    assert_eq!(soon.status, StatusCode::CREATED, "{:?}", soon.body);
+    let soon = soon.json();
+    assert_eq!(
+        (soon["status"].clone(), soon["stage"].clone()),
+        (json!("Scheduled"), json!("scheduled"))
+    );
+    assert_eq!(soon["scheduled_for"], now + 1500);
+    let later = call(
+        &server,
+        Method::POST,
+        path,
+        Some(CUST1),
+        body(json!(now + 3_600_000)),
+    )
+    .await
+    .json();
+    let cancelled = call(
+        &server,
+        Method::POST,
+        path,
+        Some(CUST1),
+        body(json!(now + 1500)),
+    )
+    .await
+    .json();
+    let id = |o: &Value| o["id"].as_u64().unwrap();
+
+    // Off the board's views, and nothing moves it along the flow early.
+    let views = server.get("/views").await.json();
+    for view in ["new", "in_progress", "completed"] {
+        assert_eq!(views[view], json!([]), "{view}");
+    }
+    assert_eq!(
+        server.get("/get_new_orders").await.json()["new_orders"],
+        json!([])
+    );
+    let early = step(&server, id(&soon), Some(STAFF), "confirmed").await;
+    assert_eq!(early.status, StatusCode::CONFLICT);
+    // The customer may cancel it before its time.
+    assert_eq!(
+        cancel(&server, id(&cancelled), Some(CUST1), "plans changed")
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // At its time it becomes new (within the once-a-second sweep).
+    let mut released = Value::Null;
+    for _ in 0..400 {
+        let order = call(
+            &server,
+            Method::GET,
+            &format!("/orders/{}", id(&soon)),
+            Some(STAFF),
+            Value::Null,
+        )
+        .await
+        .json();
+        if order["stage"] == "new" {
+            released = order;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(released["status"], "New", "released at its time");
+    let statuses: Vec<&str> = released["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Scheduled", "New"]);
+    assert_eq!(
+        server.get("/get_new_orders").await.json()["new_orders"],
+        json!([id(&soon)])
+    );
+    // It entered the dispatch queue: an orderbot asking for work gets it.
+    let work = server
+        .send(
+            Method::POST,
+            "/cpee/next-order",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "token staff-t"),
+            ],
+            r#"{"orderbot_id": "robot-1"}"#,
+        )
+        .await;
+    assert_eq!(work.status, StatusCode::OK, "{:?}", work.body);
+    assert_eq!(work.json()["id"], id(&soon));
+    // The cancelled one stays cancelled, the later one waits.
+    let get = |o: &Value| format!("/orders/{}", id(o));
+    assert_eq!(
+        call(
+            &server,
+            Method::GET,
+            &get(&cancelled),
+            Some(STAFF),
+            Value::Null
+        )
+        .await
+        .json()["stage"],
+        "cancelled"
+    );
+    assert_eq!(
+        call(&server, Method::GET, &get(&later), Some(STAFF), Value::Null)
+            .await
+            .json()["stage"],
+        "scheduled"
+    );
+}

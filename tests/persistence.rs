@@ -634,3 +634,44 @@ async fn nothing_but_health_is_served_until_recovery_is_done() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_scheduled_order_survives_a_restart_and_is_released_at_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    let product = json!({"id": 1, "name": "tea", "price": 2, "stock": 5});
+    send(&server, Method::POST, "/products", product).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut ids = Vec::new();
+    for at in [now + 1500, now + 3_600_000] {
+        let body = json!({"items": [{"product_id": 1, "quantity": 1}], "scheduled_for": at});
+        let reply = send(&server, Method::POST, "/orders/scheduled", body).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        ids.push(reply.json()["id"].as_u64().unwrap());
+    }
+    server.stop().await;
+
+    let server = TestServer::with_config(durable_config(dir.path())).await;
+    let stage = |id: u64| {
+        let server = &server;
+        async move { server.get(&format!("/orders/{id}")).await.json()["stage"].clone() }
+    };
+    assert_eq!(stage(ids[1]).await, "scheduled");
+    let mut released = false;
+    for _ in 0..400 {
+        if stage(ids[0]).await == "new" {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(released, "released after the restart");
+    assert_eq!(stage(ids[1]).await, "scheduled");
+    let work = server
+        .send(Method::POST, "/cpee/next-order", &[], "orderbot_id=robot-1")
+        .await;
+    assert_eq!(work.json()["id"], ids[0], "it entered the dispatch queue");
+}

@@ -129,7 +129,10 @@ impl Broker {
         check_version(&entry, expected)?;
         let state = flow_state(&flow, &entry);
         let allowed = match by {
-            Canceller::Customer => matches!(state, Fulfilment::New | Fulfilment::Confirmed),
+            Canceller::Customer => matches!(
+                state,
+                Fulfilment::Scheduled | Fulfilment::New | Fulfilment::Confirmed
+            ),
             Canceller::Staff => !matches!(state, Fulfilment::Delivered | Fulfilment::Cancelled),
         };
         if !allowed {

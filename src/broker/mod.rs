@@ -22,6 +22,7 @@ mod catalog;
 mod evict;
 mod fulfilment;
 mod persist;
+mod schedule;
 mod shop;
 
 use std::collections::hash_map::RandomState;
@@ -239,7 +240,7 @@ struct Inner {
 struct Sequencer {
     last: Seq,
     /// Ids by stage: the views. Kept in step with `orders` on every change.
-    stages: [BTreeSet<OrderId>; 4],
+    stages: [BTreeSet<OrderId>; Stage::COUNT],
     history: History,
     /// The journal writer, once recovery is done (`persistence.mode = "journal"`).
     /// Sent to under this lock, so it gets events in `seq` order.
@@ -284,7 +285,7 @@ impl Sequencer {
 #[derive(Default)]
 struct Generations {
     /// Per stage: bumped by every change that touches an order in the stage.
-    stages: [AtomicU64; 4],
+    stages: [AtomicU64; Stage::COUNT],
     /// Bumped by every order change.
     all: AtomicU64,
 }
@@ -612,7 +613,7 @@ impl Broker {
     }
 
     /// How many orders are in each stage, indexed by [`Stage::index`].
-    pub fn stage_counts(&self) -> [usize; 4] {
+    pub fn stage_counts(&self) -> [usize; Stage::COUNT] {
         let seq = self.sequencer();
         Stage::ALL.map(|s| seq.stages[s.index()].len())
     }
@@ -813,7 +814,7 @@ mod tests {
             last.insert(id, order.clone());
         }
         assert_eq!(versions.values().map(|v| u64::from(*v)).sum::<u64>(), total);
-        let mut by_stage: [BTreeSet<OrderId>; 4] = Default::default();
+        let mut by_stage: [BTreeSet<OrderId>; Stage::COUNT] = Default::default();
         for (id, order) in broker.all_orders() {
             assert_eq!(Some(&order), last.get(&id), "map and feed agree on {id}");
             by_stage[order.stage.index()].insert(id);

@@ -10,7 +10,7 @@ use super::{Broker, Order};
 use crate::feed::History;
 use crate::journal::record::{Record, StoredOrder};
 use crate::journal::{Journal, JournalFailed, Msg};
-use crate::model::{OrderId, Seq, Stamp, Version};
+use crate::model::{OrderId, Seq, Stage, Stamp, Version};
 
 impl Broker {
     /// Hands every record to `out` for a snapshot: a header, every order,
@@ -133,7 +133,7 @@ impl Broker {
     /// customers' orders) and continues the sequence after `last`.
     pub(crate) fn finish_restore(&self, last: Seq) {
         let inner = &self.inner;
-        let mut stages: [BTreeSet<OrderId>; 4] = Default::default();
+        let mut stages: [BTreeSet<OrderId>; Stage::COUNT] = Default::default();
         for entry in inner.orders.iter() {
             let (id, order) = (*entry.key(), entry.value());
             stages[order.stage.index()].insert(id);

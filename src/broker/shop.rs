@@ -17,7 +17,7 @@ use crate::catalog::{CustomerId, Product, ProductId, Slot};
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Stage, Version};
 use crate::shop::{
-    HistoryEntry, Item, Lifecycle, PaymentStatus, ShopOrder, Strategy, Totals, allocate,
+    Fulfilment, HistoryEntry, Item, Lifecycle, PaymentStatus, ShopOrder, Strategy, Totals, allocate,
 };
 
 /// One line of a new order, as the client sent it.
@@ -37,6 +37,8 @@ pub struct NewOrder {
     pub channel: String,
     /// Refuse the order when an item asks for more than is in stock now.
     pub check_stock: bool,
+    /// Hold the order as scheduled until then; it becomes new at that time.
+    pub scheduled_for: Option<Millis>,
 }
 
 /// Which orders a listing returns, and the page.
@@ -104,7 +106,11 @@ impl Broker {
             self.check_stock(&items)?;
         }
         let totals = self.totals(&items)?;
-        let status = self.inner.symbols.intern(Lifecycle::New.text())?;
+        let word = match new.scheduled_for {
+            Some(_) => Fulfilment::Scheduled.word(),
+            None => Lifecycle::New.text(),
+        };
+        let status = self.inner.symbols.reserve(word);
         let now = Millis::now();
         let shop = ShopOrder {
             number: String::new(),
@@ -119,23 +125,27 @@ impl Broker {
             processed: None,
             delivery_location: None,
             history: vec![HistoryEntry {
-                status: Lifecycle::New.text().into(),
+                status: word.into(),
                 at: now,
                 reason: None,
             }],
+            scheduled_for: new.scheduled_for,
             details: Vec::new(),
         };
         self.insert_new(status, shop)
     }
 
-    /// Orders taken in by intake that are still new and have no orderbot,
-    /// ascending by id: the dispatch queue, rebuilt after a restart.
+    /// Orders taken in by intake or released from a schedule that are still
+    /// new and have no orderbot, ascending by id: the dispatch queue,
+    /// rebuilt after a restart.
     pub fn undispatched_intake(&self) -> Vec<OrderId> {
         self.stage_orders(Stage::New)
             .into_iter()
             .filter(|(_, o)| {
                 o.orderbot_id.is_none()
-                    && o.shop.as_ref().is_some_and(|s| s.channel == INTAKE_CHANNEL)
+                    && o.shop
+                        .as_ref()
+                        .is_some_and(|s| s.channel == INTAKE_CHANNEL || s.scheduled_for.is_some())
             })
             .map(|(id, _)| id)
             .collect()
@@ -171,6 +181,7 @@ impl Broker {
             totals: Totals::default(),
             processed: None,
             delivery_location: None,
+            scheduled_for: None,
             history: vec![HistoryEntry {
                 status: status.to_string(),
                 at: now,

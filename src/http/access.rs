@@ -80,7 +80,8 @@ pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: b
         }
         Route::Products | Route::Product if read => Need::Nobody,
         Route::Orders | Route::Customers if read => Need::StaffOrAdmin,
-        Route::Orders => Need::Anyone, // the handler ties a customer's order to them
+        // The handler ties a customer's order to them.
+        Route::Orders | Route::ScheduledOrders => Need::Anyone,
         Route::MyOrders => Need::Customer,
         Route::Customer if read => Need::CustomerSelf,
         Route::CustomerOrders => Need::CustomerSelf,

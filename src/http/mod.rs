@@ -66,6 +66,7 @@ pub(crate) enum Route {
     Export,
     BulkStatus,
     BulkAssign,
+    ScheduledOrders,
     Events,
     Views,
     TrackingStream,
@@ -89,7 +90,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 37] = [
+    pub(crate) const ALL: [Route; 38] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -114,6 +115,7 @@ impl Route {
         Route::Export,
         Route::BulkStatus,
         Route::BulkAssign,
+        Route::ScheduledOrders,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -156,6 +158,7 @@ impl Route {
             Route::Export => "export",
             Route::BulkStatus => "bulk_status_update",
             Route::BulkAssign => "bulk_assign_delivery",
+            Route::ScheduledOrders => "scheduled_orders",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -182,7 +185,7 @@ impl Route {
             Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
             Route::OrderItems | Route::AssignDelivery | Route::OrderStatus => "PUT, OPTIONS",
             Route::DeliveryLocation => "GET, HEAD, PUT, OPTIONS",
-            Route::CancelOrder | Route::BulkAssign => "POST, OPTIONS",
+            Route::CancelOrder | Route::BulkAssign | Route::ScheduledOrders => "POST, OPTIONS",
             Route::BulkStatus => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
@@ -193,7 +196,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 31] = [
+    const FIXED: [(&'static str, Route); 32] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -223,6 +226,7 @@ impl Route {
         ("/orders/export", Route::Export),
         ("/orders/bulk-status-update", Route::BulkStatus),
         ("/orders/bulk-assign-delivery", Route::BulkAssign),
+        ("/orders/scheduled", Route::ScheduledOrders),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -500,11 +504,14 @@ impl App {
 
             Route::Orders if read => orders::list(self, req),
             Route::MyOrders if read => orders::my_orders(self, caller),
-            Route::Orders if m == Method::POST => orders::create(self, req, caller, None),
+            Route::Orders if m == Method::POST => orders::create(self, req, caller, None, false),
+            Route::ScheduledOrders if m == Method::POST => {
+                orders::create(self, req, caller, None, true)
+            }
             Route::CustomerOrders if read => orders::customer_orders(self, req),
             Route::CustomerOrders if m == Method::POST => {
                 let customer = req.id("Customer not found")?;
-                orders::create(self, req, caller, Some(customer))
+                orders::create(self, req, caller, Some(customer), false)
             }
             Route::Order | Route::ProcessOrder if read => orders::get(self, req),
             Route::Order if m == Method::PUT => orders::set_status(self, req),

@@ -170,6 +170,8 @@ fn ops() -> Vec<Op> {
             .body(r#"{"order_ids": [1], "status": "confirmed", "error_policy": "reject_all"}"#),
         op(R::BulkAssign, M::POST, "Assign a partner to up to limits.max_bulk_orders orders; same error policies.", &[(200, "Per-order results."), (409, "reject_all: an order failed, none changed."), INVALID])
             .body(r#"{"order_ids": [1], "partner_id": "rider-9", "error_policy": "skip_failed"}"#),
+        op(R::ScheduledOrders, M::POST, "Create an order that waits, out of the board's views, until scheduled_for (ms since the epoch, within a year); then it becomes new and enters the dispatch queue. Cancellable before.", &[(201, "Created, status Scheduled, stage scheduled."), (400, "Out of stock (with check_stock)."), INVALID])
+            .body(r#"{"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}], "scheduled_for": "{in an hour}"}"#),
         op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
             .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
         op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])
@@ -246,7 +248,10 @@ fn operation(op: &Op, who: &str) -> Value {
         "responses": responses,
     });
     if let Some(example) = op.body {
-        let example: Value = serde_json::from_str(example).expect("examples are JSON");
+        // A time an example needs in the future: an hour after start.
+        let soon = (crate::model::Millis::now().0 + 3_600_000).to_string();
+        let example = example.replace("\"{in an hour}\"", &soon);
+        let example: Value = serde_json::from_str(&example).expect("examples are JSON");
         let mut content = json!({JSON: {"schema": {"type": "object"}, "example": example}});
         if op.form {
             for media in ["application/x-www-form-urlencoded", "multipart/form-data"] {
@@ -280,7 +285,8 @@ mod tests {
                 op.method
             );
             if let Some(body) = op.body {
-                serde_json::from_str::<Value>(body).expect("example bodies are JSON");
+                let body = body.replace("\"{in an hour}\"", "1");
+                serde_json::from_str::<Value>(&body).expect("example bodies are JSON");
             }
         }
     }

@@ -89,6 +89,28 @@ struct OrderIn {
     /// Refuse the order when an item asks for more than is in stock now.
     #[serde(default)]
     check_stock: bool,
+    /// Only on `POST /orders/scheduled`: when the order becomes new.
+    scheduled_for: Option<u64>,
+}
+
+/// How far ahead an order may be scheduled.
+const MAX_SCHEDULE_AHEAD_MS: u64 = 366 * 24 * 3600 * 1000;
+
+/// `scheduled_for` checked: required and in the coming year when
+/// scheduling, refused otherwise.
+fn schedule(schedule: bool, at: Option<u64>) -> Result<Option<Millis>, ApiError> {
+    let now = Millis::now().0;
+    match (schedule, at) {
+        (true, Some(at)) if at > now && at - now <= MAX_SCHEDULE_AHEAD_MS => Ok(Some(Millis(at))),
+        (true, Some(_)) => Err(ApiError::unprocessable(
+            "scheduled_for must be a time in the coming year, in milliseconds since the epoch",
+        )),
+        (true, None) => Err(ApiError::unprocessable("scheduled_for is required")),
+        (false, Some(_)) => Err(ApiError::unprocessable(
+            "scheduled_for: schedule orders with POST /orders/scheduled",
+        )),
+        (false, None) => Ok(None),
+    }
 }
 
 /// Reads items: each an object with `product_id` and a positive integer
@@ -129,8 +151,10 @@ pub fn create(
     req: &Req,
     caller: Option<&Caller>,
     path_customer: Option<u64>,
+    scheduled: bool,
 ) -> Result<Response<Body>, ApiError> {
     let mut body: OrderIn = json(&req.headers, &req.body)?;
+    let scheduled_for = schedule(scheduled, body.scheduled_for)?;
     if let Some(own) = caller.and_then(Caller::customer_id) {
         if body.customer_id.is_some_and(|c| c != own) || path_customer.is_some_and(|c| c != own) {
             return Err(forbidden());
@@ -164,6 +188,7 @@ pub fn create(
         table_number,
         channel: body.channel,
         check_stock: body.check_stock,
+        scheduled_for,
     };
     let event = app.broker().create_order(new).map_err(|e| match e {
         // A customer named in the body is bad data, not a missing page.
