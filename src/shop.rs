@@ -33,6 +33,9 @@ pub struct ShopOrder {
     /// When a scheduled order becomes new (`POST /orders/scheduled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<Millis>,
+    /// The customer's rating after completion, given once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
     /// Where the assigned delivery partner last was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_location: Option<Location>,
@@ -230,6 +233,15 @@ impl Fulfilment {
             Fulfilment::Scheduled | Fulfilment::Delivered | Fulfilment::Cancelled => None,
         }
     }
+}
+
+/// A customer's feedback on a completed order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// 1 to 5.
+    pub rating: u8,
+    pub comment: String,
+    pub at: Millis,
 }
 
 /// Where a delivery partner last was: micro-degrees, so the order stays `Eq`.

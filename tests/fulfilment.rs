@@ -881,3 +881,78 @@ async fn scheduled_orders_wait_off_the_board_and_become_new_at_their_time() {
         "scheduled"
     );
 }
+
+#[tokio::test]
+async fn feedback_comes_from_the_customer_once_after_completion() {
+    let server = shop().await;
+    let id = new_order(&server).await;
+    let path = format!("/orders/{id}/feedback");
+    let give = |token: Option<&'static str>, body: Value| {
+        let (server, path) = (&server, path.clone());
+        async move { call(server, Method::POST, &path, token, body).await }
+    };
+    let good = json!({"rating": 5, "comment": "warm and quick"});
+    let early = give(Some(CUST1), good.clone()).await;
+    assert_eq!(
+        (early.status, early.error()),
+        (
+            StatusCode::CONFLICT,
+            "feedback is given after completion".into()
+        )
+    );
+    for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
+        step(&server, id, Some(STAFF), status).await;
+    }
+    // Only the order's customer: not another, not staff, not its partner.
+    assert_eq!(
+        give(Some(CUST2), good.clone()).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        give(Some(STAFF), good.clone()).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        give(None, good.clone()).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    for bad in [
+        json!({"rating": 0}),
+        json!({"rating": 6}),
+        json!({"rating": 4.5}),
+        json!({"rating": "5"}),
+        json!({"comment": "no rating"}),
+        json!({"rating": 3, "comment": "x".repeat(1001)}),
+        json!({"rating": 3, "stars": 3}),
+    ] {
+        assert_eq!(
+            give(Some(CUST1), bad.clone()).await.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}"
+        );
+    }
+    let given = give(Some(CUST1), good.clone()).await;
+    assert_eq!(given.status, StatusCode::CREATED);
+    assert_eq!(
+        (
+            given.json()["rating"].clone(),
+            given.json()["comment"].clone()
+        ),
+        (json!(5), json!("warm and quick"))
+    );
+    let again = give(Some(CUST1), json!({"rating": 1})).await;
+    assert_eq!(
+        (again.status, again.error()),
+        (StatusCode::CONFLICT, "feedback was already given".into())
+    );
+    let order = call(
+        &server,
+        Method::GET,
+        &format!("/orders/{id}"),
+        Some(CUST1),
+        Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(order["feedback"]["rating"], 5);
+}

@@ -30,8 +30,8 @@ fn config() -> order_broker::Config {
 }
 
 /// A broker with product 1, customer 1, order 1 (customer 1's, with items,
-/// assigned to delivery partner rider-7, with a location) and pending
-/// callback 1; the order's number.
+/// assigned to delivery partner rider-7, with a location), order 2
+/// (customer 1's, delivered) and pending callback 1; order 1's number.
 async fn fixture() -> (TestServer, String) {
     let server = TestServer::with_config(config()).await;
     let json_ct = ("content-type", "application/json");
@@ -58,6 +58,20 @@ async fn fixture() -> (TestServer, String) {
     )
     .await;
     assert_eq!(order["id"], 1);
+    // Order 2, delivered (for feedback).
+    let second = post(
+        "/orders",
+        json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(second["id"], 2);
+    for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
+        let body = json!({"status": status}).to_string();
+        let reply = server
+            .send(Method::PUT, "/orders/2/status", &[json_ct, auth], &body)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
     let assign = r#"{"partner_id": "rider-7"}"#;
     let reply = server
         .send(
@@ -160,7 +174,7 @@ async fn every_documented_operation_answers_as_documented() {
     for op in ops {
         let (server, number) = fixture().await;
         let token = match op.who.as_str() {
-            "customer" => CUSTOMER,
+            "customer" | "the order's customer" => CUSTOMER,
             "the assigned delivery partner" => RIDER,
             _ => ADMIN,
         };

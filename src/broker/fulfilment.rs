@@ -12,7 +12,7 @@ use super::{Broker, BrokerError, check_version};
 use crate::catalog::{Customer, Product, ProductId, Slot};
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Stage, Version};
-use crate::shop::{Fulfilment, Lifecycle, Location, ShopOrder};
+use crate::shop::{Feedback, Fulfilment, Lifecycle, Location, ShopOrder};
 use crate::symbols::Sym;
 
 /// Who asks to cancel, which decides until when they may.
@@ -96,6 +96,51 @@ impl Broker {
             Ok(Order {
                 shop: Some(Arc::new(ShopOrder {
                     delivery_location: Some(location),
+                    ..(**shop).clone()
+                })),
+                ..current.clone()
+            })
+        })
+    }
+
+    /// Records the customer's feedback: once, after completion.
+    pub fn add_feedback(
+        &self,
+        id: OrderId,
+        rating: u8,
+        comment: &str,
+    ) -> Result<Event, BrokerError> {
+        if !(1..=5).contains(&rating) {
+            return Err(BrokerError::Invalid("rating must be 1 to 5".into()));
+        }
+        if comment.len() > 1000 {
+            return Err(BrokerError::TextTooLong {
+                field: "comment",
+                limit: 1000,
+            });
+        }
+        self.apply(id, super::Mode::Update, None, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            let shop = current
+                .shop
+                .as_ref()
+                .filter(|s| s.customer_id.is_some())
+                .ok_or_else(|| BrokerError::Conflict("order has no customer".into()))?;
+            if current.stage != Stage::Completed {
+                return Err(BrokerError::Conflict(
+                    "feedback is given after completion".into(),
+                ));
+            }
+            if shop.feedback.is_some() {
+                return Err(BrokerError::Conflict("feedback was already given".into()));
+            }
+            Ok(Order {
+                shop: Some(Arc::new(ShopOrder {
+                    feedback: Some(Feedback {
+                        rating,
+                        comment: comment.to_string(),
+                        at: Millis::now(),
+                    }),
                     ..(**shop).clone()
                 })),
                 ..current.clone()

@@ -124,6 +124,7 @@ impl Broker {
             totals,
             processed: None,
             delivery_location: None,
+            feedback: None,
             history: vec![HistoryEntry {
                 status: word.into(),
                 at: now,
@@ -181,6 +182,7 @@ impl Broker {
             totals: Totals::default(),
             processed: None,
             delivery_location: None,
+            feedback: None,
             scheduled_for: None,
             history: vec![HistoryEntry {
                 status: status.to_string(),

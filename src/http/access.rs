@@ -33,6 +33,8 @@ pub enum Need {
     StaffOrPartner,
     /// A delivery partner (the one assigned, checked by the broker).
     Partner,
+    /// The customer who owns the order, only.
+    OrderCustomer,
     /// Privileged, or the customer the path names.
     CustomerSelf,
     /// Privileged, or the customer who owns the order (named by the path,
@@ -50,6 +52,7 @@ impl Need {
             Need::StaffOrAdmin => "staff, admin",
             Need::StaffOrPartner => "staff, admin, or the assigned delivery partner",
             Need::Partner => "the assigned delivery partner",
+            Need::OrderCustomer => "the order's customer",
             Need::Customer => "customer",
             Need::CustomerSelf => "staff, admin, service, or that customer",
             Need::OrderOwner => "staff, admin, service, or the order's customer",
@@ -96,6 +99,7 @@ pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: b
         Route::DeliveryLocation if read => Need::OrderOwner,
         Route::DeliveryLocation => Need::Partner,
         Route::CancelOrder => Need::OrderOwner,
+        Route::Feedback => Need::OrderCustomer,
         _ => Need::Privileged,
     }
 }
@@ -141,26 +145,32 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
             let id = path_id();
             caller.is_privileged() || (id.is_some() && caller.customer_id() == id)
         }
-        Need::OrderOwner => {
-            caller.is_privileged() || {
-                let order = if route == Route::Lifecycle {
-                    order_in_body(app, req)
-                } else {
-                    path_id().map(OrderId)
-                };
-                let owner = order
-                    .and_then(|id| app.broker().get(id))
-                    .and_then(|o| o.shop.as_ref().and_then(|s| s.customer_id))
-                    .map(|c| c.0);
-                owner.is_some() && owner == caller.customer_id()
-            }
-        }
+        Need::OrderOwner => caller.is_privileged() || owns_order(app, route, req, &caller),
+        Need::OrderCustomer => owns_order(app, route, req, &caller),
     };
     if allowed {
         Ok(Some(caller))
     } else {
         Err(forbidden())
     }
+}
+
+/// Whether the caller is the customer of the order the request names (by
+/// path, or for a lifecycle call by number in the body).
+fn owns_order(app: &App, route: Route, req: &Req, caller: &Caller) -> bool {
+    let order = if route == Route::Lifecycle {
+        order_in_body(app, req)
+    } else {
+        req.param
+            .as_deref()
+            .and_then(|p| p.parse::<u64>().ok())
+            .map(OrderId)
+    };
+    let owner = order
+        .and_then(|id| app.broker().get(id))
+        .and_then(|o| o.shop.as_ref().and_then(|s| s.customer_id))
+        .map(|c| c.0);
+    owner.is_some() && owner == caller.customer_id()
 }
 
 /// The order a lifecycle request names by number.

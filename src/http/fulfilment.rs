@@ -240,3 +240,23 @@ fn bulk(app: &App, body: &BulkIn, action: BulkAction<'_>) -> Result<Response<Bod
         &json!({"error_policy": policy, "applied": applied, "failed": failed, "results": rendered}),
     ))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackIn {
+    rating: u8,
+    #[serde(default)]
+    comment: String,
+}
+
+/// `POST /orders/{id}/feedback` `{"rating": 1..5, "comment"}`: the order's
+/// customer, once, after completion.
+pub fn feedback(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = order_id(req)?;
+    let body: FeedbackIn = json(&req.headers, &req.body)?;
+    let event = app.broker().add_feedback(id, body.rating, &body.comment)?;
+    let feedback = event
+        .order()
+        .and_then(|(_, o)| o.shop.as_ref()?.feedback.clone());
+    Ok(json_response(StatusCode::CREATED, &feedback))
+}

@@ -67,6 +67,7 @@ pub(crate) enum Route {
     BulkStatus,
     BulkAssign,
     ScheduledOrders,
+    Feedback,
     Events,
     Views,
     TrackingStream,
@@ -90,7 +91,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 38] = [
+    pub(crate) const ALL: [Route; 39] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -116,6 +117,7 @@ impl Route {
         Route::BulkStatus,
         Route::BulkAssign,
         Route::ScheduledOrders,
+        Route::Feedback,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -159,6 +161,7 @@ impl Route {
             Route::BulkStatus => "bulk_status_update",
             Route::BulkAssign => "bulk_assign_delivery",
             Route::ScheduledOrders => "scheduled_orders",
+            Route::Feedback => "feedback",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -185,7 +188,9 @@ impl Route {
             Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
             Route::OrderItems | Route::AssignDelivery | Route::OrderStatus => "PUT, OPTIONS",
             Route::DeliveryLocation => "GET, HEAD, PUT, OPTIONS",
-            Route::CancelOrder | Route::BulkAssign | Route::ScheduledOrders => "POST, OPTIONS",
+            Route::CancelOrder | Route::BulkAssign | Route::ScheduledOrders | Route::Feedback => {
+                "POST, OPTIONS"
+            }
             Route::BulkStatus => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
@@ -196,7 +201,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 32] = [
+    const FIXED: [(&'static str, Route); 33] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -227,6 +232,7 @@ impl Route {
         ("/orders/bulk-status-update", Route::BulkStatus),
         ("/orders/bulk-assign-delivery", Route::BulkAssign),
         ("/orders/scheduled", Route::ScheduledOrders),
+        ("/orders/{id}/feedback", Route::Feedback),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -529,6 +535,7 @@ impl App {
             Route::Export if read => export::export(self, req),
             Route::BulkStatus if m == Method::PUT => fulfilment::bulk_status(self, req),
             Route::BulkAssign if m == Method::POST => fulfilment::bulk_assign(self, req),
+            Route::Feedback if m == Method::POST => fulfilment::feedback(self, req),
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),

@@ -172,6 +172,8 @@ fn ops() -> Vec<Op> {
             .body(r#"{"order_ids": [1], "partner_id": "rider-9", "error_policy": "skip_failed"}"#),
         op(R::ScheduledOrders, M::POST, "Create an order that waits, out of the board's views, until scheduled_for (ms since the epoch, within a year); then it becomes new and enters the dispatch queue. Cancellable before.", &[(201, "Created, status Scheduled, stage scheduled."), (400, "Out of stock (with check_stock)."), INVALID])
             .body(r#"{"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}], "scheduled_for": "{in an hour}"}"#),
+        op(R::Feedback, M::POST, "The order's customer rates it (1 to 5, with a comment): once, after completion.", &[(201, "The feedback."), (404, "Order not found."), (409, "Not completed, or given already."), INVALID])
+            .params(&[("id", "path", "2", "A completed order's id.")]).body(r#"{"rating": 5, "comment": "quick and warm"}"#),
         op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
             .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
         op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])
