@@ -41,6 +41,27 @@ pub struct Customer {
     pub version: u32,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TemplateId(pub u64);
+
+/// A customer's saved order: what to order again with one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub id: TemplateId,
+    pub customer_id: CustomerId,
+    pub name: String,
+    pub items: Vec<TemplateItem>,
+    pub notes: String,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateItem {
+    pub product_id: ProductId,
+    pub quantity: u64,
+}
+
 /// A record a [`Table`] can hold.
 pub trait Record: Clone {
     type Id: Copy + Eq + Ord + std::hash::Hash;
@@ -71,6 +92,19 @@ impl Record for Customer {
         CustomerId(raw)
     }
     fn raw(id: CustomerId) -> u64 {
+        id.0
+    }
+}
+
+impl Record for Template {
+    type Id = TemplateId;
+    fn id(&self) -> TemplateId {
+        self.id
+    }
+    fn from_raw(raw: u64) -> TemplateId {
+        TemplateId(raw)
+    }
+    fn raw(id: TemplateId) -> u64 {
         id.0
     }
 }

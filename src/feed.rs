@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use std::sync::Arc;
 
-use crate::catalog::{Customer, CustomerId, Product, ProductId};
+use crate::catalog::{Customer, CustomerId, Product, ProductId, Template, TemplateId};
 use crate::model::{Order, OrderId, Seq, Stage};
 
 /// One change, with its place in the global sequence.
@@ -42,6 +42,8 @@ pub enum Change {
     ProductRemoved(ProductId),
     Customer(Arc<Customer>),
     CustomerRemoved(CustomerId),
+    Template(Arc<Template>),
+    TemplateRemoved(TemplateId),
 }
 
 impl Event {

@@ -956,3 +956,212 @@ async fn feedback_comes_from_the_customer_once_after_completion() {
     .json();
     assert_eq!(order["feedback"]["rating"], 5);
 }
+
+#[tokio::test]
+async fn templates_belong_to_their_customer_and_reorder_at_current_prices() {
+    let server = shop().await;
+    let usual =
+        json!({"name": "usual", "items": [{"product_id": 1, "quantity": 2}], "notes": "no sugar"});
+    let created = call(
+        &server,
+        Method::POST,
+        "/templates",
+        Some(CUST1),
+        usual.clone(),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let template = created.json();
+    assert_eq!(template["customer_id"], 1, "a customer's own id is implied");
+    let id = template["id"].as_u64().unwrap();
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/templates/{id}").as_str())
+    );
+
+    // Not for another customer; staff must say whose; bad input refused.
+    let mut other = usual.clone();
+    other["customer_id"] = json!(2);
+    assert_eq!(
+        call(&server, Method::POST, "/templates", Some(CUST1), other)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &server,
+            Method::POST,
+            "/templates",
+            Some(STAFF),
+            usual.clone()
+        )
+        .await
+        .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        call(
+            &server,
+            Method::POST,
+            "/templates",
+            Some(RIDER7),
+            usual.clone()
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::POST, "/templates", None, usual.clone())
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    for bad in [
+        json!({"name": "", "items": [{"product_id": 1, "quantity": 1}]}),
+        json!({"name": "x", "items": []}),
+        json!({"name": "x", "items": [{"product_id": 9, "quantity": 1}]}),
+        json!({"name": "x", "items": [{"product_id": 1, "quantity": 0}]}),
+        json!({"name": "x", "items": [{"product_id": 1, "quantity": 1}], "colour": "red"}),
+        json!({"items": [{"product_id": 1, "quantity": 1}]}),
+        json!({"name": "x", "items": [{"product_id": 1, "quantity": 1}], "customer_id": 77}),
+    ] {
+        let token = if bad.get("customer_id").is_some() {
+            STAFF
+        } else {
+            CUST1
+        };
+        let reply = call(
+            &server,
+            Method::POST,
+            "/templates",
+            Some(token),
+            bad.clone(),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+
+    // Reading: own only for customers, all for staff.
+    let path = format!("/templates/{id}");
+    assert_eq!(
+        call(&server, Method::GET, &path, Some(CUST2), Value::Null)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::GET, &path, Some(CUST1), Value::Null)
+            .await
+            .json()["name"],
+        "usual"
+    );
+    assert_eq!(
+        call(&server, Method::GET, "/templates", Some(CUST2), Value::Null)
+            .await
+            .json(),
+        json!([])
+    );
+    assert_eq!(
+        call(&server, Method::GET, "/templates", Some(STAFF), Value::Null)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        call(
+            &server,
+            Method::GET,
+            "/templates?customer_id=2",
+            Some(STAFF),
+            Value::Null
+        )
+        .await
+        .json(),
+        json!([])
+    );
+    assert_eq!(
+        call(
+            &server,
+            Method::GET,
+            "/templates/99",
+            Some(STAFF),
+            Value::Null
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Ordering it prices at today's price.
+    let price = json!({"price": "3.00"});
+    assert_eq!(
+        call(&server, Method::PUT, "/products/1", Some(STAFF), price)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let order_path = format!("/templates/{id}/order");
+    assert_eq!(
+        call(&server, Method::POST, &order_path, Some(CUST2), Value::Null)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let ordered = call(&server, Method::POST, &order_path, Some(CUST1), Value::Null).await;
+    assert_eq!(ordered.status, StatusCode::CREATED, "{:?}", ordered.body);
+    let order = ordered.json();
+    assert_eq!(
+        (order["grand_total"].clone(), order["notes"].clone()),
+        (json!(6.0), json!("no sugar"))
+    );
+    assert_eq!(order["items"][0]["unit_price"], 3.0);
+    assert_eq!(order["customer_id"], 1);
+
+    // Stock is checked like a new order's; a product gone is named.
+    let low = json!({"stock": 1});
+    call(&server, Method::PUT, "/products/1", Some(STAFF), low).await;
+    let short = call(&server, Method::POST, &order_path, Some(CUST1), Value::Null).await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    assert_eq!(short.json()["items"][0]["available"], 1);
+    call(
+        &server,
+        Method::DELETE,
+        "/products/1",
+        Some(STAFF),
+        Value::Null,
+    )
+    .await;
+    let gone = call(&server, Method::POST, &order_path, Some(CUST1), Value::Null).await;
+    assert_eq!(
+        (gone.status, gone.error()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "items[0]: product 1 not found".into()
+        )
+    );
+
+    // Deleting: the owner (or staff).
+    assert_eq!(
+        call(&server, Method::DELETE, &path, Some(CUST2), Value::Null)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::DELETE, &path, Some(CUST1), Value::Null)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&server, Method::GET, &path, Some(STAFF), Value::Null)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}

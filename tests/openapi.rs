@@ -31,7 +31,8 @@ fn config() -> order_broker::Config {
 
 /// A broker with product 1, customer 1, order 1 (customer 1's, with items,
 /// assigned to delivery partner rider-7, with a location), order 2
-/// (customer 1's, delivered) and pending callback 1; order 1's number.
+/// (customer 1's, delivered), template 1 (customer 1's) and pending
+/// callback 1; order 1's number.
 async fn fixture() -> (TestServer, String) {
     let server = TestServer::with_config(config()).await;
     let json_ct = ("content-type", "application/json");
@@ -58,6 +59,12 @@ async fn fixture() -> (TestServer, String) {
     )
     .await;
     assert_eq!(order["id"], 1);
+    let template = post(
+        "/templates",
+        json!({"customer_id": 1, "name": "usual", "items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(template["id"], 1);
     // Order 2, delivered (for feedback).
     let second = post(
         "/orders",

@@ -84,6 +84,7 @@ async fn state(server: &TestServer) -> Value {
         "completed": server.get("/get_completed_orders").await.json(),
         "products": server.get("/products").await.json(),
         "customers": server.get("/customers").await.json(),
+        "templates": server.get("/templates").await.json(),
         "orders": server.get("/orders?limit=1000").await.json(),
     });
     let ids: Vec<u64> = all["get_all"]
@@ -170,6 +171,14 @@ async fn fill(server: &TestServer) {
             .await
             .status,
         StatusCode::OK
+    );
+    let template =
+        json!({"customer_id": 1, "name": "usual", "items": [{"product_id": 1, "quantity": 1}]});
+    assert_eq!(
+        send(server, Method::POST, "/templates", template)
+            .await
+            .status,
+        StatusCode::CREATED
     );
     let deleted = format!("/orders/{}", ids[2]["id"]);
     assert_eq!(

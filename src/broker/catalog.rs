@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use super::{Broker, BrokerError};
-use crate::catalog::{Customer, CustomerId, Product, ProductId, Record, Table};
+use super::{NewItem, NewOrder};
+use crate::catalog::{
+    Customer, CustomerId, Product, ProductId, Record, Table, Template, TemplateId, TemplateItem,
+};
 use crate::feed::{Change, Event};
 use crate::model::Version;
 use crate::money::Money;
@@ -63,7 +66,99 @@ impl Published for Customer {
     }
 }
 
+impl Published for Template {
+    fn changed(record: Arc<Self>) -> Change {
+        Change::Template(record)
+    }
+    fn removed(id: TemplateId) -> Change {
+        Change::TemplateRemoved(id)
+    }
+    fn version_mut(&mut self) -> &mut u32 {
+        &mut self.version
+    }
+    fn not_found(_: TemplateId) -> BrokerError {
+        BrokerError::TemplateNotFound
+    }
+}
+
 impl Broker {
+    /// Saves a customer's order to repeat: the customer and every product
+    /// must exist now (items are checked like a new order's).
+    pub fn create_template(
+        &self,
+        customer_id: CustomerId,
+        name: String,
+        items: Vec<NewItem>,
+        notes: String,
+    ) -> Result<Template, BrokerError> {
+        check_name(&name)?;
+        if notes.len() > 1000 {
+            return Err(BrokerError::TextTooLong {
+                field: "notes",
+                limit: 1000,
+            });
+        }
+        if items.is_empty() {
+            return Err(BrokerError::Invalid("items must not be empty".into()));
+        }
+        if self.customer(customer_id).is_none() {
+            return Err(BrokerError::CustomerNotFound(customer_id.0));
+        }
+        self.price_items(&items)?;
+        let items = items
+            .iter()
+            .map(|i| TemplateItem {
+                product_id: i.product_id,
+                quantity: i.quantity,
+            })
+            .collect();
+        self.insert(&self.inner.templates, None, |id| Template {
+            id,
+            customer_id,
+            name,
+            items,
+            notes,
+            version: 1,
+        })
+    }
+
+    /// Every template, or one customer's; ascending by id.
+    pub fn templates(&self, customer: Option<CustomerId>) -> Vec<Template> {
+        let mut all = self.inner.templates.list();
+        all.retain(|t| customer.is_none_or(|c| t.customer_id == c));
+        all
+    }
+
+    pub fn template(&self, id: TemplateId) -> Option<Template> {
+        self.inner.templates.get(id)
+    }
+
+    pub fn delete_template(&self, id: TemplateId) -> Result<Template, BrokerError> {
+        self.remove(&self.inner.templates, id)
+    }
+
+    /// Orders a template again: current prices, stock checked, like any new
+    /// order (a product deleted since → 422 naming the item).
+    pub fn order_template(&self, id: TemplateId) -> Result<Event, BrokerError> {
+        let template = self.template(id).ok_or(BrokerError::TemplateNotFound)?;
+        self.create_order(NewOrder {
+            customer_id: Some(template.customer_id),
+            items: template
+                .items
+                .iter()
+                .map(|i| NewItem {
+                    product_id: i.product_id,
+                    quantity: i.quantity,
+                })
+                .collect(),
+            notes: template.notes,
+            table_number: None,
+            channel: "template".into(),
+            check_stock: true,
+            scheduled_for: None,
+        })
+    }
+
     pub fn products(&self) -> Vec<Product> {
         self.inner.products.list()
     }

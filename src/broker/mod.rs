@@ -66,6 +66,7 @@ pub enum BrokerError {
     /// The record has changed `u32::MAX` times.
     VersionExhausted,
     OrderNotFound,
+    TemplateNotFound,
     ProductNotFound(u64),
     CustomerNotFound(u64),
     /// An id chosen by the client is taken.
@@ -128,6 +129,7 @@ impl fmt::Display for BrokerError {
             ),
             BrokerError::VersionExhausted => f.write_str("this record cannot change any more"),
             BrokerError::OrderNotFound => f.write_str("Order not found"),
+            BrokerError::TemplateNotFound => f.write_str("Template not found"),
             BrokerError::ProductNotFound(id) => write!(f, "product {id} not found"),
             BrokerError::CustomerNotFound(id) => write!(f, "customer {id} not found"),
             BrokerError::IdTaken(id) => write!(f, "id {id} is taken"),
@@ -214,6 +216,8 @@ struct Inner {
     /// Products and customers, each record behind its own lock.
     products: Table<Product>,
     customers: Table<Customer>,
+    /// Customers' saved orders.
+    templates: Table<crate::catalog::Template>,
     /// Shop order numbers → ids. Written while the order's shard is locked.
     numbers: DashMap<String, OrderId>,
     /// Each customer's orders. Written while the order's shard is locked.
@@ -348,6 +352,7 @@ impl Broker {
                 stage_words,
                 products: Table::default(),
                 customers: Table::default(),
+                templates: Table::default(),
                 numbers: DashMap::new(),
                 by_customer: DashMap::new(),
                 next_order_id: AtomicU64::new(1),

@@ -29,6 +29,7 @@ impl Broker {
             next_order_id: inner.next_order_id.load(Ordering::Relaxed),
             next_product_id: inner.products.next_id(),
             next_customer_id: inner.customers.next_id(),
+            next_template_id: inner.templates.next_id(),
         })?;
         let mut records = 0u64;
         // Sized up front: growing it while a shard is locked would copy
@@ -66,6 +67,13 @@ impl Broker {
             })?;
             records += 1;
         }
+        for template in inner.templates.list() {
+            out(&Record::Template {
+                seq,
+                template: Arc::new(template),
+            })?;
+            records += 1;
+        }
         out(&Record::End { records })?;
         Ok(seq)
     }
@@ -97,12 +105,18 @@ impl Broker {
                 inner.customers.restore(Arc::unwrap_or_clone(customer))
             }
             Record::CustomerRemoved { id, .. } => inner.customers.restore_removed(id),
+            Record::Template { template, .. } => {
+                inner.templates.restore(Arc::unwrap_or_clone(template))
+            }
+            Record::TemplateRemoved { id, .. } => inner.templates.restore_removed(id),
             Record::Snapshot {
                 next_order_id,
                 next_product_id,
                 next_customer_id,
+                next_template_id,
                 ..
             } => {
+                inner.templates.reserve_ids(next_template_id);
                 inner
                     .next_order_id
                     .fetch_max(next_order_id, Ordering::Relaxed);

@@ -240,7 +240,7 @@ impl Broker {
     }
 
     /// Checks the items and captures each product's name and price.
-    fn price_items(&self, items: &[NewItem]) -> Result<Vec<Item>, BrokerError> {
+    pub(super) fn price_items(&self, items: &[NewItem]) -> Result<Vec<Item>, BrokerError> {
         items
             .iter()
             .enumerate()

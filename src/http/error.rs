@@ -104,6 +104,7 @@ impl From<BrokerError> for ApiError {
         let message = e.to_string();
         match e {
             BrokerError::OrderNotFound
+            | BrokerError::TemplateNotFound
             | BrokerError::ProductNotFound(_)
             | BrokerError::CustomerNotFound(_) => ApiError::not_found(message),
             BrokerError::IdTaken(_) | BrokerError::Conflict(_) => {

@@ -17,6 +17,7 @@ mod openapi;
 mod ops;
 mod order_store;
 mod orders;
+mod templates;
 
 use std::convert::Infallible;
 
@@ -68,6 +69,9 @@ pub(crate) enum Route {
     BulkAssign,
     ScheduledOrders,
     Feedback,
+    Templates,
+    Template,
+    TemplateOrder,
     Events,
     Views,
     TrackingStream,
@@ -91,7 +95,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 39] = [
+    pub(crate) const ALL: [Route; 42] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -118,6 +122,9 @@ impl Route {
         Route::BulkAssign,
         Route::ScheduledOrders,
         Route::Feedback,
+        Route::Templates,
+        Route::Template,
+        Route::TemplateOrder,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -162,6 +169,9 @@ impl Route {
             Route::BulkAssign => "bulk_assign_delivery",
             Route::ScheduledOrders => "scheduled_orders",
             Route::Feedback => "feedback",
+            Route::Templates => "templates",
+            Route::Template => "template",
+            Route::TemplateOrder => "template_order",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -182,26 +192,31 @@ impl Route {
     fn allow(self) -> &'static str {
         match self {
             Route::Update => "PUT, POST, OPTIONS",
-            Route::Products | Route::Customers | Route::CustomerOrders | Route::Orders => {
-                "GET, HEAD, POST, OPTIONS"
-            }
+            Route::Products
+            | Route::Customers
+            | Route::CustomerOrders
+            | Route::Orders
+            | Route::Templates => "GET, HEAD, POST, OPTIONS",
             Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
             Route::OrderItems | Route::AssignDelivery | Route::OrderStatus => "PUT, OPTIONS",
             Route::DeliveryLocation => "GET, HEAD, PUT, OPTIONS",
-            Route::CancelOrder | Route::BulkAssign | Route::ScheduledOrders | Route::Feedback => {
-                "POST, OPTIONS"
-            }
+            Route::CancelOrder
+            | Route::BulkAssign
+            | Route::ScheduledOrders
+            | Route::Feedback
+            | Route::TemplateOrder => "POST, OPTIONS",
             Route::BulkStatus => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
             Route::NextOrder => "GET, HEAD, POST, OPTIONS",
             Route::CpeeCallback => "DELETE, OPTIONS",
+            Route::Template => "GET, HEAD, DELETE, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 33] = [
+    const FIXED: [(&'static str, Route); 36] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -233,6 +248,9 @@ impl Route {
         ("/orders/bulk-assign-delivery", Route::BulkAssign),
         ("/orders/scheduled", Route::ScheduledOrders),
         ("/orders/{id}/feedback", Route::Feedback),
+        ("/templates", Route::Templates),
+        ("/templates/{id}", Route::Template),
+        ("/templates/{id}/order", Route::TemplateOrder),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -536,6 +554,11 @@ impl App {
             Route::BulkStatus if m == Method::PUT => fulfilment::bulk_status(self, req),
             Route::BulkAssign if m == Method::POST => fulfilment::bulk_assign(self, req),
             Route::Feedback if m == Method::POST => fulfilment::feedback(self, req),
+            Route::Templates if read => templates::list(self, req, caller),
+            Route::Templates if m == Method::POST => templates::create(self, req, caller),
+            Route::Template if read => templates::get(self, req, caller),
+            Route::Template if m == Method::DELETE => templates::delete(self, req, caller),
+            Route::TemplateOrder if m == Method::POST => templates::order(self, req, caller),
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),

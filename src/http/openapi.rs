@@ -174,6 +174,13 @@ fn ops() -> Vec<Op> {
             .body(r#"{"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}], "scheduled_for": "{in an hour}"}"#),
         op(R::Feedback, M::POST, "The order's customer rates it (1 to 5, with a comment): once, after completion.", &[(201, "The feedback."), (404, "Order not found."), (409, "Not completed, or given already."), INVALID])
             .params(&[("id", "path", "2", "A completed order's id.")]).body(r#"{"rating": 5, "comment": "quick and warm"}"#),
+        op(R::Templates, M::POST, "Save a customer's order to repeat (a customer's own; staff name customer_id).", &[(201, "The template; Location names it."), (403, "Another customer's."), INVALID])
+            .body(r#"{"customer_id": 1, "name": "usual", "items": [{"product_id": 1, "quantity": 2}], "notes": "no ice"}"#),
+        op(R::Templates, M::GET, "Templates: a customer's own, or everyone's (?customer_id= filters).", &[(200, "The templates.")])
+            .params(&[("customer_id", "query", "", "Only this customer's (staff).")]),
+        op(R::Template, M::GET, "One template.", &[(200, "The template."), (403, "Another customer's."), (404, "No such template.")]).params(&[ID]),
+        op(R::Template, M::DELETE, "Delete a template.", &[(204, "Deleted."), (403, "Another customer's."), (404, "No such template.")]).params(&[ID]),
+        op(R::TemplateOrder, M::POST, "Order a template again: current prices, stock checked like a new order.", &[(201, "The new order."), (400, "Out of stock."), (404, "No such template."), (422, "A product is gone.")]).params(&[ID]),
         op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
             .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
         op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])

@@ -116,7 +116,7 @@ fn schedule(schedule: bool, at: Option<u64>) -> Result<Option<Millis>, ApiError>
 /// Reads items: each an object with `product_id` and a positive integer
 /// `quantity`; other keys (a client's own price, a name) are ignored, since
 /// prices are taken from the catalog.
-fn parse_items(items: &[Value]) -> Result<Vec<NewItem>, ApiError> {
+pub(super) fn parse_items(items: &[Value]) -> Result<Vec<NewItem>, ApiError> {
     items
         .iter()
         .enumerate()
@@ -195,6 +195,11 @@ pub fn create(
         BrokerError::CustomerNotFound(_) => ApiError::unprocessable(e.to_string()),
         other => other.into(),
     })?;
+    Ok(created_order(app, &event))
+}
+
+/// 201 with the new order, its `Location` and `ETag`.
+pub(super) fn created_order(app: &App, event: &Event) -> Response<Body> {
     let (id, order) = event.order().expect("create publishes the order");
     let symbols = app.broker().symbols();
     let mut response = created(
@@ -203,7 +208,7 @@ pub fn create(
     );
     drop(symbols);
     with_etag(&mut response, order.version);
-    Ok(response)
+    response
 }
 
 /// `GET /orders?customer_id=&status=&stage=&limit=&after=`: a JSON array,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Customer, CustomerId, Product, ProductId};
+use crate::catalog::{Customer, CustomerId, Product, ProductId, Template, TemplateId};
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Seq};
 use crate::shop::ShopOrder;
@@ -62,6 +62,14 @@ pub enum Record {
         seq: Seq,
         id: CustomerId,
     },
+    Template {
+        seq: Seq,
+        template: Arc<Template>,
+    },
+    TemplateRemoved {
+        seq: Seq,
+        id: TemplateId,
+    },
     /// A snapshot's first record: every change up to `seq` is in it.
     Snapshot {
         seq: Seq,
@@ -69,6 +77,8 @@ pub enum Record {
         next_order_id: u64,
         next_product_id: u64,
         next_customer_id: u64,
+        #[serde(default)]
+        next_template_id: u64,
     },
     /// A snapshot's last record: how many records came between.
     End {
@@ -131,6 +141,11 @@ impl Record {
                 customer: customer.clone(),
             },
             Change::CustomerRemoved(id) => Record::CustomerRemoved { seq, id: *id },
+            Change::Template(template) => Record::Template {
+                seq,
+                template: template.clone(),
+            },
+            Change::TemplateRemoved(id) => Record::TemplateRemoved { seq, id: *id },
         }
     }
 
@@ -143,6 +158,8 @@ impl Record {
             | Record::ProductRemoved { seq, .. }
             | Record::Customer { seq, .. }
             | Record::CustomerRemoved { seq, .. }
+            | Record::Template { seq, .. }
+            | Record::TemplateRemoved { seq, .. }
             | Record::Snapshot { seq, .. } => Some(*seq),
             Record::End { .. } => None,
         }
