@@ -3,13 +3,15 @@
 //! and cancellation with a reason, which puts back the stock and the money
 //! a processed order took — atomically, like processing.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use dashmap::mapref::one::RefMut;
 use parking_lot::MutexGuard;
 
 use super::{Broker, BrokerError, check_version};
-use crate::catalog::{Customer, Product, ProductId, Slot};
+use crate::catalog::{Customer, CustomerId, Product, ProductId, Slot};
+use crate::money::Money;
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Stage, Version};
 use crate::shop::{Feedback, Fulfilment, Lifecycle, Location, ShopOrder};
@@ -168,7 +170,7 @@ impl Broker {
         let status = self.inner.symbols.reserve(Lifecycle::Cancelled.text());
         let flow = self.flow_words();
         let now = Millis::now();
-        let mut entry = self
+        let entry = self
             .locked(|| self.inner.orders.get_mut(&id))
             .ok_or(BrokerError::OrderNotFound)?;
         check_version(&entry, expected)?;
@@ -193,70 +195,75 @@ impl Broker {
         let shop = entry.shop.clone();
         let processed = shop.as_ref().filter(|s| s.processed.is_some());
 
-        // What processing took comes back: lock the products by ascending
-        // id, then the customer (the broker's lock order).
-        let product_ids: BTreeSet<ProductId> = processed
-            .iter()
-            .flat_map(|s| s.items.iter().map(|i| i.product_id))
-            .collect();
-        let product_slots: Vec<Slot<Product>> = product_ids
-            .iter()
+        let next = self.stamp(
+            Some(&entry),
+            Order {
+                status,
+                shop: shop
+                    .as_ref()
+                    .map(|s| Arc::new(s.with_entry(Lifecycle::Cancelled.text(), Some(reason)))),
+                ..entry.clone()
+            },
+            now,
+        )?;
+        // What processing took comes back.
+        let (units, refund) = match processed {
+            Some(shop) => (
+                units_of(shop.items.iter().map(|i| (i.product_id, i.quantity))),
+                shop.customer_id.map(|c| (c, shop.totals.grand_total)),
+            ),
+            None => (BTreeMap::new(), None),
+        };
+        self.commit_giving_back(id, entry, next, &units, refund)
+    }
+
+    /// Commits `next` for the locked order in one step with giving back:
+    /// `units` per product go back in stock (products deleted since are
+    /// skipped) and `refund` onto the customer's balance (if they still
+    /// exist). Products are locked by ascending id, then the customer.
+    pub(super) fn commit_giving_back(
+        &self,
+        id: OrderId,
+        mut entry: RefMut<'_, OrderId, Order>,
+        next: Order,
+        units: &BTreeMap<ProductId, u64>,
+        refund: Option<(CustomerId, Money)>,
+    ) -> Result<Event, BrokerError> {
+        let product_slots: Vec<Slot<Product>> = units
+            .keys()
             .filter_map(|pid| self.inner.products.slot(*pid))
             .collect();
-        let customer_slot: Option<Slot<Customer>> = processed
-            .and_then(|s| s.customer_id)
-            .and_then(|cid| self.inner.customers.slot(cid));
+        let customer_slot: Option<Slot<Customer>> =
+            refund.and_then(|(cid, _)| self.inner.customers.slot(cid));
         let mut products: Vec<MutexGuard<'_, Option<Product>>> =
             product_slots.iter().map(|s| s.lock()).collect();
         let mut customer = customer_slot.as_ref().map(|s| s.lock());
 
         let mut restocked = Vec::new();
-        if let Some(shop) = processed {
-            for guard in &products {
-                let Some(product) = guard.as_ref() else {
-                    continue; // deleted meanwhile
-                };
-                let units: u64 = shop
-                    .items
-                    .iter()
-                    .filter(|i| i.product_id == product.id)
-                    .map(|i| i.quantity)
-                    .sum();
-                let stock = product.stock.checked_add(units).ok_or_else(|| {
-                    BrokerError::Invalid(format!(
-                        "stock of product {} would overflow",
-                        product.id.0
-                    ))
-                })?;
-                restocked.push(Product {
-                    stock,
-                    version: next_version(product.version)?,
-                    ..product.clone()
-                });
-            }
+        for product in products.iter().filter_map(|g| g.as_ref()) {
+            let back = units.get(&product.id).copied().unwrap_or(0);
+            let stock = product.stock.checked_add(back).ok_or_else(|| {
+                BrokerError::Invalid(format!("stock of product {} would overflow", product.id.0))
+            })?;
+            restocked.push(Product {
+                stock,
+                version: next_version(product.version)?,
+                ..product.clone()
+            });
         }
-        let refunded = match (processed, customer.as_ref().and_then(|c| c.as_ref())) {
-            (Some(shop), Some(c)) => Some(Customer {
+        let refunded = match (refund, customer.as_ref().and_then(|c| c.as_ref())) {
+            (Some((_, amount)), Some(c)) => Some(Customer {
                 balance: c
                     .balance
-                    .checked_add(shop.totals.grand_total)
+                    .checked_add(amount)
                     .ok_or_else(|| BrokerError::Invalid("balance would overflow".into()))?,
                 version: next_version(c.version)?,
                 ..c.clone()
             }),
             _ => None,
         };
-        let next = self.stamp(
-            Some(&entry),
-            Order {
-                status,
-                shop: shop
-                    .map(|s| Arc::new(s.with_entry(Lifecycle::Cancelled.text(), Some(reason)))),
-                ..entry.clone()
-            },
-            now,
-        )?;
         let before = entry.stage;
+        let after = next.stage;
         let event = {
             let mut seq = self.sequencer();
             for product in restocked {
@@ -280,9 +287,7 @@ impl Broker {
         };
         drop(customer);
         drop(products);
-        self.inner
-            .generations
-            .bump(Some(before), Some(Stage::Cancelled));
+        self.inner.generations.bump(Some(before), Some(after));
         drop(entry);
         self.published(Some(event.clone()));
         Ok(event)
@@ -347,6 +352,15 @@ fn check_assignee(order: &Order, partner: Option<Option<Sym>>) -> Result<(), Bro
         Some(p) if p.is_none() || order.orderbot_id != p => Err(BrokerError::NotAssigned),
         _ => Ok(()),
     }
+}
+
+/// Units per product, summed over lines that name a product twice.
+pub(super) fn units_of(items: impl Iterator<Item = (ProductId, u64)>) -> BTreeMap<ProductId, u64> {
+    let mut units = BTreeMap::new();
+    for (product, quantity) in items {
+        *units.entry(product).or_insert(0) += quantity;
+    }
+    units
 }
 
 fn next_version(v: u32) -> Result<u32, BrokerError> {
