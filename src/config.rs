@@ -44,6 +44,26 @@ pub struct Config {
     pub cpee: CpeeConfig,
     /// Journal and snapshots: how state survives a restart or a crash.
     pub persistence: Persistence,
+    /// Returns and refunds of completed orders.
+    pub returns: Returns,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Returns {
+    /// Seconds after completion a customer may ask for a return.
+    pub window_secs: u64,
+    /// Whether refunded items go back in stock.
+    pub restock: bool,
+}
+
+impl Default for Returns {
+    fn default() -> Self {
+        Returns {
+            window_secs: 14 * 24 * 3600,
+            restock: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +310,7 @@ impl Default for Config {
             board: Board::default(),
             cpee: CpeeConfig::default(),
             persistence: Persistence::default(),
+            returns: Returns::default(),
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct ShopOrder {
     /// When a scheduled order becomes new (`POST /orders/scheduled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<Millis>,
+    /// A return the customer asked for after completion, and where it stands.
+    #[serde(rename = "return", default, skip_serializing_if = "Option::is_none")]
+    pub return_request: Option<Return>,
     /// The customer's rating after completion, given once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<Feedback>,
@@ -231,6 +234,76 @@ impl Fulfilment {
             Fulfilment::Preparing => Some(Fulfilment::OutForDelivery),
             Fulfilment::OutForDelivery => Some(Fulfilment::Delivered),
             Fulfilment::Scheduled | Fulfilment::Delivered | Fulfilment::Cancelled => None,
+        }
+    }
+}
+
+/// A return of some of a completed order's items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Return {
+    pub status: ReturnStatus,
+    pub items: Vec<ReturnItem>,
+    pub reason: String,
+    /// What the refund credits: the items at their captured prices, with
+    /// tax and service charge at the configured rates.
+    pub amount: Money,
+    pub requested_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnItem {
+    pub product_id: ProductId,
+    pub quantity: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnStatus {
+    Requested,
+    Approved,
+    Rejected,
+    Received,
+    Refunded,
+}
+
+impl ReturnStatus {
+    pub const ALL: [ReturnStatus; 5] = [
+        ReturnStatus::Requested,
+        ReturnStatus::Approved,
+        ReturnStatus::Rejected,
+        ReturnStatus::Received,
+        ReturnStatus::Refunded,
+    ];
+
+    pub fn name(self) -> &'static str {
+        ["requested", "approved", "rejected", "received", "refunded"][self as usize]
+    }
+
+    pub fn parse(name: &str) -> Option<ReturnStatus> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether a return may go from `self` to `to`: requested → approved or
+    /// rejected; approved → received; received → refunded.
+    pub fn may_become(self, to: ReturnStatus) -> bool {
+        matches!(
+            (self, to),
+            (
+                ReturnStatus::Requested,
+                ReturnStatus::Approved | ReturnStatus::Rejected
+            ) | (ReturnStatus::Approved, ReturnStatus::Received)
+                | (ReturnStatus::Received, ReturnStatus::Refunded)
+        )
+    }
+
+    /// The order history's word for reaching this state.
+    pub fn history_word(self) -> &'static str {
+        match self {
+            ReturnStatus::Requested => "Return requested",
+            ReturnStatus::Approved => "Return approved",
+            ReturnStatus::Rejected => "Return rejected",
+            ReturnStatus::Received => "Return received",
+            ReturnStatus::Refunded => "Refunded",
         }
     }
 }

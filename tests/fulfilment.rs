@@ -1165,3 +1165,286 @@ async fn templates_belong_to_their_customer_and_reorder_at_current_prices() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// A processed, delivered order of customer 1 (three teas at 2.50).
+async fn delivered(server: &TestServer) -> u64 {
+    let id = new_order(server).await;
+    let path = format!("/api/orders/{id}");
+    assert_eq!(
+        call(
+            server,
+            Method::PUT,
+            &path,
+            Some(STAFF),
+            json!({"process": true})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
+        step(server, id, Some(STAFF), status).await;
+    }
+    id
+}
+
+#[tokio::test]
+async fn a_return_goes_requested_approved_received_refunded_and_pays_back() {
+    let server = shop().await;
+    let id = delivered(&server).await;
+    assert_eq!(stock_and_balance(&server).await, (997, 992.5));
+    let ask = format!("/orders/{id}/request-return");
+    let set = format!("/orders/{id}/return");
+    let two = json!({"items": [{"product_id": 1, "quantity": 2}], "reason": "spilled"});
+
+    // Only the order's customer; items must be the order's, within its quantities.
+    assert_eq!(
+        call(&server, Method::POST, &ask, Some(CUST2), two.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::POST, &ask, Some(STAFF), two.clone())
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    for bad in [
+        json!({"items": [{"product_id": 1, "quantity": 4}], "reason": "x"}),
+        json!({"items": [{"product_id": 1, "quantity": 2}, {"product_id": 1, "quantity": 2}], "reason": "x"}),
+        json!({"items": [{"product_id": 2, "quantity": 1}], "reason": "x"}),
+        json!({"items": [], "reason": "x"}),
+        json!({"items": [{"product_id": 1, "quantity": 1}], "reason": ""}),
+        json!({"items": [{"product_id": 1, "quantity": 1}]}),
+    ] {
+        let reply = call(&server, Method::POST, &ask, Some(CUST1), bad.clone()).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let requested = call(&server, Method::POST, &ask, Some(CUST1), two.clone()).await;
+    assert_eq!(
+        requested.status,
+        StatusCode::CREATED,
+        "{:?}",
+        requested.body
+    );
+    assert_eq!(
+        (
+            requested.json()["status"].clone(),
+            requested.json()["amount"].clone()
+        ),
+        (json!("requested"), json!(5.0))
+    );
+    assert_eq!(
+        call(&server, Method::POST, &ask, Some(CUST1), two)
+            .await
+            .error(),
+        "a return was already requested"
+    );
+
+    // Staff only, and only in order.
+    let to = |status: &str| json!({"status": status});
+    assert_eq!(
+        call(&server, Method::PUT, &set, Some(CUST1), to("approved"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&server, Method::PUT, &set, Some(STAFF), to("refunded"))
+            .await
+            .error(),
+        "the return is requested; it cannot become refunded"
+    );
+    assert_eq!(
+        call(&server, Method::PUT, &set, Some(STAFF), to("lost"))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        call(&server, Method::PUT, &set, Some(STAFF), to("requested"))
+            .await
+            .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    for status in ["approved", "received"] {
+        let reply = call(&server, Method::PUT, &set, Some(STAFF), to(status)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{status}: {:?}", reply.body);
+        assert_eq!(reply.json()["return"]["status"], status);
+    }
+    assert_eq!(
+        stock_and_balance(&server).await,
+        (997, 992.5),
+        "nothing moves before the refund"
+    );
+    let refunded = call(&server, Method::PUT, &set, Some(STAFF), to("refunded")).await;
+    assert_eq!(refunded.status, StatusCode::OK);
+    assert_eq!(
+        stock_and_balance(&server).await,
+        (999, 997.5),
+        "credited and restocked"
+    );
+    let order = refunded.json();
+    assert_eq!(
+        order["stage"], "completed",
+        "the order itself stays completed"
+    );
+    let steps: Vec<&str> = order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps[steps.len() - 4..],
+        [
+            "Return requested",
+            "Return approved",
+            "Return received",
+            "Refunded"
+        ]
+    );
+    assert_eq!(
+        call(&server, Method::PUT, &set, Some(STAFF), to("refunded"))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+
+    // A rejected return ends there.
+    let other = delivered(&server).await;
+    let one = json!({"items": [{"product_id": 1, "quantity": 1}], "reason": "meh"});
+    call(
+        &server,
+        Method::POST,
+        &format!("/orders/{other}/request-return"),
+        Some(CUST1),
+        one,
+    )
+    .await;
+    let path = format!("/orders/{other}/return");
+    assert_eq!(
+        call(&server, Method::PUT, &path, Some(STAFF), to("rejected"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&server, Method::PUT, &path, Some(STAFF), to("received"))
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+
+    // Not before completion.
+    let open = new_order(&server).await;
+    let early = call(
+        &server,
+        Method::POST,
+        &format!("/orders/{open}/request-return"),
+        Some(CUST1),
+        json!({"items": [{"product_id": 1, "quantity": 1}], "reason": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (early.status, early.error()),
+        (
+            StatusCode::CONFLICT,
+            "only a completed order can be returned".into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_return_window_closes_and_restocking_is_configurable() {
+    let mut config = common::config();
+    config.returns.window_secs = 1;
+    config.returns.restock = false;
+    let server = TestServer::with_config(config).await;
+    call(
+        &server,
+        Method::POST,
+        "/products",
+        None,
+        json!({"id": 1, "name": "tea", "price": 2, "stock": 10}),
+    )
+    .await;
+    call(
+        &server,
+        Method::POST,
+        "/customers",
+        None,
+        json!({"id": 1, "name": "Ann", "balance": 100}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let order = call(
+            &server,
+            Method::POST,
+            "/orders",
+            None,
+            json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]}),
+        )
+        .await
+        .json();
+        let id = order["id"].as_u64().unwrap();
+        call(
+            &server,
+            Method::PUT,
+            &format!("/api/orders/{id}"),
+            None,
+            json!({"process": true}),
+        )
+        .await;
+        for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
+            step(&server, id, None, status).await;
+        }
+        ids.push(id);
+    }
+    let ask = json!({"items": [{"product_id": 1, "quantity": 1}], "reason": "x"});
+    assert_eq!(
+        call(
+            &server,
+            Method::POST,
+            &format!("/orders/{}/request-return", ids[0]),
+            None,
+            ask.clone()
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    for status in ["approved", "received", "refunded"] {
+        call(
+            &server,
+            Method::PUT,
+            &format!("/orders/{}/return", ids[0]),
+            None,
+            json!({"status": status}),
+        )
+        .await;
+    }
+    let product = call(&server, Method::GET, "/products/1", None, Value::Null)
+        .await
+        .json();
+    assert_eq!(product["stock"], 8, "refunded without restocking");
+    let customer = call(&server, Method::GET, "/customers/1", None, Value::Null)
+        .await
+        .json();
+    assert_eq!(customer["balance"], 98.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let late = call(
+        &server,
+        Method::POST,
+        &format!("/orders/{}/request-return", ids[1]),
+        None,
+        ask,
+    )
+    .await;
+    assert_eq!(
+        (late.status, late.error()),
+        (StatusCode::CONFLICT, "the return window has closed".into())
+    );
+}

@@ -30,8 +30,8 @@ fn config() -> order_broker::Config {
 }
 
 /// A broker with product 1, customer 1, order 1 (customer 1's, with items,
-/// assigned to delivery partner rider-7, with a location), order 2
-/// (customer 1's, delivered), template 1 (customer 1's) and pending
+/// assigned to delivery partner rider-7, with a location), orders 2 and 3
+/// (customer 1's, delivered; 3 with a return requested), template 1 (customer 1's) and pending
 /// callback 1; order 1's number.
 async fn fixture() -> (TestServer, String) {
     let server = TestServer::with_config(config()).await;
@@ -65,20 +65,34 @@ async fn fixture() -> (TestServer, String) {
     )
     .await;
     assert_eq!(template["id"], 1);
-    // Order 2, delivered (for feedback).
-    let second = post(
-        "/orders",
-        json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]}),
-    )
-    .await;
-    assert_eq!(second["id"], 2);
-    for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
-        let body = json!({"status": status}).to_string();
-        let reply = server
-            .send(Method::PUT, "/orders/2/status", &[json_ct, auth], &body)
-            .await;
-        assert_eq!(reply.status, StatusCode::OK);
+    // Orders 2 and 3, delivered (for feedback and returns); 3 has a return.
+    for id in [2, 3] {
+        let order = post(
+            "/orders",
+            json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]}),
+        )
+        .await;
+        assert_eq!(order["id"], id);
+        for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
+            let body = json!({"status": status}).to_string();
+            let path = format!("/orders/{id}/status");
+            let reply = server
+                .send(Method::PUT, &path, &[json_ct, auth], &body)
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+        }
     }
+    let customer = ("authorization", CUSTOMER);
+    let ask = r#"{"items": [{"product_id": 1, "quantity": 1}], "reason": "cold"}"#;
+    let reply = server
+        .send(
+            Method::POST,
+            "/orders/3/request-return",
+            &[json_ct, customer],
+            ask,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     let assign = r#"{"partner_id": "rider-7"}"#;
     let reply = server
         .send(

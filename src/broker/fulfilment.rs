@@ -11,9 +11,9 @@ use parking_lot::MutexGuard;
 
 use super::{Broker, BrokerError, check_version};
 use crate::catalog::{Customer, CustomerId, Product, ProductId, Slot};
-use crate::money::Money;
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Stage, Version};
+use crate::money::Money;
 use crate::shop::{Feedback, Fulfilment, Lifecycle, Location, ShopOrder};
 use crate::symbols::Sym;
 

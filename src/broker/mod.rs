@@ -22,6 +22,7 @@ mod catalog;
 mod evict;
 mod fulfilment;
 mod persist;
+mod returns;
 mod schedule;
 mod shop;
 
@@ -229,6 +230,9 @@ struct Inner {
     tax_rate: Rate,
     service_charge_rate: Rate,
     history_size: usize,
+    /// `[returns]`: the window in ms, and whether refunds restock.
+    return_window_ms: u64,
+    restock_returns: bool,
     /// Serialises bulk changes; writers blocked by one wait on it.
     bulk: Mutex<()>,
     /// Set while a bulk change runs: order writers other than the bulk's
@@ -361,6 +365,8 @@ impl Broker {
                 tax_rate: Rate::parse(&shop.tax_rate).unwrap_or_default(),
                 service_charge_rate: Rate::parse(&shop.service_charge_rate).unwrap_or_default(),
                 history_size: config.events.history_size,
+                return_window_ms: config.returns.window_secs.saturating_mul(1000),
+                restock_returns: config.returns.restock,
                 journal: std::sync::OnceLock::new(),
                 bulk: Mutex::new(()),
                 bulk_active: std::sync::atomic::AtomicBool::new(false),

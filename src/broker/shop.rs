@@ -125,6 +125,7 @@ impl Broker {
             processed: None,
             delivery_location: None,
             feedback: None,
+            return_request: None,
             history: vec![HistoryEntry {
                 status: word.into(),
                 at: now,
@@ -183,6 +184,7 @@ impl Broker {
             processed: None,
             delivery_location: None,
             feedback: None,
+            return_request: None,
             scheduled_for: None,
             history: vec![HistoryEntry {
                 status: status.to_string(),

@@ -99,7 +99,8 @@ pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: b
         Route::DeliveryLocation if read => Need::OrderOwner,
         Route::DeliveryLocation => Need::Partner,
         Route::CancelOrder => Need::OrderOwner,
-        Route::Feedback => Need::OrderCustomer,
+        Route::Feedback | Route::RequestReturn => Need::OrderCustomer,
+        Route::OrderReturn => Need::StaffOrAdmin,
         // The handlers scope customers to their own templates.
         Route::Templates | Route::Template | Route::TemplateOrder => Need::Anyone,
         _ => Need::Privileged,

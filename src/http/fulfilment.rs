@@ -10,12 +10,13 @@ use serde_json::json;
 use super::body::json;
 use super::error::ApiError;
 use super::orders::OrderBody;
+use super::orders::parse_items;
 use super::orders::{event_response, order_id};
 use super::{App, Body, Req, if_match, json_response};
 use crate::auth::Caller;
 use crate::broker::{BulkAction, BulkResult, Canceller, ErrorPolicy};
 use crate::model::{Millis, OrderId};
-use crate::shop::{Fulfilment, Location};
+use crate::shop::{Fulfilment, Location, ReturnStatus};
 
 /// A partner id: text, or a number as the FastAPI seed sends it.
 #[derive(Deserialize)]
@@ -259,4 +260,37 @@ pub fn feedback(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         .order()
         .and_then(|(_, o)| o.shop.as_ref()?.feedback.clone());
     Ok(json_response(StatusCode::CREATED, &feedback))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnIn {
+    items: Vec<serde_json::Value>,
+    reason: String,
+}
+
+/// `POST /orders/{id}/request-return` `{"items", "reason"}`: the order's
+/// customer, within the window after completion.
+pub fn request_return(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = order_id(req)?;
+    let body: ReturnIn = json(&req.headers, &req.body)?;
+    let items = parse_items(&body.items)?;
+    let event = app.broker().request_return(id, &items, &body.reason)?;
+    let request = event
+        .order()
+        .and_then(|(_, o)| o.shop.as_ref()?.return_request.clone());
+    Ok(json_response(StatusCode::CREATED, &request))
+}
+
+/// `PUT /orders/{id}/return` `{"status": "approved"|"rejected"|"received"|"refunded"}` (staff).
+pub fn set_return(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+    let id = order_id(req)?;
+    let body: StatusIn = json(&req.headers, &req.body)?;
+    let to = ReturnStatus::parse(&body.status)
+        .filter(|s| *s != ReturnStatus::Requested)
+        .ok_or_else(|| {
+            ApiError::unprocessable("status must be one of approved, rejected, received, refunded")
+        })?;
+    let event = app.broker().advance_return(id, to)?;
+    Ok(event_response(app, StatusCode::OK, &event))
 }

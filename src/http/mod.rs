@@ -72,6 +72,8 @@ pub(crate) enum Route {
     Templates,
     Template,
     TemplateOrder,
+    RequestReturn,
+    OrderReturn,
     Events,
     Views,
     TrackingStream,
@@ -95,7 +97,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 42] = [
+    pub(crate) const ALL: [Route; 44] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -125,6 +127,8 @@ impl Route {
         Route::Templates,
         Route::Template,
         Route::TemplateOrder,
+        Route::RequestReturn,
+        Route::OrderReturn,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -172,6 +176,8 @@ impl Route {
             Route::Templates => "templates",
             Route::Template => "template",
             Route::TemplateOrder => "template_order",
+            Route::RequestReturn => "request_return",
+            Route::OrderReturn => "order_return",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -198,13 +204,16 @@ impl Route {
             | Route::Orders
             | Route::Templates => "GET, HEAD, POST, OPTIONS",
             Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
-            Route::OrderItems | Route::AssignDelivery | Route::OrderStatus => "PUT, OPTIONS",
+            Route::OrderItems | Route::AssignDelivery | Route::OrderStatus | Route::OrderReturn => {
+                "PUT, OPTIONS"
+            }
             Route::DeliveryLocation => "GET, HEAD, PUT, OPTIONS",
             Route::CancelOrder
             | Route::BulkAssign
             | Route::ScheduledOrders
             | Route::Feedback
-            | Route::TemplateOrder => "POST, OPTIONS",
+            | Route::TemplateOrder
+            | Route::RequestReturn => "POST, OPTIONS",
             Route::BulkStatus => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
@@ -216,7 +225,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 36] = [
+    const FIXED: [(&'static str, Route); 38] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -251,6 +260,8 @@ impl Route {
         ("/templates", Route::Templates),
         ("/templates/{id}", Route::Template),
         ("/templates/{id}/order", Route::TemplateOrder),
+        ("/orders/{id}/request-return", Route::RequestReturn),
+        ("/orders/{id}/return", Route::OrderReturn),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -559,6 +570,8 @@ impl App {
             Route::Template if read => templates::get(self, req, caller),
             Route::Template if m == Method::DELETE => templates::delete(self, req, caller),
             Route::TemplateOrder if m == Method::POST => templates::order(self, req, caller),
+            Route::RequestReturn if m == Method::POST => fulfilment::request_return(self, req),
+            Route::OrderReturn if m == Method::PUT => fulfilment::set_return(self, req),
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),

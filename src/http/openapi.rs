@@ -181,6 +181,10 @@ fn ops() -> Vec<Op> {
         op(R::Template, M::GET, "One template.", &[(200, "The template."), (403, "Another customer's."), (404, "No such template.")]).params(&[ID]),
         op(R::Template, M::DELETE, "Delete a template.", &[(204, "Deleted."), (403, "Another customer's."), (404, "No such template.")]).params(&[ID]),
         op(R::TemplateOrder, M::POST, "Order a template again: current prices, stock checked like a new order.", &[(201, "The new order."), (400, "Out of stock."), (404, "No such template."), (422, "A product is gone.")]).params(&[ID]),
+        op(R::RequestReturn, M::POST, "The order's customer asks to return items of a completed order within returns.window_secs.", &[(201, "The return: status requested, amount."), (404, "Order not found."), (409, "Not completed, window closed, or already requested."), INVALID])
+            .params(&[("id", "path", "2", "A completed order's id.")]).body(r#"{"items": [{"product_id": 1, "quantity": 1}], "reason": "cold"}"#),
+        op(R::OrderReturn, M::PUT, "Staff move a return on: approved or rejected, then received, then refunded (credits the balance, restocks if configured).", &[(200, "The order with its return."), (404, "Order not found."), (409, "Not allowed from the return's state."), INVALID])
+            .params(&[("id", "path", "3", "An order with a requested return.")]).body(r#"{"status": "approved"}"#),
         op(R::Intake, M::POST, "Take in an order from a process engine; its fields become details.", &[(200, "{\"order_id\": n}."), (400, "Bad body.")])
             .params(cpee_headers).body(r#"{"drink": "Mojito", "size": "L", "name": "Ann"}"#).form(),
         op(R::NextOrder, M::POST, "An orderbot asks for work: now, by callback, or by long poll (?wait=).", &[(204, "No order waiting (and no callback or wait asked)."), (200, "The oldest waiting order, or CPEE-CALLBACK: true."), (400, "No orderbot named.")])
