@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use crate::catalog::{Customer, CustomerId, Product, ProductId, Template, TemplateId};
-use crate::model::{Order, OrderId, Seq, Stage};
+use crate::model::{Order, OrderId, Seq, Stage, Stamp};
 
 /// One change, with its place in the global sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub enum Change {
         id: OrderId,
         order: Order,
         from: Option<Stage>,
+        /// When the order entered the stage it came `from` (for time in stage).
+        from_since: Stamp,
     },
     /// `evicted`: the order's final state when it left because it was
     /// finished and old (`limits.max_orders_kept`), not by a delete.

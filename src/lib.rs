@@ -24,6 +24,8 @@
 //! - [`cpee`]: CPEE's protocol: the dispatch queue and waiting orderbots,
 //!   waits for a state, pending callbacks and their retrying delivery, and
 //!   answers kept for re-sent calls.
+//! - [`analytics`]: aggregates kept from the change feed (revenue, spend,
+//!   delivery and stage times, cancellations) for `/analytics`.
 //! - [`auth`]: who is calling (static tokens, JWTs) and their role.
 //! - [`config`]: the typed TOML config, its defaults, env overrides, validation.
 //! - [`http`]: routing, body parsing, errors, access rules (`access`),
@@ -38,6 +40,7 @@
 //! The binary (`main.rs`) only parses the command line, loads the config,
 //! sets up logging, binds, and calls [`server::run`].
 
+pub mod analytics;
 pub mod auth;
 pub mod broker;
 pub mod catalog;

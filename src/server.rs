@@ -51,8 +51,9 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || recover(&app, &persistence))
     };
     let mut recovering = config.persistence.mode == PersistenceMode::Journal;
+    let mut analytics = None;
     if !recovering {
-        app.ready.store(true, std::sync::atomic::Ordering::Release);
+        analytics = Some(open(&app));
     }
     let watcher = tokio::spawn(app.cpee.clone().watch());
     let housekeeping = tokio::spawn(housekeeping(app.clone(), config.limits.clone()));
@@ -79,8 +80,7 @@ pub async fn serve(
                 recovering = false;
                 match recovered {
                     Ok(Ok(())) => {
-                        app.cpee.requeue_intake();
-                        app.ready.store(true, std::sync::atomic::Ordering::Release);
+                        analytics = Some(open(&app));
                         continue;
                     }
                     Ok(Err(e)) => return Err(io::Error::other(e.to_string())),
@@ -111,6 +111,9 @@ pub async fn serve(
     // Event streams never end on their own: end them so connections drain.
     app.live.close();
     watcher.abort();
+    if let Some(analytics) = analytics {
+        analytics.abort();
+    }
     housekeeping.abort();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     info!(
@@ -129,6 +132,17 @@ pub async fn serve(
         info!("journal flushed and closed");
     }
     Ok(())
+}
+
+/// Once the state is in place: queues again what waits for an orderbot,
+/// builds the analytics and starts following the feed for them, and opens
+/// the doors. Nothing writes before this returns.
+fn open(app: &Arc<App>) -> tokio::task::JoinHandle<()> {
+    app.cpee.requeue_intake();
+    let from = app.analytics.rebuild(app.broker());
+    let follower = tokio::spawn(app.analytics.clone().follow(app.broker().clone(), from));
+    app.ready.store(true, std::sync::atomic::Ordering::Release);
+    follower
 }
 
 /// Loads the state from the journal (if `persistence.mode` is `journal`) and

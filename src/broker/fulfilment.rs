@@ -278,11 +278,13 @@ impl Broker {
                 seq.commit(Change::Customer(Arc::new(refunded.clone())));
                 **customer = Some(refunded);
             }
+            let from_since = entry.stage_since;
             *entry = next.clone();
             seq.commit(Change::Order {
                 id,
                 order: next,
                 from: Some(before),
+                from_since,
             })
         };
         drop(customer);

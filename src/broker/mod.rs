@@ -260,7 +260,9 @@ impl Sequencer {
     /// indexes, and appends the event to the history.
     fn commit(&mut self, change: Change) -> Event {
         match &change {
-            Change::Order { id, order, from } => {
+            Change::Order {
+                id, order, from, ..
+            } => {
                 if let Some(from) = from.filter(|f| *f != order.stage) {
                     self.stages[from.index()].remove(id);
                 }
@@ -456,8 +458,9 @@ impl Broker {
                 let next = change(Some(entry.get()))?;
                 let order = self.stamp(Some(entry.get()), next, now)?;
                 let before = entry.get().stage;
+                let since = entry.get().stage_since;
                 *entry.get_mut() = order.clone();
-                let event = self.commit_order(id, Some(before), order);
+                let event = self.commit_order(id, Some((before, since)), order);
                 (event, Some(before), entry.get().stage)
             }
             Entry::Vacant(entry) => {
@@ -516,11 +519,13 @@ impl Broker {
         Ok(order)
     }
 
-    fn commit_order(&self, id: OrderId, before: Option<Stage>, order: Order) -> Event {
+    /// `before`: the order's stage and when it entered it (None: new).
+    fn commit_order(&self, id: OrderId, before: Option<(Stage, Stamp)>, order: Order) -> Event {
         self.inner.sequencer.lock().commit(Change::Order {
             id,
             order,
-            from: before,
+            from: before.map(|(stage, _)| stage),
+            from_since: before.map_or(Stamp::default(), |(_, since)| since),
         })
     }
 

@@ -606,11 +606,13 @@ impl Broker {
             }
             seq.commit(Change::Customer(Arc::new(new_customer.clone())));
             *customer = Some(new_customer);
+            let from_since = entry.stage_since;
             *entry = next.clone();
             seq.commit(Change::Order {
                 id,
                 order: next,
                 from: Some(before),
+                from_since,
             })
         };
         drop(customer);

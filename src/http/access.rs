@@ -100,7 +100,7 @@ pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: b
         Route::DeliveryLocation => Need::Partner,
         Route::CancelOrder => Need::OrderOwner,
         Route::Feedback | Route::RequestReturn => Need::OrderCustomer,
-        Route::OrderReturn => Need::StaffOrAdmin,
+        Route::OrderReturn | Route::Analytics => Need::StaffOrAdmin,
         // The handlers scope customers to their own templates.
         Route::Templates | Route::Template | Route::TemplateOrder => Need::Anyone,
         _ => Need::Privileged,

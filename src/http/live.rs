@@ -209,6 +209,7 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
             id: order_id,
             order,
             from,
+            ..
         } => {
             let json = {
                 let symbols = broker.symbols();

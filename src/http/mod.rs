@@ -3,6 +3,7 @@
 //! live in one module per API group; errors become responses in `error`.
 
 mod access;
+mod analytics;
 pub mod body;
 mod catalog;
 mod cpee;
@@ -74,6 +75,7 @@ pub(crate) enum Route {
     TemplateOrder,
     RequestReturn,
     OrderReturn,
+    Analytics,
     Events,
     Views,
     TrackingStream,
@@ -97,7 +99,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 44] = [
+    pub(crate) const ALL: [Route; 45] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -129,6 +131,7 @@ impl Route {
         Route::TemplateOrder,
         Route::RequestReturn,
         Route::OrderReturn,
+        Route::Analytics,
         Route::Events,
         Route::Views,
         Route::TrackingStream,
@@ -178,6 +181,7 @@ impl Route {
             Route::TemplateOrder => "template_order",
             Route::RequestReturn => "request_return",
             Route::OrderReturn => "order_return",
+            Route::Analytics => "analytics",
             Route::Events => "events",
             Route::Views => "views",
             Route::TrackingStream => "tracking_stream",
@@ -225,7 +229,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 38] = [
+    const FIXED: [(&'static str, Route); 39] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -262,6 +266,7 @@ impl Route {
         ("/templates/{id}/order", Route::TemplateOrder),
         ("/orders/{id}/request-return", Route::RequestReturn),
         ("/orders/{id}/return", Route::OrderReturn),
+        ("/analytics/{report}", Route::Analytics),
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
@@ -317,6 +322,8 @@ pub struct App {
     cpee_max_wait_secs: u64,
     /// `limits.max_bulk_orders`.
     max_bulk_orders: usize,
+    /// Aggregates for `/analytics`, kept from the change feed.
+    pub analytics: std::sync::Arc<crate::analytics::Analytics>,
     /// Request counters and latency histograms for `/metrics`.
     pub metrics: metrics::Metrics,
     /// False until the broker has recovered its state and may serve.
@@ -376,6 +383,7 @@ impl App {
             cpee_max_wait_secs: config.cpee.max_wait_secs,
             max_bulk_orders: config.limits.max_bulk_orders,
             metrics: metrics::Metrics::default(),
+            analytics: Default::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -572,6 +580,7 @@ impl App {
             Route::TemplateOrder if m == Method::POST => templates::order(self, req, caller),
             Route::RequestReturn if m == Method::POST => fulfilment::request_return(self, req),
             Route::OrderReturn if m == Method::PUT => fulfilment::set_return(self, req),
+            Route::Analytics if read => analytics::report(self, req),
             Route::Events if read => live::events(self, req),
             Route::TrackingStream if read => live::tracking(self, req),
             Route::Views if read => Ok(live::views(self)),
