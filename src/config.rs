@@ -46,6 +46,55 @@ pub struct Config {
     pub persistence: Persistence,
     /// Returns and refunds of completed orders.
     pub returns: Returns,
+    /// Delivery fees of orders delivered to a distance or a zone.
+    pub delivery: DeliveryFees,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryFees {
+    /// Fee of every delivery, before distance ("2.00").
+    pub base_fee: String,
+    /// Added per kilometre of `delivery.distance_km`.
+    pub per_km: String,
+    /// Longest distance delivered to, in km (422 past it).
+    pub max_distance_km: u32,
+    /// Zones with a flat fee instead of base + distance: `[{ name, fee }]`.
+    pub zones: Vec<Zone>,
+    /// An order whose total reaches this has no base/distance/zone fee
+    /// ("0": never free).
+    pub free_above: String,
+    /// Added to the fee of orders placed in a window of the day (UTC,
+    /// "HH:MM", `to` exclusive; a window may pass midnight): `[{ from, to, amount }]`.
+    pub surcharges: Vec<Surcharge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    pub name: String,
+    pub fee: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Surcharge {
+    pub from: String,
+    pub to: String,
+    pub amount: String,
+}
+
+impl Default for DeliveryFees {
+    fn default() -> Self {
+        DeliveryFees {
+            base_fee: "0".into(),
+            per_km: "0".into(),
+            max_distance_km: 50,
+            zones: Vec::new(),
+            free_above: "0".into(),
+            surcharges: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,6 +360,7 @@ impl Default for Config {
             cpee: CpeeConfig::default(),
             persistence: Persistence::default(),
             returns: Returns::default(),
+            delivery: DeliveryFees::default(),
         }
     }
 }
@@ -536,6 +586,7 @@ impl Config {
                 )));
             }
         }
+        crate::shop::FeeRules::from_config(&self.delivery).map_err(ConfigError)?;
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_body_bytes", l.max_body_bytes),

@@ -33,6 +33,9 @@ pub struct ShopOrder {
     /// When a scheduled order becomes new (`POST /orders/scheduled`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<Millis>,
+    /// Where and how the order is delivered, for its delivery fee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
     /// A return the customer asked for after completion, and where it stands.
     #[serde(rename = "return", default, skip_serializing_if = "Option::is_none")]
     pub return_request: Option<Return>,
@@ -111,6 +114,9 @@ pub struct Totals {
     pub total: Money,
     pub tax: Money,
     pub service_charge: Money,
+    /// The delivery fee (0 without delivery); in `grand_total`, untaxed.
+    #[serde(default)]
+    pub delivery_fee: Money,
     pub grand_total: Money,
 }
 
@@ -428,8 +434,166 @@ impl Totals {
             total,
             tax,
             service_charge,
+            delivery_fee: Money::ZERO,
             grand_total,
         })
+    }
+
+    /// These totals with a delivery fee added to the grand total.
+    pub fn with_fee(self, fee: Money) -> Option<Totals> {
+        Some(Totals {
+            delivery_fee: fee,
+            grand_total: self.grand_total.checked_add(fee)?,
+            ..self
+        })
+    }
+}
+
+/// Where an order is delivered, as the order was created with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Distance in metres, for per-km fees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance_m: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// The surcharges of the time the order was placed.
+    pub surcharge: Money,
+}
+
+/// The delivery fee rules of `[delivery]`, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct FeeRules {
+    base: Money,
+    per_km: Money,
+    max_distance_m: u32,
+    zones: Vec<(String, Money)>,
+    free_above: Option<Money>,
+    /// (from, to, amount), minutes of the UTC day.
+    surcharges: Vec<(u32, u32, Money)>,
+}
+
+impl FeeRules {
+    pub fn from_config(c: &crate::config::DeliveryFees) -> Result<FeeRules, String> {
+        let money = |key: &str, text: &str| {
+            Money::parse(text)
+                .ok()
+                .filter(|m| *m >= Money::ZERO)
+                .ok_or_else(|| {
+                    format!("delivery.{key} must be an amount like \"2.50\" (got {text:?})")
+                })
+        };
+        let minutes = |text: &str| -> Result<u32, String> {
+            let bad = || format!("delivery.surcharges: {text:?} is not a time HH:MM");
+            let (h, m) = text.split_once(':').ok_or_else(bad)?;
+            let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 23 || m > 59 || text.len() != 5 {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let mut zones = Vec::new();
+        for zone in &c.zones {
+            if zone.name.trim().is_empty() || zones.iter().any(|(n, _)| *n == zone.name) {
+                return Err(format!(
+                    "delivery.zones: zone names must be unique and not empty ({:?})",
+                    zone.name
+                ));
+            }
+            zones.push((zone.name.clone(), money("zones.fee", &zone.fee)?));
+        }
+        let mut surcharges = Vec::new();
+        for s in &c.surcharges {
+            let (from, to) = (minutes(&s.from)?, minutes(&s.to)?);
+            if from == to {
+                return Err(format!(
+                    "delivery.surcharges: the window {} to {} is empty",
+                    s.from, s.to
+                ));
+            }
+            surcharges.push((from, to, money("surcharges.amount", &s.amount)?));
+        }
+        let free_above = money("free_above", &c.free_above)?;
+        Ok(FeeRules {
+            base: money("base_fee", &c.base_fee)?,
+            per_km: money("per_km", &c.per_km)?,
+            max_distance_m: c.max_distance_km.saturating_mul(1000),
+            zones,
+            free_above: (free_above > Money::ZERO).then_some(free_above),
+            surcharges,
+        })
+    }
+
+    /// The delivery of an order placed at `at`, to a distance or a zone.
+    pub fn delivery(
+        &self,
+        distance_km: Option<f64>,
+        zone: Option<&str>,
+        at: Millis,
+    ) -> Result<Delivery, String> {
+        let distance_m = match (distance_km, zone) {
+            (Some(_), Some(_)) => return Err("delivery takes distance_km or zone, not both".into()),
+            (None, None) => return Err("delivery needs distance_km or zone".into()),
+            (Some(km), None) => {
+                let m = km * 1000.0;
+                if !(m.is_finite() && m >= 0.0 && m <= f64::from(self.max_distance_m)) {
+                    return Err(format!(
+                        "distance_km must be 0 to {} km",
+                        self.max_distance_m / 1000
+                    ));
+                }
+                Some(m.round() as u32)
+            }
+            (None, Some(zone)) => {
+                if !self.zones.iter().any(|(n, _)| n == zone) {
+                    let known: Vec<&str> = self.zones.iter().map(|(n, _)| n.as_str()).collect();
+                    return Err(format!(
+                        "unknown zone {zone:?} (zones: {})",
+                        known.join(", ")
+                    ));
+                }
+                None
+            }
+        };
+        let minute = ((at.0 / 60_000) % (24 * 60)) as u32;
+        let mut surcharge = Money::ZERO;
+        for (from, to, amount) in &self.surcharges {
+            let inside = if from < to {
+                (*from..*to).contains(&minute)
+            } else {
+                minute >= *from || minute < *to
+            };
+            if inside {
+                surcharge = surcharge
+                    .checked_add(*amount)
+                    .ok_or("surcharges overflow")?;
+            }
+        }
+        Ok(Delivery {
+            distance_m,
+            zone: zone.map(str::to_string),
+            surcharge,
+        })
+    }
+
+    /// The fee of a delivery for an order whose items total `total`.
+    pub fn fee(&self, delivery: &Delivery, total: Money) -> Option<Money> {
+        let free = self.free_above.is_some_and(|f| total >= f);
+        let fee = if free {
+            Money::ZERO
+        } else if let Some(zone) = &delivery.zone {
+            // A zone that left the config since: no zone fee.
+            self.zones
+                .iter()
+                .find(|(n, _)| n == zone)
+                .map_or(Money::ZERO, |(_, f)| *f)
+        } else {
+            let metres = u64::from(delivery.distance_m.unwrap_or(0));
+            // per_km × metres / 1000, rounded half up to the cent.
+            let cents = (i128::from(self.per_km.0) * i128::from(metres) + 500) / 1000;
+            self.base.checked_add(Money(i64::try_from(cents).ok()?))?
+        };
+        fee.checked_add(delivery.surcharge)
     }
 }
 
@@ -553,5 +717,84 @@ mod tests {
             allocate(&items, &enough, Strategy::Reject),
             Ok(vec![4, 2, 3])
         );
+    }
+}
+
+#[cfg(test)]
+mod fee_tests {
+    use super::*;
+    use crate::config::{DeliveryFees, Surcharge, Zone};
+
+    fn rules(edit: impl FnOnce(&mut DeliveryFees)) -> Result<FeeRules, String> {
+        let mut c = DeliveryFees {
+            base_fee: "2.00".into(),
+            per_km: "0.50".into(),
+            zones: vec![Zone {
+                name: "center".into(),
+                fee: "1.50".into(),
+            }],
+            free_above: "20".into(),
+            surcharges: vec![Surcharge {
+                from: "22:00".into(),
+                to: "06:00".into(),
+                amount: "1.00".into(),
+            }],
+            ..DeliveryFees::default()
+        };
+        edit(&mut c);
+        FeeRules::from_config(&c)
+    }
+
+    const MIN: u64 = 60_000;
+
+    #[test]
+    fn base_distance_zone_free_and_night_surcharge() {
+        let r = rules(|_| {}).unwrap();
+        let noon = Millis(12 * 60 * MIN);
+        let night = Millis(23 * 60 * MIN);
+        let early = Millis(24 * 60 * MIN + 5 * 60 * MIN + 59 * MIN);
+        let far = r.delivery(Some(3.2), None, noon).unwrap();
+        assert_eq!(r.fee(&far, Money(500)), Some(Money(360)));
+        let zone = r.delivery(None, Some("center"), noon).unwrap();
+        assert_eq!(r.fee(&zone, Money(500)), Some(Money(150)));
+        assert_eq!(
+            r.fee(&far, Money(2000)),
+            Some(Money::ZERO),
+            "free from 20.00"
+        );
+        let late = r.delivery(Some(1.0), None, night).unwrap();
+        assert_eq!(late.surcharge, Money(100));
+        assert_eq!(
+            r.fee(&late, Money(2500)),
+            Some(Money(100)),
+            "the surcharge stays"
+        );
+        assert_eq!(
+            r.delivery(Some(0.0), None, early).unwrap().surcharge,
+            Money(100)
+        );
+        assert_eq!(
+            r.delivery(Some(0.0), None, Millis(6 * 60 * MIN))
+                .unwrap()
+                .surcharge,
+            Money::ZERO
+        );
+        assert!(r.delivery(Some(1.0), Some("center"), noon).is_err());
+        assert!(r.delivery(None, None, noon).is_err());
+        assert!(r.delivery(None, Some("moon"), noon).is_err());
+        assert!(r.delivery(Some(51.0), None, noon).is_err());
+        assert!(r.delivery(Some(-1.0), None, noon).is_err());
+        assert!(r.delivery(Some(f64::NAN), None, noon).is_err());
+    }
+
+    #[test]
+    fn bad_rules_are_refused_by_key() {
+        let err = |edit: fn(&mut DeliveryFees)| rules(edit).unwrap_err();
+        assert!(err(|c| c.base_fee = "two".into()).contains("delivery.base_fee"));
+        assert!(err(|c| c.per_km = "-1".into()).contains("delivery.per_km"));
+        assert!(err(|c| c.free_above = "1.234".into()).contains("delivery.free_above"));
+        assert!(err(|c| c.surcharges[0].from = "25:00".into()).contains("HH:MM"));
+        assert!(err(|c| c.surcharges[0].to = "22:00".into()).contains("empty"));
+        assert!(err(|c| c.zones.push(c.zones[0].clone())).contains("unique"));
     }
 }

@@ -1448,3 +1448,109 @@ async fn the_return_window_closes_and_restocking_is_configurable() {
         (StatusCode::CONFLICT, "the return window has closed".into())
     );
 }
+
+#[tokio::test]
+async fn delivery_fees_follow_the_configured_rules_and_the_totals() {
+    use order_broker::config::{Surcharge, Zone};
+    let mut config = common::config();
+    let minute = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60)
+        % 1440;
+    let hhmm = |m: u64| format!("{:02}:{:02}", (m % 1440) / 60, m % 60);
+    let d = &mut config.delivery;
+    d.base_fee = "2.00".into();
+    d.per_km = "0.50".into();
+    d.zones = vec![Zone {
+        name: "center".into(),
+        fee: "1.50".into(),
+    }];
+    d.free_above = "20".into();
+    // A window around now: every order here pays it.
+    d.surcharges = vec![Surcharge {
+        from: hhmm(minute + 1439),
+        to: hhmm(minute + 3),
+        amount: "1.00".into(),
+    }];
+    let server = TestServer::with_config(config).await;
+    call(
+        &server,
+        Method::POST,
+        "/products",
+        None,
+        json!({"id": 1, "name": "tea", "price": "2.50", "stock": 100}),
+    )
+    .await;
+    let order = |delivery: Value, quantity: u64| {
+        let server = &server;
+        async move {
+            let body =
+                json!({"items": [{"product_id": 1, "quantity": quantity}], "delivery": delivery});
+            call(server, Method::POST, "/orders", None, body).await
+        }
+    };
+    let totals = |o: &Value| {
+        (
+            o["total"].as_f64().unwrap(),
+            o["delivery_fee"].as_f64().unwrap(),
+            o["grand_total"].as_f64().unwrap(),
+        )
+    };
+
+    let far = order(json!({"distance_km": 3.2}), 2).await;
+    assert_eq!(far.status, StatusCode::CREATED, "{:?}", far.body);
+    assert_eq!(
+        totals(&far.json()),
+        (5.0, 4.6, 9.6),
+        "2.00 + 3.2 km × 0.50 + 1.00 surcharge"
+    );
+    assert_eq!(far.json()["delivery"]["distance_m"], 3200);
+    let zone = order(json!({"zone": "center"}), 2).await.json();
+    assert_eq!(totals(&zone), (5.0, 2.5, 7.5));
+    let big = order(json!({"distance_km": 10}), 8).await.json();
+    assert_eq!(
+        totals(&big),
+        (20.0, 1.0, 21.0),
+        "free from 20.00 but for the surcharge"
+    );
+    let none = call(
+        &server,
+        Method::POST,
+        "/orders",
+        None,
+        json!({"items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await
+    .json();
+    assert_eq!(totals(&none), (2.5, 0.0, 2.5));
+
+    // Changing the items re-prices the fee under the same rules.
+    let id = far.json()["id"].as_u64().unwrap();
+    let more = call(
+        &server,
+        Method::PUT,
+        &format!("/orders/{id}/items"),
+        None,
+        json!({"items": [{"product_id": 1, "quantity": 8}]}),
+    )
+    .await;
+    assert_eq!(totals(&more.json()), (20.0, 1.0, 21.0));
+
+    for bad in [
+        json!({"distance_km": 1, "zone": "center"}),
+        json!({}),
+        json!({"zone": "moon"}),
+        json!({"distance_km": 51}),
+        json!({"distance_km": -1}),
+        json!({"distance_km": "far"}),
+        json!({"distance_km": 1, "floor": 3}),
+    ] {
+        assert_eq!(
+            order(bad.clone(), 1).await.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}"
+        );
+    }
+}

@@ -156,6 +156,7 @@ impl Broker {
             channel: "template".into(),
             check_stock: true,
             scheduled_for: None,
+            delivery: None,
         })
     }
 

@@ -50,7 +50,7 @@ use crate::symbols::{Sym, Symbols, SymbolsFull, SymbolsReader};
 pub use bulk::{BulkAction, BulkResult, ErrorPolicy};
 pub use catalog::{CustomerFields, ProductFields};
 pub use fulfilment::Canceller;
-pub use shop::{NewItem, NewOrder, OrderFilter, Transition};
+pub use shop::{NewDelivery, NewItem, NewOrder, OrderFilter, Transition};
 
 /// Why the broker refused a change. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +230,8 @@ struct Inner {
     tax_rate: Rate,
     service_charge_rate: Rate,
     history_size: usize,
+    /// `[delivery]` fee rules.
+    fees: crate::shop::FeeRules,
     /// `[returns]`: the window in ms, and whether refunds restock.
     return_window_ms: u64,
     restock_returns: bool,
@@ -367,6 +369,8 @@ impl Broker {
                 tax_rate: Rate::parse(&shop.tax_rate).unwrap_or_default(),
                 service_charge_rate: Rate::parse(&shop.service_charge_rate).unwrap_or_default(),
                 history_size: config.events.history_size,
+                // Validated with the config.
+                fees: crate::shop::FeeRules::from_config(&config.delivery).unwrap_or_default(),
                 return_window_ms: config.returns.window_secs.saturating_mul(1000),
                 restock_returns: config.returns.restock,
                 journal: std::sync::OnceLock::new(),

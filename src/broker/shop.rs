@@ -17,7 +17,8 @@ use crate::catalog::{CustomerId, Product, ProductId, Slot};
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Stage, Version};
 use crate::shop::{
-    Fulfilment, HistoryEntry, Item, Lifecycle, PaymentStatus, ShopOrder, Strategy, Totals, allocate,
+    Delivery, Fulfilment, HistoryEntry, Item, Lifecycle, PaymentStatus, ShopOrder, Strategy,
+    Totals, allocate,
 };
 
 /// One line of a new order, as the client sent it.
@@ -39,6 +40,15 @@ pub struct NewOrder {
     pub check_stock: bool,
     /// Hold the order as scheduled until then; it becomes new at that time.
     pub scheduled_for: Option<Millis>,
+    /// Where it is delivered, for the delivery fee; None: no delivery.
+    pub delivery: Option<NewDelivery>,
+}
+
+/// A new order's delivery: a distance or a zone (see `[delivery]`).
+#[derive(Debug, Clone, Default)]
+pub struct NewDelivery {
+    pub distance_km: Option<f64>,
+    pub zone: Option<String>,
 }
 
 /// Which orders a listing returns, and the page.
@@ -105,13 +115,23 @@ impl Broker {
         if new.check_stock {
             self.check_stock(&items)?;
         }
-        let totals = self.totals(&items)?;
+        let now = Millis::now();
+        let delivery = new
+            .delivery
+            .as_ref()
+            .map(|d| {
+                self.inner
+                    .fees
+                    .delivery(d.distance_km, d.zone.as_deref(), now)
+            })
+            .transpose()
+            .map_err(BrokerError::Invalid)?;
+        let totals = self.totals(&items, delivery.as_ref())?;
         let word = match new.scheduled_for {
             Some(_) => Fulfilment::Scheduled.word(),
             None => Lifecycle::New.text(),
         };
         let status = self.inner.symbols.reserve(word);
-        let now = Millis::now();
         let shop = ShopOrder {
             number: String::new(),
             customer_id: new.customer_id,
@@ -132,6 +152,7 @@ impl Broker {
                 reason: None,
             }],
             scheduled_for: new.scheduled_for,
+            delivery,
             details: Vec::new(),
         };
         self.insert_new(status, shop)
@@ -186,6 +207,7 @@ impl Broker {
             feedback: None,
             return_request: None,
             scheduled_for: None,
+            delivery: None,
             history: vec![HistoryEntry {
                 status: status.to_string(),
                 at: now,
@@ -280,9 +302,16 @@ impl Broker {
             .map_err(BrokerError::OutOfStock)
     }
 
-    fn totals(&self, items: &[Item]) -> Result<Totals, BrokerError> {
-        Totals::of(items, self.inner.tax_rate, self.inner.service_charge_rate)
-            .ok_or_else(|| BrokerError::Invalid("order total is too large".into()))
+    /// The items' totals, with the delivery's fee when there is one.
+    fn totals(&self, items: &[Item], delivery: Option<&Delivery>) -> Result<Totals, BrokerError> {
+        let too_large = || BrokerError::Invalid("order total is too large".into());
+        let totals = Totals::of(items, self.inner.tax_rate, self.inner.service_charge_rate)
+            .ok_or_else(too_large)?;
+        let fee = match delivery {
+            Some(d) => self.inner.fees.fee(d, totals.total).ok_or_else(too_large)?,
+            None => crate::money::Money::ZERO,
+        };
+        totals.with_fee(fee).ok_or_else(too_large)
     }
 
     pub fn order_by_number(&self, number: &str) -> Option<(OrderId, Order)> {
@@ -400,7 +429,6 @@ impl Broker {
             return Err(BrokerError::Invalid("items must not be empty".into()));
         }
         let priced = self.price_items(items)?;
-        let totals = self.totals(&priced)?;
         self.apply(id, super::Mode::Update, expected, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
             let shop = current
@@ -413,8 +441,8 @@ impl Broker {
                 ));
             }
             let shop = ShopOrder {
+                totals: self.totals(&priced, shop.delivery.as_ref())?,
                 items: priced,
-                totals,
                 ..(**shop).clone()
             };
             Ok(Order {
@@ -548,7 +576,7 @@ impl Broker {
                 ..item.clone()
             })
             .collect();
-        let totals = self.totals(&items)?;
+        let totals = self.totals(&items, shop.delivery.as_ref())?;
         let new_balance = balance
             .checked_sub(totals.grand_total)
             .ok_or_else(|| BrokerError::Invalid("balance would overflow".into()))?;

@@ -14,7 +14,7 @@ use super::catalog::created;
 use super::error::ApiError;
 use super::{App, Body, Req, empty, if_match, json_response, with_etag};
 use crate::auth::Caller;
-use crate::broker::{BrokerError, NewItem, NewOrder, OrderFilter};
+use crate::broker::{BrokerError, NewDelivery, NewItem, NewOrder, OrderFilter};
 use crate::catalog::{CustomerId, ProductId};
 use crate::feed::Event;
 use crate::model::{Millis, Order, OrderId, Stage, Version};
@@ -91,6 +91,15 @@ struct OrderIn {
     check_stock: bool,
     /// Only on `POST /orders/scheduled`: when the order becomes new.
     scheduled_for: Option<u64>,
+    /// Where it is delivered, for the delivery fee.
+    delivery: Option<DeliveryIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryIn {
+    distance_km: Option<f64>,
+    zone: Option<String>,
 }
 
 /// How far ahead an order may be scheduled.
@@ -189,6 +198,10 @@ pub fn create(
         channel: body.channel,
         check_stock: body.check_stock,
         scheduled_for,
+        delivery: body.delivery.map(|d| NewDelivery {
+            distance_km: d.distance_km,
+            zone: d.zone,
+        }),
     };
     let event = app.broker().create_order(new).map_err(|e| match e {
         // A customer named in the body is bad data, not a missing page.
