@@ -11,7 +11,7 @@ use parking_lot::MutexGuard;
 
 use super::{Broker, BrokerError, check_version};
 use crate::catalog::{Customer, CustomerId, Product, ProductId, Slot};
-use crate::feed::{Change, Event};
+use crate::feed::Event;
 use crate::model::{Millis, Order, OrderId, Stage, Version};
 use crate::money::Money;
 use crate::shop::{Feedback, Fulfilment, Lifecycle, Location, ShopOrder};
@@ -123,16 +123,7 @@ impl Broker {
         }
         self.apply(id, super::Mode::Update, None, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
-            let shop = current
-                .shop
-                .as_ref()
-                .filter(|s| s.customer_id.is_some())
-                .ok_or_else(|| BrokerError::Conflict("order has no customer".into()))?;
-            if current.stage != Stage::Completed {
-                return Err(BrokerError::Conflict(
-                    "feedback is given after completion".into(),
-                ));
-            }
+            let shop = completed_shop(current, "feedback is given after completion")?;
             if shop.feedback.is_some() {
                 return Err(BrokerError::Conflict("feedback was already given".into()));
             }
@@ -264,30 +255,11 @@ impl Broker {
         };
         let before = entry.stage;
         let after = next.stage;
-        let event = {
-            let mut seq = self.sequencer();
-            for product in restocked {
-                let slot = products
-                    .iter_mut()
-                    .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
-                    .expect("locked above");
-                seq.commit(Change::Product(Arc::new(product.clone())));
-                **slot = Some(product);
-            }
-            if let (Some(customer), Some(refunded)) = (customer.as_mut(), refunded) {
-                seq.commit(Change::Customer(Arc::new(refunded.clone())));
-                **customer = Some(refunded);
-            }
-            let from_since = entry.stage_since;
-            *entry = next.clone();
-            seq.commit(Change::Order {
-                id,
-                order: next,
-                from: Some(before),
-                from_since,
-            })
+        let customer = match (customer.as_mut(), refunded) {
+            (Some(slot), Some(refunded)) => Some((slot, refunded)),
+            _ => None,
         };
-        drop(customer);
+        let event = self.commit_together(id, &mut entry, next, &mut products, restocked, customer);
         drop(products);
         self.inner.generations.bump(Some(before), Some(after));
         drop(entry);
@@ -306,6 +278,23 @@ impl Broker {
         .filter_map(|f| Some((self.inner.symbols.lookup(f.word())?, f)))
         .collect()
     }
+}
+
+/// A completed order's shop details, for what only comes after completion
+/// (feedback, returns); `early` says why not yet.
+pub(super) fn completed_shop<'a>(
+    order: &'a Order,
+    early: &str,
+) -> Result<&'a Arc<ShopOrder>, BrokerError> {
+    let shop = order
+        .shop
+        .as_ref()
+        .filter(|s| s.customer_id.is_some())
+        .ok_or_else(|| BrokerError::Conflict("order has no customer".into()))?;
+    if order.stage != Stage::Completed {
+        return Err(BrokerError::Conflict(early.to_string()));
+    }
+    Ok(shop)
 }
 
 /// Whether an order may be assigned: not once it is finished.

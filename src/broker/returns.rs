@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use super::fulfilment::units_of;
+use super::fulfilment::{completed_shop, units_of};
 use super::{Broker, BrokerError};
-use crate::model::{Millis, Order, OrderId, Stage};
+use crate::model::{Millis, Order, OrderId};
 use crate::shop::{Item, Return, ReturnItem, ReturnStatus, ShopOrder, Totals};
 
 use super::NewItem;
@@ -34,16 +34,7 @@ impl Broker {
         let now = Millis::now();
         self.apply(id, super::Mode::Update, None, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
-            let shop = current
-                .shop
-                .as_ref()
-                .filter(|s| s.customer_id.is_some())
-                .ok_or_else(|| BrokerError::Conflict("order has no customer".into()))?;
-            if current.stage != Stage::Completed {
-                return Err(BrokerError::Conflict(
-                    "only a completed order can be returned".into(),
-                ));
-            }
+            let shop = completed_shop(current, "only a completed order can be returned")?;
             if now.0.saturating_sub(current.stage_since.get().0) > self.inner.return_window_ms {
                 return Err(BrokerError::Conflict("the return window has closed".into()));
             }

@@ -13,7 +13,7 @@ use dashmap::mapref::entry::Entry;
 use parking_lot::MutexGuard;
 
 use super::{Broker, BrokerError, LifecycleError, ProcessRefusal, check_version};
-use crate::catalog::{CustomerId, Product, ProductId, Slot};
+use crate::catalog::{Customer, CustomerId, Product, ProductId, Slot};
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Stage, Version};
 use crate::shop::{
@@ -622,33 +622,56 @@ impl Broker {
             now,
         )?;
         let before = entry.stage;
-        let event = {
-            let mut seq = self.sequencer();
-            for product in new_products {
-                let slot = products
-                    .iter_mut()
-                    .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
-                    .expect("locked above");
-                seq.commit(Change::Product(Arc::new(product.clone())));
-                **slot = Some(product);
-            }
-            seq.commit(Change::Customer(Arc::new(new_customer.clone())));
-            *customer = Some(new_customer);
-            let from_since = entry.stage_since;
-            *entry = next.clone();
-            seq.commit(Change::Order {
-                id,
-                order: next,
-                from: Some(before),
-                from_since,
-            })
-        };
+        let event = self.commit_together(
+            id,
+            &mut entry,
+            next,
+            &mut products,
+            new_products,
+            Some((&mut customer, new_customer)),
+        );
         drop(customer);
         drop(products);
         self.inner.generations.bump(Some(before), Some(entry.stage));
         drop(entry);
         self.published(Some(event.clone()));
         Ok(event)
+    }
+
+    /// Commits, under one sequencer lock, new states of locked products and
+    /// of a locked customer, then the order's; each record is replaced as
+    /// its event is committed, so readers never see one without the other.
+    pub(super) fn commit_together(
+        &self,
+        id: OrderId,
+        entry: &mut Order,
+        next: Order,
+        locked: &mut [MutexGuard<'_, Option<Product>>],
+        products: Vec<Product>,
+        customer: Option<(&mut MutexGuard<'_, Option<Customer>>, Customer)>,
+    ) -> Event {
+        let mut seq = self.sequencer();
+        for product in products {
+            let slot = locked
+                .iter_mut()
+                .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
+                .expect("the caller locked every product it changes");
+            seq.commit(Change::Product(Arc::new(product.clone())));
+            **slot = Some(product);
+        }
+        if let Some((slot, customer)) = customer {
+            seq.commit(Change::Customer(Arc::new(customer.clone())));
+            **slot = Some(customer);
+        }
+        let from = Some(entry.stage);
+        let from_since = entry.stage_since;
+        *entry = next.clone();
+        seq.commit(Change::Order {
+            id,
+            order: next,
+            from,
+            from_since,
+        })
     }
 
     /// A lifecycle transition on the order with this number.
