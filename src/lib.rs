@@ -7,13 +7,19 @@
 //! - [`symbols`]: the interned texts (status words, orderbot ids) that keep an
 //!   order at 40 bytes.
 //! - [`money`]: integer-cent amounts and rates, parsed exactly.
-//! - [`catalog`]: products and customers, each record behind its own lock.
-//! - [`shop`]: shop order details (items, totals, history, payment) and the
-//!   pure rules: pricing, stock allocation per strategy, lifecycle states.
+//! - [`catalog`]: products, customers and templates, each record behind its
+//!   own lock.
+//! - [`shop`]: shop order details (items, totals, history, payment, delivery,
+//!   return, feedback) and the pure rules: pricing, stock allocation per
+//!   strategy, lifecycle states, the delivery flow, delivery fees, returns.
 //! - [`broker`]: the [`Broker`] handle and every write path, with the lock
 //!   order that keeps them consistent: the seed status update and views
 //!   (`broker/mod.rs`), orders with items, processing and the lifecycle
-//!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`),
+//!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`,
+//!   templates too), fulfilment: assignment, the delivery flow, location,
+//!   cancellation with its give-back, feedback (`broker/fulfilment.rs`),
+//!   bulk changes and the gate that makes them atomic (`broker/bulk.rs`),
+//!   scheduled orders (`broker/schedule.rs`), returns (`broker/returns.rs`),
 //!   snapshot dumps and recovery (`broker/persist.rs`), eviction of finished
 //!   orders (`broker/evict.rs`).
 //! - [`journal`]: durability: the writer thread (group commit, fsync
@@ -31,11 +37,14 @@
 //! - [`http`]: routing, body parsing, errors, access rules (`access`),
 //!   `Idempotency-Key` (`idempotency`), and one module per API group:
 //!   `order_store` (the seed robot-bar API), `catalog`, `orders` (incl.
-//!   processing), `lifecycle` (the Order Status API), `live` (event streams,
-//!   `/views`, the board page from `assets/board.html`), `cpee` (the CPEE
-//!   endpoints), `openapi` (`/openapi.json`), `ops`.
+//!   processing), `fulfilment` (delivery, cancel, bulk, returns, feedback),
+//!   `export`, `templates`, `analytics`, `lifecycle` (the Order Status API),
+//!   `live` (event streams, `/views`, the board page from
+//!   `assets/board.html`), `cpee` (the CPEE endpoints), `openapi`
+//!   (`/openapi.json`), `ops`.
 //! - [`server`]: accept loop, connections, recovery before ready, the
-//!   eviction sweep, graceful shutdown with a journal flush (`run`, `serve`).
+//!   housekeeping task (scheduled orders, eviction), graceful shutdown with
+//!   a journal flush (`run`, `serve`).
 //!
 //! The binary (`main.rs`) only parses the command line, loads the config,
 //! sets up logging, binds, and calls [`server::run`].

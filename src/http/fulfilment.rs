@@ -1,7 +1,9 @@
 //! Fulfilment endpoints: `PUT /orders/{id}/assign-delivery`,
 //! `PUT /orders/{id}/status` (the delivery flow), `PUT|GET
-//! /orders/{id}/delivery-location`, `POST /orders/{id}/cancel`, and the bulk
-//! forms `PUT /orders/bulk-status-update`, `POST /orders/bulk-assign-delivery`.
+//! /orders/{id}/delivery-location`, `POST /orders/{id}/cancel`, the bulk
+//! forms `PUT /orders/bulk-status-update`, `POST /orders/bulk-assign-delivery`,
+//! and what follows completion: `POST /orders/{id}/feedback`,
+//! `POST /orders/{id}/request-return`, `PUT /orders/{id}/return`.
 
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
