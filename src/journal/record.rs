@@ -259,3 +259,92 @@ impl<R: Read> Frames<R> {
         Ok(Ok(Some(&self.payload)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ProductId;
+    use crate::money::Money;
+    use crate::shop::{
+        Delivery, Feedback, HistoryEntry, Item, Location, PaymentStatus, Return, ReturnItem,
+        ReturnStatus, Totals,
+    };
+
+    /// Every field a shop order can carry comes back from a frame as it was.
+    #[test]
+    fn a_shop_order_with_every_field_round_trips() {
+        let at = Millis(1_795_383_805_507);
+        let shop = ShopOrder {
+            number: "FR9TL74P".into(),
+            customer_id: Some(CustomerId(4)),
+            items: vec![Item {
+                product_id: ProductId(1),
+                name: "tea, \"hot\"".into(),
+                quantity: 3,
+                unit_price: Money(250),
+            }],
+            notes: "no ice".into(),
+            table_number: Some("7".into()),
+            channel: "web".into(),
+            payment_status: PaymentStatus::Paid,
+            payment_method: Some("card".into()),
+            totals: Totals {
+                total: Money(750),
+                tax: Money(75),
+                service_charge: Money(0),
+                delivery_fee: Money(360),
+                grand_total: Money(1185),
+            },
+            processed: Some(at),
+            history: vec![HistoryEntry {
+                status: "Cancelled".into(),
+                at,
+                reason: Some("late".into()),
+            }],
+            scheduled_for: Some(at),
+            delivery: Some(Delivery {
+                distance_m: Some(3200),
+                zone: None,
+                surcharge: Money(100),
+            }),
+            return_request: Some(Return {
+                status: ReturnStatus::Received,
+                items: vec![ReturnItem {
+                    product_id: ProductId(1),
+                    quantity: 1,
+                }],
+                reason: "cold".into(),
+                amount: Money(275),
+                requested_at: at,
+            }),
+            feedback: Some(Feedback {
+                rating: 4,
+                comment: "ok".into(),
+                at,
+            }),
+            delivery_location: Location::new(48.2082, -16.3738, at),
+            details: vec![
+                ("size".into(), "L".into()),
+                ("drink".into(), "Mojito".into()),
+            ],
+        };
+        let record = Record::Order {
+            seq: Seq(9),
+            id: OrderId(3),
+            order: StoredOrder {
+                status: "Delivered".into(),
+                orderbot_id: Some("rider-7".into()),
+                version: 12,
+                created: at,
+                updated: at,
+                stage_since: at,
+                shop: Some(Arc::new(shop)),
+            },
+        };
+        let mut frame = Vec::new();
+        record.write_frame(&mut frame);
+        let mut frames = Frames::new(&frame[..], 0, frame.len() as u64);
+        let payload = frames.next_payload().unwrap().unwrap().unwrap();
+        assert_eq!(Record::decode(payload).unwrap(), record);
+    }
+}
