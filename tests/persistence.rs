@@ -279,6 +279,7 @@ async fn snapshots_replace_the_journal_and_recovery_uses_them() {
     let metrics = TestServer::with_config(config.clone()).await;
     assert_eq!(state(&metrics).await, before);
     let text = String::from_utf8(metrics.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(text.contains("order_broker_journal_queue 0"), "{text}");
     assert!(
         text.contains("order_broker_journal_recovered_records"),
         "{text}"

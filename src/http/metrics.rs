@@ -254,6 +254,13 @@ pub fn render(app: &App) -> Response<Body> {
     );
     if let Some(journal) = app.broker().journal() {
         render_journal(&mut out, &journal.stats);
+        metric(
+            &mut out,
+            "order_broker_journal_queue",
+            "gauge",
+            "Changes waiting for the journal writer.",
+            journal.queued() as f64,
+        );
     }
     let mut response = Response::new(full(out));
     response.headers_mut().insert(

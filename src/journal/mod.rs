@@ -250,6 +250,11 @@ impl Journal {
         }
     }
 
+    /// Events sent to the writer and not yet written.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     pub fn failed(&self) -> bool {
         self.stats.failed.load(Ordering::Relaxed)
     }
