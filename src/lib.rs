@@ -41,7 +41,7 @@
 //!   `export`, `templates`, `analytics`, `lifecycle` (the Order Status API),
 //!   `live` (event streams, `/views`, the board page from
 //!   `assets/board.html`), `cpee` (the CPEE endpoints), `openapi`
-//!   (`/openapi.json`), `ops`.
+//!   (`/openapi.json`), `metrics` (`/metrics`), `ops` (`/healthz`, `/readyz`).
 //! - [`server`]: accept loop, connections, recovery before ready, the
 //!   housekeeping task (scheduled orders, eviction), graceful shutdown with
 //!   a journal flush (`run`, `serve`).
