@@ -5,7 +5,7 @@
 //! tables are rebuilt once from the recovered orders (their histories give
 //! the times); time in stage is only known for changes seen since start.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -16,7 +16,6 @@ use crate::catalog::CustomerId;
 use crate::feed::{Change, Event};
 use crate::model::{Millis, Order, OrderId, Seq, Stage};
 use crate::money::Money;
-use crate::shop::ReturnStatus;
 use crate::symbols::SymbolsReader;
 
 const HOUR_MS: u64 = 3_600_000;
@@ -77,7 +76,8 @@ pub struct Durations {
 
 #[derive(Default)]
 struct Tables {
-    /// Completed orders' grand totals minus refunds, by the hour they fell in.
+    /// Money the ledgers moved, by the hour it moved in: charges (processing)
+    /// minus give-backs (cancellations) and refunds.
     revenue: BTreeMap<u64, Money>,
     /// (spent, completed orders) per customer.
     customers: HashMap<CustomerId, (Money, u64)>,
@@ -88,8 +88,9 @@ struct Tables {
     created: u64,
     cancelled: u64,
     completed: u64,
-    /// Orders whose refund is counted (so a later change does not count it again).
-    refunded: HashSet<OrderId>,
+    /// What each order's ledger had when last counted (charged, given back,
+    /// refunded), so a change counts only what it moved.
+    counted: HashMap<OrderId, [Money; 3]>,
     /// Times the fold fell behind the history and skipped events.
     missed: u64,
 }
@@ -232,7 +233,7 @@ impl Tables {
             Stage::Completed => self.completed_order(order, order.stage_since.get(), symbols),
             _ => {}
         }
-        self.refund(id, order);
+        self.ledger(id, order);
     }
 
     /// Folds one change.
@@ -258,7 +259,7 @@ impl Tables {
                 _ => {}
             }
         }
-        self.refund(id, order);
+        self.ledger(id, order);
     }
 
     fn completed_order(&mut self, order: &Order, at: Millis, symbols: &SymbolsReader<'_>) {
@@ -266,12 +267,8 @@ impl Tables {
         let Some(shop) = &order.shop else {
             return;
         };
-        let total = shop.totals.grand_total;
-        self.add_revenue(at, total);
         if let Some(customer) = shop.customer_id {
-            let entry = self.customers.entry(customer).or_insert((Money::ZERO, 0));
-            entry.0 = entry.0.checked_add(total).unwrap_or(entry.0);
-            entry.1 += 1;
+            self.customers.entry(customer).or_insert((Money::ZERO, 0)).1 += 1;
         }
         let confirmed = shop.history.iter().find(|h| h.status == "Confirmed");
         if let (Some(confirmed), Some(partner)) = (confirmed, order.orderbot_id) {
@@ -282,35 +279,31 @@ impl Tables {
         }
     }
 
-    /// A refund counts once, against the hour it was made in.
-    fn refund(&mut self, id: OrderId, order: &Order) {
+    /// Counts what the order's ledger moved since it was last counted, each
+    /// movement in the hour the ledger says it happened: the same sums
+    /// whether folded change by change or rebuilt from the orders at start.
+    fn ledger(&mut self, id: OrderId, order: &Order) {
         let Some(shop) = &order.shop else {
             return;
         };
-        let Some(request) = shop
-            .return_request
-            .as_ref()
-            .filter(|r| r.status == ReturnStatus::Refunded)
-        else {
-            return;
-        };
-        if !self.refunded.insert(id) {
+        let ledger = &shop.ledger;
+        if ledger.is_empty() {
             return;
         }
-        let at = shop
-            .history
-            .iter()
-            .rev()
-            .find(|h| h.status == ReturnStatus::Refunded.history_word())
-            .map_or(order.updated.get(), |h| h.at);
-        self.add_revenue(
-            at,
-            Money::ZERO.checked_sub(request.amount).unwrap_or_default(),
-        );
-        if let Some(customer) = shop.customer_id
-            && let Some(entry) = self.customers.get_mut(&customer)
-        {
-            entry.0 = entry.0.checked_sub(request.amount).unwrap_or(entry.0);
+        let now = [ledger.charged, ledger.given_back, ledger.refunded];
+        let before = self.counted.insert(id, now).unwrap_or([Money::ZERO; 3]);
+        let times = [ledger.charged_at, ledger.given_back_at, ledger.refunded_at];
+        let signs = [1, -1, -1];
+        for k in 0..3 {
+            let moved = Money((now[k].0 - before[k].0) * signs[k]);
+            if moved == Money::ZERO {
+                continue;
+            }
+            self.add_revenue(times[k].unwrap_or(order.updated.get()), moved);
+            if let Some(customer) = shop.customer_id {
+                let entry = self.customers.entry(customer).or_insert((Money::ZERO, 0));
+                entry.0 = entry.0.checked_add(moved).unwrap_or(entry.0);
+            }
         }
     }
 

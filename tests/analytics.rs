@@ -57,6 +57,14 @@ async fn delivered(server: &TestServer, customer: u64, quantity: u64, partner: &
     let id = call(server, Method::POST, "/orders", body).await.json()["id"]
         .as_u64()
         .unwrap();
+    // Processed, so the ledger charges it: revenue is what ledgers moved.
+    call(
+        server,
+        Method::PUT,
+        &format!("/api/orders/{id}"),
+        json!({"process": true}),
+    )
+    .await;
     call(
         server,
         Method::PUT,

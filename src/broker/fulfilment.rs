@@ -6,15 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dashmap::mapref::one::RefMut;
 use parking_lot::MutexGuard;
 
-use super::{Broker, BrokerError, check_version};
+use super::{Broker, BrokerError};
 use crate::catalog::{Customer, CustomerId, Product, ProductId, Slot};
 use crate::feed::Event;
 use crate::model::{Millis, Order, OrderId, Stage, Version};
 use crate::money::Money;
-use crate::shop::{Feedback, Fulfilment, Lifecycle, Location, ShopOrder};
+use crate::shop::{Feedback, Fulfilment, GiveBack, Lifecycle, Location, ShopOrder};
 use crate::symbols::Sym;
 
 /// Who asks to cancel, which decides until when they may.
@@ -141,10 +140,9 @@ impl Broker {
         })
     }
 
-    /// Cancels an order with a reason. A processed order gives back what
-    /// processing took: its items go back in stock (products since deleted
-    /// are skipped) and its grand total back to the customer's balance —
-    /// with the cancellation, in one step.
+    /// Cancels an order with a reason. The change goes through `apply`, like
+    /// every cancellation, so a processed order gives back what its ledger
+    /// has outstanding (see `settle`) with the cancellation, in one step.
     pub fn cancel_order(
         &self,
         id: OrderId,
@@ -160,80 +158,66 @@ impl Broker {
         }
         let status = self.inner.symbols.reserve(Lifecycle::Cancelled.text());
         let flow = self.flow_words();
-        let now = Millis::now();
-        let entry = self
-            .locked(|| self.inner.orders.get_mut(&id))
-            .ok_or(BrokerError::OrderNotFound)?;
-        check_version(&entry, expected)?;
-        let state = flow_state(&flow, &entry);
-        let allowed = match by {
-            Canceller::Customer => matches!(
-                state,
-                Fulfilment::Scheduled | Fulfilment::New | Fulfilment::Confirmed
-            ),
-            Canceller::Staff => !matches!(state, Fulfilment::Delivered | Fulfilment::Cancelled),
-        };
-        if !allowed {
-            return Err(BrokerError::Conflict(match (by, state) {
-                (_, Fulfilment::Cancelled) => "order is already cancelled".into(),
-                (_, Fulfilment::Delivered) => "order is delivered; request a return".into(),
-                _ => format!(
-                    "order is {}; a customer can cancel only before preparation",
-                    state.name()
+        self.apply(id, super::Mode::Update, expected, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            let state = flow_state(&flow, current);
+            let allowed = match by {
+                Canceller::Customer => matches!(
+                    state,
+                    Fulfilment::Scheduled | Fulfilment::New | Fulfilment::Confirmed
                 ),
-            }));
-        }
-        let shop = entry.shop.clone();
-        let processed = shop.as_ref().filter(|s| s.processed.is_some());
-
-        let next = self.stamp(
-            Some(&entry),
-            Order {
+                Canceller::Staff => !matches!(state, Fulfilment::Delivered | Fulfilment::Cancelled),
+            };
+            if !allowed {
+                return Err(BrokerError::Conflict(match (by, state) {
+                    (_, Fulfilment::Cancelled) => "order is already cancelled".into(),
+                    (_, Fulfilment::Delivered) => "order is delivered; request a return".into(),
+                    _ => format!(
+                        "order is {}; a customer can cancel only before preparation",
+                        state.name()
+                    ),
+                }));
+            }
+            Ok(Order {
                 status,
-                shop: shop
+                shop: current
+                    .shop
                     .as_ref()
                     .map(|s| Arc::new(s.with_entry(Lifecycle::Cancelled.text(), Some(reason)))),
-                ..entry.clone()
-            },
-            now,
-        )?;
-        // What processing took comes back.
-        let (units, refund) = match processed {
-            Some(shop) => (
-                units_of(shop.items.iter().map(|i| (i.product_id, i.quantity))),
-                shop.customer_id.map(|c| (c, shop.totals.grand_total)),
-            ),
-            None => (BTreeMap::new(), None),
-        };
-        self.commit_giving_back(id, entry, next, &units, refund)
+                ..current.clone()
+            })
+        })
     }
 
-    /// Commits `next` for the locked order in one step with giving back:
-    /// `units` per product go back in stock (products deleted since are
-    /// skipped) and `refund` onto the customer's balance (if they still
-    /// exist). Products are locked by ascending id, then the customer.
+    /// Commits `next` for the locked order `entry` in one step with giving
+    /// back: `back.units` per product go back in stock (products deleted
+    /// since are skipped) and `back.money` onto `customer`'s balance (if
+    /// they still exist). Products are locked by ascending id, then the
+    /// customer. The caller bumps the generations and publishes.
     pub(super) fn commit_giving_back(
         &self,
         id: OrderId,
-        mut entry: RefMut<'_, OrderId, Order>,
+        entry: &mut Order,
         next: Order,
-        units: &BTreeMap<ProductId, u64>,
-        refund: Option<(CustomerId, Money)>,
+        back: &GiveBack,
+        customer: Option<CustomerId>,
     ) -> Result<Event, BrokerError> {
-        let product_slots: Vec<Slot<Product>> = units
+        let product_slots: Vec<Slot<Product>> = back
+            .units
             .keys()
             .filter_map(|pid| self.inner.products.slot(*pid))
             .collect();
-        let customer_slot: Option<Slot<Customer>> =
-            refund.and_then(|(cid, _)| self.inner.customers.slot(cid));
+        let customer_slot: Option<Slot<Customer>> = customer
+            .filter(|_| back.money > Money::ZERO)
+            .and_then(|cid| self.inner.customers.slot(cid));
         let mut products: Vec<MutexGuard<'_, Option<Product>>> =
             product_slots.iter().map(|s| s.lock()).collect();
         let mut customer = customer_slot.as_ref().map(|s| s.lock());
 
         let mut restocked = Vec::new();
         for product in products.iter().filter_map(|g| g.as_ref()) {
-            let back = units.get(&product.id).copied().unwrap_or(0);
-            let stock = product.stock.checked_add(back).ok_or_else(|| {
+            let units = back.units.get(&product.id).copied().unwrap_or(0);
+            let stock = product.stock.checked_add(units).ok_or_else(|| {
                 BrokerError::Invalid(format!("stock of product {} would overflow", product.id.0))
             })?;
             restocked.push(Product {
@@ -242,29 +226,22 @@ impl Broker {
                 ..product.clone()
             });
         }
-        let refunded = match (refund, customer.as_ref().and_then(|c| c.as_ref())) {
-            (Some((_, amount)), Some(c)) => Some(Customer {
+        let credited = match customer.as_ref().and_then(|c| c.as_ref()) {
+            Some(c) => Some(Customer {
                 balance: c
                     .balance
-                    .checked_add(amount)
+                    .checked_add(back.money)
                     .ok_or_else(|| BrokerError::Invalid("balance would overflow".into()))?,
                 version: next_version(c.version)?,
                 ..c.clone()
             }),
+            None => None,
+        };
+        let customer = match (customer.as_mut(), credited) {
+            (Some(slot), Some(credited)) => Some((slot, credited)),
             _ => None,
         };
-        let before = entry.stage;
-        let after = next.stage;
-        let customer = match (customer.as_mut(), refunded) {
-            (Some(slot), Some(refunded)) => Some((slot, refunded)),
-            _ => None,
-        };
-        let event = self.commit_together(id, &mut entry, next, &mut products, restocked, customer);
-        drop(products);
-        self.inner.generations.bump(Some(before), Some(after));
-        drop(entry);
-        self.published(Some(event.clone()));
-        Ok(event)
+        Ok(self.commit_together(id, entry, next, &mut products, restocked, customer))
     }
 
     /// The status symbol of each flow word (all reserved at start).

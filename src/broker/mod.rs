@@ -460,11 +460,19 @@ impl Broker {
             Entry::Occupied(mut entry) => {
                 check_version(entry.get(), expected)?;
                 let next = change(Some(entry.get()))?;
-                let order = self.stamp(Some(entry.get()), next, now)?;
+                let mut order = self.stamp(Some(entry.get()), next, now)?;
+                let back = settle(entry.get(), &mut order, now)?;
                 let before = entry.get().stage;
-                let since = entry.get().stage_since;
-                *entry.get_mut() = order.clone();
-                let event = self.commit_order(id, Some((before, since)), order);
+                let event = match back {
+                    Some((back, customer)) => {
+                        self.commit_giving_back(id, entry.get_mut(), order, &back, customer)?
+                    }
+                    None => {
+                        let since = entry.get().stage_since;
+                        *entry.get_mut() = order.clone();
+                        self.commit_order(id, Some((before, since)), order)
+                    }
+                };
                 (event, Some(before), entry.get().stage)
             }
             Entry::Vacant(entry) => {
@@ -708,6 +716,61 @@ impl Broker {
             watch: self.inner.notifier.watch(),
         }
     }
+}
+
+/// Holds a change of a shop order to the one table of moves
+/// ([`crate::shop::check_move`]) and settles its ledger, whichever API made
+/// the change: entering the cancelled stage gives back everything the
+/// ledger has outstanding; a change that refunded (its ledger credits or
+/// restocks more than before) moves exactly that. Returns what must go back
+/// to stock and to whom the money goes, or None when nothing moves.
+/// Orders without shop details (the seed's) move freely.
+fn settle(
+    current: &Order,
+    next: &mut Order,
+    now: Millis,
+) -> Result<Option<(crate::shop::GiveBack, Option<CustomerId>)>, BrokerError> {
+    let Some(shop) = &current.shop else {
+        return Ok(None);
+    };
+    crate::shop::check_move(shop, current.stage, next.stage).map_err(BrokerError::Conflict)?;
+    let Some(next_shop) = next.shop.as_mut() else {
+        return Err(BrokerError::Conflict(
+            "an order keeps its shop details".into(),
+        ));
+    };
+    let was = &shop.ledger;
+    if next_shop.ledger.charged != was.charged || next_shop.ledger.items_taken != was.items_taken {
+        // Only processing charges, and it commits on its own path.
+        return Err(BrokerError::Conflict(
+            "only processing charges an order".into(),
+        ));
+    }
+    let back = if next.stage == Stage::Cancelled {
+        // The table let it in, so it was not cancelled before.
+        Arc::make_mut(next_shop).ledger.give_back_all(now)
+    } else {
+        let now_back = &next_shop.ledger;
+        let credited = |l: &crate::shop::Ledger| l.given_back.0 + l.refunded.0;
+        let mut units = crate::shop::Units::new();
+        for (product, n) in &now_back.items_returned {
+            let before = was.items_returned.get(product).copied().unwrap_or(0);
+            if *n > before {
+                units.insert(*product, n - before);
+            }
+        }
+        crate::shop::GiveBack {
+            units,
+            money: crate::money::Money(credited(now_back) - credited(was)),
+        }
+    };
+    let ledger = &next_shop.ledger;
+    if ledger.given_back.0 + ledger.refunded.0 > ledger.charged.0 || back.money.0 < 0 {
+        return Err(BrokerError::Conflict(
+            "an order gives back at most what it was charged".into(),
+        ));
+    }
+    Ok((!back.is_empty()).then(|| (back, shop.customer_id)))
 }
 
 fn check_version(order: &Order, expected: Option<Version>) -> Result<(), BrokerError> {

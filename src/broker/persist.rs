@@ -130,16 +130,25 @@ impl Broker {
     fn restored(&self, stored: StoredOrder) -> Order {
         let symbols = &self.inner.symbols;
         let status = symbols.restore(&stored.status);
+        let stage = self.stage_of(status);
+        let mut shop = stored.shop;
+        // Orders journaled before ledgers existed get the one they implied.
+        if let Some(s) = shop
+            .as_mut()
+            .filter(|s| s.ledger.is_empty() && s.processed.is_some())
+        {
+            Arc::make_mut(s).ledger = crate::shop::Ledger::legacy(s, stage);
+        }
         Order {
             status,
             orderbot_id: stored.orderbot_id.map(|b| symbols.restore(&b)),
             // Derived from the status under the current config.
-            stage: self.stage_of(status),
+            stage,
             version: Version(stored.version),
             created: Stamp::from(stored.created),
             updated: Stamp::from(stored.updated),
             stage_since: Stamp::from(stored.stage_since),
-            shop: stored.shop,
+            shop,
         }
     }
 

@@ -35,6 +35,11 @@ impl Broker {
         self.apply(id, super::Mode::Update, None, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
             let shop = completed_shop(current, "only a completed order can be returned")?;
+            if !shop.ledger.was_charged() {
+                return Err(BrokerError::Conflict(
+                    "only a processed (charged) order can be returned".into(),
+                ));
+            }
             if now.0.saturating_sub(current.stage_since.get().0) > self.inner.return_window_ms {
                 return Err(BrokerError::Conflict("the return window has closed".into()));
             }
@@ -75,57 +80,53 @@ impl Broker {
         })
     }
 
-    /// Moves an order's return on (staff). Refunding credits the balance
-    /// and restocks (if configured) with the change, in one step.
+    /// Moves an order's return on (staff). Refunding credits the amount and
+    /// restocks (if configured) with the change, in one step, bounded by what
+    /// the order's ledger has outstanding; `apply` settles it like every
+    /// other money movement.
     pub fn advance_return(
         &self,
         id: OrderId,
         to: ReturnStatus,
     ) -> Result<super::Event, BrokerError> {
-        let entry = self
-            .locked(|| self.inner.orders.get_mut(&id))
-            .ok_or(BrokerError::OrderNotFound)?;
-        let shop = entry
-            .shop
-            .clone()
-            .ok_or_else(|| BrokerError::Conflict("order has no return".into()))?;
-        let request = shop
-            .return_request
-            .clone()
-            .ok_or_else(|| BrokerError::Conflict("order has no return".into()))?;
-        if !request.status.may_become(to) {
-            return Err(BrokerError::Conflict(format!(
-                "the return is {}; it cannot become {}",
-                request.status.name(),
-                to.name()
-            )));
-        }
-        let next_shop = ShopOrder {
-            return_request: Some(Return {
-                status: to,
-                ..request.clone()
-            }),
-            ..shop.with_entry(to.history_word(), None)
-        };
-        let next = self.stamp(
-            Some(&entry),
-            Order {
-                shop: Some(Arc::new(next_shop)),
-                ..entry.clone()
-            },
-            Millis::now(),
-        )?;
-        let (units, refund) = if to == ReturnStatus::Refunded {
-            let units = if self.inner.restock_returns {
-                units_of(request.items.iter().map(|i| (i.product_id, i.quantity)))
-            } else {
-                Default::default()
+        let now = Millis::now();
+        self.apply(id, super::Mode::Update, None, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            let shop = current
+                .shop
+                .as_ref()
+                .ok_or_else(|| BrokerError::Conflict("order has no return".into()))?;
+            let request = shop
+                .return_request
+                .as_ref()
+                .ok_or_else(|| BrokerError::Conflict("order has no return".into()))?;
+            if !request.status.may_become(to) {
+                return Err(BrokerError::Conflict(format!(
+                    "the return is {}; it cannot become {}",
+                    request.status.name(),
+                    to.name()
+                )));
+            }
+            let mut next = ShopOrder {
+                return_request: Some(Return {
+                    status: to,
+                    ..request.clone()
+                }),
+                ..shop.with_entry(to.history_word(), None)
             };
-            (units, shop.customer_id.map(|c| (c, request.amount)))
-        } else {
-            (Default::default(), None)
-        };
-        self.commit_giving_back(id, entry, next, &units, refund)
+            if to == ReturnStatus::Refunded {
+                let units = if self.inner.restock_returns {
+                    units_of(request.items.iter().map(|i| (i.product_id, i.quantity)))
+                } else {
+                    Default::default()
+                };
+                next.ledger.refund(request.amount, &units, now);
+            }
+            Ok(Order {
+                shop: Some(Arc::new(next)),
+                ..current.clone()
+            })
+        })
     }
 }
 

@@ -153,6 +153,7 @@ impl Broker {
             }],
             scheduled_for: new.scheduled_for,
             delivery,
+            ledger: Default::default(),
             details: Vec::new(),
         };
         self.insert_new(status, shop)
@@ -213,6 +214,7 @@ impl Broker {
                 at: now,
                 reason: None,
             }],
+            ledger: Default::default(),
             details,
         };
         self.insert_new(status_sym, shop)
@@ -529,6 +531,7 @@ impl Broker {
         if entry.stage == Stage::Cancelled {
             return refuse(ProcessRefusal::Cancelled);
         }
+        crate::shop::check_move(&shop, entry.stage, entry.stage).map_err(BrokerError::Conflict)?;
         let Some(customer_id) = shop.customer_id else {
             return refuse(ProcessRefusal::NoCustomer);
         };
@@ -607,12 +610,13 @@ impl Broker {
             .next()
             .ok_or(BrokerError::VersionExhausted)?
             .0;
-        let next_shop = ShopOrder {
+        let mut next_shop = ShopOrder {
             items,
             totals,
             processed: Some(now),
             ..(*shop).clone()
         };
+        next_shop.ledger.charge(totals.grand_total, taken, now);
         let next = self.stamp(
             Some(&entry),
             Order {

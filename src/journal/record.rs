@@ -323,6 +323,16 @@ mod tests {
                 at,
             }),
             delivery_location: Location::new(48.2082, -16.3738, at),
+            ledger: crate::shop::Ledger {
+                charged: Money(1185),
+                given_back: Money(100),
+                refunded: Money(275),
+                items_taken: [(ProductId(1), 3)].into(),
+                items_returned: [(ProductId(1), 1)].into(),
+                charged_at: Some(at),
+                given_back_at: Some(at),
+                refunded_at: Some(at),
+            },
             details: vec![
                 ("size".into(), "L".into()),
                 ("drink".into(), "Mojito".into()),
