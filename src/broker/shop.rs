@@ -877,6 +877,142 @@ mod tests {
         }
     }
 
+    /// Threads race every money path on shared orders — processing with
+    /// each strategy, the three ways to cancel, completion and returns
+    /// with refunds — and the ledgers must account for every cent and unit.
+    #[test]
+    fn racing_money_paths_conserve_stock_and_balances() {
+        use crate::shop::{ReturnStatus, Units};
+        const THREADS: usize = 6;
+        const ORDERS: u64 = 120;
+        let broker = broker();
+        for p in 1..=3 {
+            broker
+                .create_product(Some(p), format!("p{p}"), Money(111 * p as i64), 500)
+                .unwrap();
+        }
+        for c in 1..=4 {
+            broker
+                .create_customer(Some(c), format!("c{c}"), None, Money(1_000_000))
+                .unwrap();
+        }
+        let ids: Vec<OrderId> = (0..ORDERS)
+            .map(|n| {
+                order(
+                    &broker,
+                    1 + n % 4,
+                    &[(1 + n % 3, 1 + n % 5), (1 + (n + 1) % 3, 2)],
+                )
+            })
+            .collect();
+        let numbers: Vec<String> = ids
+            .iter()
+            .map(|id| broker.get(*id).unwrap().shop.unwrap().number.clone())
+            .collect();
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (broker, ids, numbers) = (&broker, &ids, &numbers);
+                s.spawn(move || {
+                    for k in 0..ids.len() * 5 {
+                        let i = (k * 7 + t * 13) % ids.len();
+                        let (id, number) = (ids[i], numbers[i].as_str());
+                        let strategies = [Strategy::Adjust, Strategy::Reject, Strategy::Ignore];
+                        // Refusals are expected; only the sums matter here.
+                        // Phases, so some orders live long enough to be
+                        // refunded: charge and complete, then return, then
+                        // anything; cancels race throughout.
+                        let op = match (k / ids.len(), (k + t) % 12) {
+                            (_, 11) => 2,
+                            (_, 10) => 3,
+                            (_, 9) => 4,
+                            (0, n) if n % 2 == 0 => 0,
+                            (0, _) => 5,
+                            (phase @ 1..=3, _) => 5 + phase,
+                            (_, n) => n % 9,
+                        };
+                        let _ = match op {
+                            0 | 1 => broker.process(id, strategies[k % 3], None),
+                            2 => broker.transition(number, Transition::Cancel, None, None),
+                            3 => broker.cancel_order(
+                                id,
+                                "race",
+                                super::super::Canceller::Staff,
+                                None,
+                            ),
+                            4 => broker.update_status(id, "Order Cancelled", None),
+                            5 => broker.transition(number, Transition::Complete, None, None),
+                            6 => broker.request_return(
+                                id,
+                                &[NewItem {
+                                    product_id: ProductId(1 + i as u64 % 3),
+                                    quantity: 1,
+                                }],
+                                "race",
+                            ),
+                            7 => broker
+                                .advance_return(id, ReturnStatus::Approved)
+                                .and_then(|_| broker.advance_return(id, ReturnStatus::Received)),
+                            _ => broker.advance_return(id, ReturnStatus::Refunded),
+                        };
+                    }
+                });
+            }
+        });
+        let mut out: Units = Units::new();
+        let mut spent: HashMap<CustomerId, i64> = HashMap::new();
+        for id in &ids {
+            let shop = broker.get(*id).unwrap().shop.unwrap();
+            let l = &shop.ledger;
+            assert!(
+                l.given_back.0 + l.refunded.0 <= l.charged.0,
+                "order {id}: {l:?}"
+            );
+            if l.given_back.0 > 0 {
+                assert_eq!(
+                    l.refunded,
+                    Money::ZERO,
+                    "order {id}: refunded and given back"
+                );
+            }
+            for (p, n) in l.units_out() {
+                *out.entry(p).or_default() += n;
+            }
+            *spent.entry(shop.customer_id.unwrap()).or_default() += l.outstanding().0;
+        }
+        let ledgers: Vec<_> = ids
+            .iter()
+            .map(|id| broker.get(*id).unwrap().shop.unwrap().ledger.clone())
+            .collect();
+        assert!(
+            ledgers.iter().any(|l| l.given_back > Money::ZERO),
+            "some gave back"
+        );
+        assert!(
+            ledgers.iter().any(|l| l.refunded > Money::ZERO),
+            "some refunded"
+        );
+        assert!(
+            ledgers.iter().any(|l| l.outstanding() > Money::ZERO),
+            "some kept"
+        );
+        for p in 1..=3 {
+            let stock = broker.product(ProductId(p)).unwrap().stock;
+            assert_eq!(
+                stock + out.get(&ProductId(p)).copied().unwrap_or(0),
+                500,
+                "product {p}"
+            );
+        }
+        for c in 1..=4 {
+            let balance = broker.customer(CustomerId(c)).unwrap().balance.0;
+            assert_eq!(
+                balance + spent.get(&CustomerId(c)).copied().unwrap_or(0),
+                1_000_000,
+                "customer {c}"
+            );
+        }
+    }
+
     #[test]
     fn processing_rules_and_refusals() {
         let broker = broker();
