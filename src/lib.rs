@@ -11,10 +11,13 @@
 //!   own lock.
 //! - [`shop`]: shop order details (items, totals, history, payment, delivery,
 //!   return, feedback) and the pure rules: pricing, stock allocation per
-//!   strategy, lifecycle states, the delivery flow, delivery fees, returns.
+//!   strategy, lifecycle states, the delivery flow, delivery fees, returns,
+//!   the one table of moves a shop order may make (`check_move`) and its
+//!   `Ledger` of money and stock moved.
 //! - [`broker`]: the [`Broker`] handle and every write path, with the lock
-//!   order that keeps them consistent: the seed status update and views
-//!   (`broker/mod.rs`), orders with items, processing and the lifecycle
+//!   order that keeps them consistent: the seed status update, views, and
+//!   `apply`, the one path an order changes by, which holds shop orders to
+//!   the table of moves and settles their ledgers (`broker/mod.rs`), orders with items, processing and the lifecycle
 //!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`,
 //!   templates too), fulfilment: assignment, the delivery flow, location,
 //!   cancellation with its give-back, feedback (`broker/fulfilment.rs`),

@@ -15,7 +15,11 @@
 //!
 //! Write paths: `update_status` (the seed API) here; orders with items,
 //! processing and the lifecycle in `shop.rs`; products and customers in
-//! `catalog.rs`.
+//! `catalog.rs`. Every change of one order but processing goes through
+//! `apply`, which holds a shop order to the one table of moves and settles
+//! its ledger (`settle`): a cancellation from any API gives back what the
+//! ledger has outstanding, in the same step. Processing charges the ledger
+//! on its own path, because it must read stock under the product locks.
 
 mod bulk;
 mod catalog;

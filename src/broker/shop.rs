@@ -393,7 +393,8 @@ impl Broker {
             .unwrap_or_default()
     }
 
-    /// Sets the status of an existing order. A cancelled shop order is final.
+    /// Sets the status of an existing order, as far as the table of moves
+    /// allows (a cancelled shop order is final).
     pub fn set_status(
         &self,
         id: OrderId,
@@ -403,12 +404,8 @@ impl Broker {
         self.check_len("status", status)?;
         let sym = self.inner.symbols.intern(status)?;
         self.apply(id, super::Mode::Update, expected, |current| {
+            // Which moves a shop order may make is `apply`'s (one table).
             let current = current.ok_or(BrokerError::OrderNotFound)?;
-            if current.shop.is_some() && current.stage == Stage::Cancelled {
-                return Err(BrokerError::Conflict(
-                    "order is cancelled; nothing reopens it".into(),
-                ));
-            }
             Ok(Order {
                 status: sym,
                 shop: current
