@@ -74,9 +74,34 @@ impl Caller {
     /// The customer id of a customer caller.
     pub fn customer_id(&self) -> Option<u64> {
         match self.role {
-            Role::Customer => self.subject.as_deref().and_then(|s| s.parse().ok()),
+            Role::Customer => self.subject.as_deref().and_then(customer_subject),
             _ => None,
         }
+    }
+}
+
+/// A customer's subject read strictly: the decimal digits of their id and
+/// nothing else (no sign, no spaces, no leading zeros), so `"+2"` or
+/// `" 2"` never acts as customer 2.
+pub fn customer_subject(subject: &str) -> Option<u64> {
+    let canonical = !subject.is_empty()
+        && subject.bytes().all(|b| b.is_ascii_digit())
+        && (subject == "0" || !subject.starts_with('0'));
+    canonical.then(|| subject.parse().ok()).flatten()
+}
+
+/// Why a role's subject is unusable, if it is: a customer's must be their
+/// customer id, a delivery partner's their partner id. The config's static
+/// tokens and every JWT are held to this one rule.
+pub fn subject_problem(role: Role, subject: Option<&str>) -> Option<&'static str> {
+    match role {
+        Role::Customer if subject.and_then(customer_subject).is_none() => {
+            Some("its subject must be a customer id (decimal digits)")
+        }
+        Role::Delivery if subject.is_none_or(|s| s.trim().is_empty()) => {
+            Some("its subject must be the partner id")
+        }
+        _ => None,
     }
 }
 
@@ -103,6 +128,8 @@ impl Auth {
             let mut validation = Validation::new(Algorithm::HS256);
             validation.set_required_spec_claims(&["exp"]);
             validation.leeway = 0;
+            // A token that is not valid yet is refused like an expired one.
+            validation.validate_nbf = true;
             (
                 DecodingKey::from_secret(jwt_secret.0.as_bytes()),
                 validation,
@@ -149,6 +176,9 @@ impl Auth {
         let (key, validation) = self.jwt.as_ref().ok_or(InvalidToken)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|_| InvalidToken)?;
+        if subject_problem(data.claims.role, data.claims.sub.as_deref()).is_some() {
+            return Err(InvalidToken);
+        }
         Ok(Caller {
             role: data.claims.role,
             subject: data.claims.sub,
@@ -239,6 +269,28 @@ mod tests {
                 serde_json::json!({"sub": "1", "role": "admin", "exp": exp(-10)}),
             ),
             jwt("jwt-key", serde_json::json!({"sub": "1", "role": "admin"})),
+            // Not valid yet.
+            jwt(
+                "jwt-key",
+                serde_json::json!({"sub": "1", "role": "admin", "exp": exp(600), "nbf": exp(300)}),
+            ),
+            // A customer without a usable customer subject.
+            jwt(
+                "jwt-key",
+                serde_json::json!({"role": "customer", "exp": exp(60)}),
+            ),
+            jwt(
+                "jwt-key",
+                serde_json::json!({"sub": "+2", "role": "customer", "exp": exp(60)}),
+            ),
+            jwt(
+                "jwt-key",
+                serde_json::json!({"sub": "ann", "role": "customer", "exp": exp(60)}),
+            ),
+            jwt(
+                "jwt-key",
+                serde_json::json!({"role": "delivery", "exp": exp(60)}),
+            ),
             jwt(
                 "jwt-key",
                 serde_json::json!({"sub": "1", "role": "root", "exp": exp(60)}),
@@ -254,6 +306,31 @@ mod tests {
         let open = Auth::new(&[], &Secret::default());
         assert!(!open.enabled());
         assert_eq!(open.identify(&format!("Bearer {good}")), Err(InvalidToken));
+    }
+
+    #[test]
+    fn customer_subjects_are_read_strictly() {
+        assert_eq!(customer_subject("2"), Some(2));
+        assert_eq!(customer_subject("0"), Some(0));
+        assert_eq!(customer_subject("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "+2",
+            " 2",
+            "2 ",
+            "02",
+            "-2",
+            "2x",
+            "",
+            "18446744073709551616",
+            "٢",
+        ] {
+            assert_eq!(customer_subject(bad), None, "{bad:?}");
+        }
+        let ok = jwt(
+            "jwt-key",
+            serde_json::json!({"sub": "1", "role": "admin", "exp": exp(600), "nbf": exp(-5)}),
+        );
+        assert!(auth().identify(&format!("Bearer {ok}")).is_ok());
     }
 
     #[test]

@@ -569,20 +569,13 @@ impl Config {
                     "auth.tokens[{i}].token must not be empty"
                 )));
             }
-            let numeric = t
-                .subject
-                .as_deref()
-                .is_some_and(|s| s.parse::<u64>().is_ok());
-            if t.role == crate::auth::Role::Customer && !numeric {
+            if let Some(problem) = crate::auth::subject_problem(t.role, t.subject.as_deref()) {
                 return Err(ConfigError(format!(
-                    "auth.tokens[{i}] has role customer, so its subject must be a customer id"
-                )));
-            }
-            if t.role == crate::auth::Role::Delivery
-                && t.subject.as_deref().is_none_or(|s| s.trim().is_empty())
-            {
-                return Err(ConfigError(format!(
-                    "auth.tokens[{i}] has role delivery, so its subject must be the partner id"
+                    "auth.tokens[{i}] has role {}, so {problem}",
+                    serde_json::to_value(t.role)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
                 )));
             }
         }

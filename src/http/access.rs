@@ -9,7 +9,7 @@
 
 use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::error::ApiError;
 use super::{App, Req, Route};
@@ -148,8 +148,12 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
             let id = path_id();
             caller.is_privileged() || (id.is_some() && caller.customer_id() == id)
         }
-        Need::OrderOwner => caller.is_privileged() || owns_order(app, route, req, &caller),
-        Need::OrderCustomer => owns_order(app, route, req, &caller),
+        // A lifecycle call names its order in the body: the handler checks
+        // the order it resolved and acts on (`owns`), so the check and the
+        // change can never read two different orders.
+        Need::OrderOwner if route == Route::Lifecycle => true,
+        Need::OrderOwner => caller.is_privileged() || owns_path_order(app, req, &caller),
+        Need::OrderCustomer => owns_path_order(app, req, &caller),
     };
     if allowed {
         Ok(Some(caller))
@@ -158,29 +162,24 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
     }
 }
 
-/// Whether the caller is the customer of the order the request names (by
-/// path, or for a lifecycle call by number in the body).
-fn owns_order(app: &App, route: Route, req: &Req, caller: &Caller) -> bool {
-    let order = if route == Route::Lifecycle {
-        order_in_body(app, req)
-    } else {
-        req.param
-            .as_deref()
-            .and_then(|p| p.parse::<u64>().ok())
-            .map(OrderId)
-    };
-    let owner = order
-        .and_then(|id| app.broker().get(id))
-        .and_then(|o| o.shop.as_ref().and_then(|s| s.customer_id))
-        .map(|c| c.0);
+/// Whether the caller is the customer of the order the path names.
+fn owns_path_order(app: &App, req: &Req, caller: &Caller) -> bool {
+    let order = req
+        .param
+        .as_deref()
+        .and_then(|p| p.parse::<u64>().ok())
+        .and_then(|id| app.broker().get(OrderId(id)));
+    order.is_some_and(|o| owns(caller, &o))
+}
+
+/// Whether `caller` is the customer of `order`: the one ownership rule.
+pub fn owns(caller: &Caller, order: &crate::model::Order) -> bool {
+    let owner = order.shop.as_ref().and_then(|s| s.customer_id).map(|c| c.0);
     owner.is_some() && owner == caller.customer_id()
 }
 
-/// The order a lifecycle request names by number.
-fn order_in_body(app: &App, req: &Req) -> Option<OrderId> {
-    let body: Value = serde_json::from_slice(&req.body).ok()?;
-    let number = ["order", "number"]
-        .iter()
-        .find_map(|k| body.get(k)?.as_str())?;
-    app.broker().order_by_number(number).map(|(id, _)| id)
+/// With auth on, whether `caller` may act on `order` as an `OrderOwner`
+/// route lets them: privileged, or its customer.
+pub fn may_act_on(caller: Option<&Caller>, order: &crate::model::Order) -> bool {
+    caller.is_none_or(|c| c.is_privileged() || owns(c, order))
 }

@@ -11,7 +11,11 @@ use crate::broker::{BrokerError, LifecycleError, Transition};
 use crate::model::{Order, OrderId};
 use crate::shop::Lifecycle;
 
-pub fn transition(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+pub fn transition(
+    app: &App,
+    req: &Req,
+    caller: Option<&crate::auth::Caller>,
+) -> Result<Response<Body>, ApiError> {
     let action = match req.param.as_deref() {
         Some("confirm") => Transition::Confirm,
         Some("paid") => Transition::Paid,
@@ -26,22 +30,41 @@ pub fn transition(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         "order"
     };
     let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
-    let number = ["number", "order"]
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let named: Vec<Option<String>> = ["number", "order"]
         .iter()
-        .find_map(|k| body.get(k))
-        .and_then(|v| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            refusal(
-                "invalid_order_number",
-                "Invalid order number",
-                field,
-                "Order number is required",
-            )
-        })?;
+        .filter_map(|k| body.get(k))
+        .map(text)
+        .collect();
+    // A body that names two orders is refused, not read one way here and
+    // another way elsewhere.
+    if named.len() == 2 && named[0] != named[1] {
+        return Err(refusal(
+            "invalid_order_number",
+            "Invalid order number",
+            field,
+            "number and order name different orders",
+        ));
+    }
+    let number = named.into_iter().next().flatten().ok_or_else(|| {
+        refusal(
+            "invalid_order_number",
+            "Invalid order number",
+            field,
+            "Order number is required",
+        )
+    })?;
+    // Who may act is checked on the very order this call resolved and acts
+    // on (the number is read once, here).
+    if let Some((_, order)) = app.broker().order_by_number(&number)
+        && !super::access::may_act_on(caller, &order)
+    {
+        return Err(super::access::forbidden());
+    }
     let method = ["payment_method", "paymentMethod"]
         .iter()
         .find_map(|k| body.get(k))

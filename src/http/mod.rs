@@ -561,7 +561,7 @@ impl App {
             Route::Order if m == Method::DELETE => orders::delete(self, req),
             Route::OrderItems if m == Method::PUT => orders::replace_items(self, req),
             Route::ProcessOrder if m == Method::PUT => orders::process(self, req),
-            Route::Lifecycle if m == Method::POST => lifecycle::transition(self, req),
+            Route::Lifecycle if m == Method::POST => lifecycle::transition(self, req, caller),
             Route::AssignDelivery if m == Method::PUT => fulfilment::assign(self, req),
             Route::OrderStatus if m == Method::PUT => fulfilment::set_status(self, req, caller),
             Route::DeliveryLocation if read => fulfilment::get_location(self, req),

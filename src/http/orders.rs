@@ -164,6 +164,11 @@ pub fn create(
 ) -> Result<Response<Body>, ApiError> {
     let mut body: OrderIn = json(&req.headers, &req.body)?;
     let scheduled_for = schedule(scheduled, body.scheduled_for)?;
+    // Only staff, admin and service order for others; a customer orders for
+    // themselves; nobody else (a delivery partner) orders at all.
+    if caller.is_some_and(|c| !c.is_privileged() && c.customer_id().is_none()) {
+        return Err(forbidden());
+    }
     if let Some(own) = caller.and_then(Caller::customer_id) {
         if body.customer_id.is_some_and(|c| c != own) || path_customer.is_some_and(|c| c != own) {
             return Err(forbidden());

@@ -1,0 +1,244 @@
+//! Access control tried as an attacker would: a body that names two orders,
+//! another customer's order number, a delivery partner ordering for a
+//! customer, customer tokens whose subject is missing or sloppy, and a JWT
+//! that is not valid yet.
+
+mod common;
+
+use common::{Reply, TestServer};
+use hyper::{Method, StatusCode};
+use order_broker::auth::{Role, Secret, StaticToken};
+use serde_json::{Value, json};
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn secured() -> TestServer {
+    let mut config = common::config();
+    let token = |token: &str, role, subject: &str| StaticToken {
+        token: Secret(token.into()),
+        role,
+        subject: Some(subject.into()),
+    };
+    config.auth.tokens = vec![
+        token("staff-t", Role::Staff, "sam"),
+        token("cust-1", Role::Customer, "1"),
+        token("cust-2", Role::Customer, "2"),
+        token("rider-t", Role::Delivery, "rider-7"),
+    ];
+    config.auth.jwt_secret = Secret("jwt-secret".into());
+    let server = TestServer::with_config(config).await;
+    let product = json!({"id": 1, "name": "tea", "price": 2, "stock": 50});
+    call(&server, Method::POST, "/products", "token staff-t", product).await;
+    for id in [1, 2] {
+        let customer = json!({"id": id, "name": format!("c{id}"), "phone": format!("555-{id}"), "balance": 100});
+        call(
+            &server,
+            Method::POST,
+            "/customers",
+            "token staff-t",
+            customer,
+        )
+        .await;
+    }
+    server
+}
+
+async fn call(server: &TestServer, method: Method, path: &str, auth: &str, body: Value) -> Reply {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    server
+        .send(method, path, &[JSON, ("authorization", auth)], &body)
+        .await
+}
+
+/// A new order of customer `c` (by their own token): its number.
+async fn order_of(server: &TestServer, c: u64) -> String {
+    let body =
+        json!({"items": [{"product_id": 1, "quantity": 1}], "notes": format!("secret of {c}")});
+    let reply = call(
+        server,
+        Method::POST,
+        "/orders",
+        &format!("token cust-{c}"),
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.json()["number"].as_str().unwrap().to_string()
+}
+
+async fn status_of(server: &TestServer, number: &str) -> Value {
+    let reply = call(server, Method::GET, "/orders", "token staff-t", Value::Null).await;
+    reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["number"] == number)
+        .map(|o| o["status"].clone())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_customer_cannot_cancel_another_customers_order() {
+    let server = secured().await;
+    let mine = order_of(&server, 1).await;
+    let victim = order_of(&server, 2).await;
+    let cancel = "/api/store/orders/cancel";
+    // The access check once read `order` and the handler `number`.
+    for body in [
+        json!({"order": mine, "number": victim}),
+        json!({"number": victim, "order": mine}),
+    ] {
+        let reply = call(&server, Method::POST, cancel, "token cust-1", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {:?}",
+            reply.body
+        );
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("555-2"),
+            "leaked the victim: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("secret of 2"),
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    for body in [json!({"number": victim}), json!({"order": victim})] {
+        let reply = call(&server, Method::POST, cancel, "token cust-1", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{body}: {:?}",
+            reply.body
+        );
+        let text = String::from_utf8_lossy(&reply.body);
+        assert!(!text.contains("555-2"), "{text}");
+    }
+    assert_eq!(status_of(&server, &victim).await, "New");
+    // The owner still can, by either key.
+    let reply = call(
+        &server,
+        Method::POST,
+        cancel,
+        "token cust-2",
+        json!({"number": victim}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = call(
+        &server,
+        Method::POST,
+        cancel,
+        "token cust-1",
+        json!({"order": mine, "number": mine}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn only_staff_order_for_others() {
+    let server = secured().await;
+    let item = json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]});
+    let mut scheduled = item.clone();
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    scheduled["scheduled_for"] = json!(in_an_hour);
+    for (path, body) in [("/orders", &item), ("/orders/scheduled", &scheduled)] {
+        let reply = call(&server, Method::POST, path, "token rider-t", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "a rider ordering on {path}: {:?}",
+            reply.body
+        );
+        let reply = call(&server, Method::POST, path, "token cust-2", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "customer 2 for 1 on {path}"
+        );
+        let reply = call(&server, Method::POST, path, "token staff-t", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{path}: {:?}",
+            reply.body
+        );
+    }
+    let all = call(
+        &server,
+        Method::GET,
+        "/orders",
+        "token staff-t",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        all.json().as_array().unwrap().len(),
+        2,
+        "only staff's two orders exist"
+    );
+}
+
+#[tokio::test]
+async fn customer_tokens_need_a_strict_customer_subject_and_jwts_their_time() {
+    let server = secured().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let jwt = |claims: Value| {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"jwt-secret");
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+        format!("Bearer {token}")
+    };
+    let order = json!({"customer_id": 2, "items": [{"product_id": 1, "quantity": 1}]});
+    for claims in [
+        json!({"role": "customer", "exp": now + 60}),
+        json!({"sub": "+2", "role": "customer", "exp": now + 60}),
+        json!({"sub": "02", "role": "customer", "exp": now + 60}),
+        json!({"sub": "two", "role": "customer", "exp": now + 60}),
+        json!({"sub": "2", "role": "customer", "exp": now + 600, "nbf": now + 300}),
+        json!({"sub": "kim", "role": "staff", "exp": now + 600, "nbf": now + 300}),
+    ] {
+        let reply = call(
+            &server,
+            Method::POST,
+            "/orders",
+            &jwt(claims.clone()),
+            order.clone(),
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{claims}: {:?}",
+            reply.body
+        );
+    }
+    let all = call(
+        &server,
+        Method::GET,
+        "/orders",
+        "token staff-t",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(all.json(), json!([]), "no order was created");
+    let good = jwt(json!({"sub": "2", "role": "customer", "exp": now + 60, "nbf": now - 5}));
+    let reply = call(&server, Method::POST, "/orders", &good, order).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.json()["customer_id"], 2);
+}
