@@ -24,6 +24,57 @@ pub enum Role {
     Delivery,
 }
 
+/// The API groups auth is decided for (`auth.open` names those that need
+/// no token even when auth is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiGroup {
+    /// The seed's `PUT|POST /update_order` (what CPEE calls).
+    SeedWrites,
+    /// The board's reads: the seed's `/get_*`, `/views`, `/events`.
+    Views,
+    /// CPEE's endpoints: intake, `next-order`, `wait`, `/cpee/callbacks`.
+    Cpee,
+    /// Products, customers, orders with items, processing, templates.
+    Shop,
+    /// The Order Status API (`/api/store/orders/*`).
+    Lifecycle,
+    /// Delivery, cancellation, returns, feedback, bulk, export, analytics.
+    Fulfilment,
+    /// `/metrics` and `/openapi.json` (`/healthz`, `/readyz` are always open).
+    Ops,
+}
+
+impl ApiGroup {
+    pub const ALL: [ApiGroup; 7] = [
+        ApiGroup::SeedWrites,
+        ApiGroup::Views,
+        ApiGroup::Cpee,
+        ApiGroup::Shop,
+        ApiGroup::Lifecycle,
+        ApiGroup::Fulfilment,
+        ApiGroup::Ops,
+    ];
+
+    pub fn name(self) -> &'static str {
+        [
+            "seed_writes",
+            "views",
+            "cpee",
+            "shop",
+            "lifecycle",
+            "fulfilment",
+            "ops",
+        ][self as usize]
+    }
+
+    /// Groups a process engine writes through: an open one can be limited
+    /// to `auth.cpee_networks`.
+    pub fn is_engine(self) -> bool {
+        matches!(self, ApiGroup::SeedWrites | ApiGroup::Cpee)
+    }
+}
+
 /// Text that must never be printed (tokens, secrets).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -256,7 +256,7 @@ pub struct Shop {
     pub store_name: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Static tokens, each `{ token = "...", role = "staff", subject = "..." }`;
@@ -264,8 +264,27 @@ pub struct AuthConfig {
     pub tokens: Vec<crate::auth::StaticToken>,
     /// HS256 secret for JWTs with claims `sub`, `role` and `exp`; empty: none.
     pub jwt_secret: crate::auth::Secret,
-    /// Whether the board views (the seed's GET endpoints) need a token too.
+    /// Whether the board views (the seed's GET endpoints) need a token too;
+    /// true takes `views` out of `open`.
     pub protect_views: bool,
+    /// API groups that need no token even when auth is on: an anonymous
+    /// caller gets the whole group, as with auth off.
+    pub open: Vec<crate::auth::ApiGroup>,
+    /// Networks (CIDR) an anonymous caller of an open `seed_writes` or
+    /// `cpee` group must come from; empty: any.
+    pub cpee_networks: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            tokens: Vec::new(),
+            jwt_secret: Default::default(),
+            protect_views: false,
+            open: vec![crate::auth::ApiGroup::Views, crate::auth::ApiGroup::Ops],
+            cpee_networks: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -578,6 +597,13 @@ impl Config {
                         .unwrap_or_default()
                 )));
             }
+        }
+        for (i, net) in self.auth.cpee_networks.iter().enumerate() {
+            net.parse::<ipnet::IpNet>().map_err(|_| {
+                ConfigError(format!(
+                    "auth.cpee_networks[{i}]: {net:?} is not a network like \"10.0.0.0/8\" or \"::1/128\""
+                ))
+            })?;
         }
         crate::shop::FeeRules::from_config(&self.delivery).map_err(ConfigError)?;
         let l = &self.limits;

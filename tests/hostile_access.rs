@@ -242,3 +242,139 @@ async fn customer_tokens_need_a_strict_customer_subject_and_jwts_their_time() {
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(reply.json()["customer_id"], 2);
 }
+
+/// A robot bar that protects its shop but lets CPEE (which sends no token)
+/// write, as `auth.open` says, and only from the networks it names.
+async fn bar(open: &[&str], networks: &[&str]) -> TestServer {
+    let mut config = common::config();
+    config.auth.tokens = vec![StaticToken {
+        token: Secret("staff-t".into()),
+        role: Role::Staff,
+        subject: Some("sam".into()),
+    }];
+    config.auth.open = open
+        .iter()
+        .map(|g| serde_json::from_value(json!(g)).unwrap())
+        .collect();
+    config.auth.cpee_networks = networks.iter().map(|n| n.to_string()).collect();
+    config.validate().unwrap();
+    TestServer::with_config(config).await
+}
+
+async fn anonymous(server: &TestServer, method: Method, path: &str, body: &str) -> StatusCode {
+    let ct = if body.starts_with('{') {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
+    server
+        .send(method, path, &[("content-type", ct)], body)
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn cpee_writes_unauthenticated_next_to_a_protected_shop() {
+    let update = "order_id=1&status=Mixing&orderbot_id=bot-1";
+    let order = r#"{"items": [{"product_id": 1, "quantity": 1}]}"#;
+    // Auth on with the default policy: CPEE's update is refused, as before.
+    let closed = bar(&["views", "ops"], &[]).await;
+    assert_eq!(
+        anonymous(&closed, Method::PUT, "/update_order", update).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        closed.get("/get_all").await.status,
+        StatusCode::OK,
+        "views stay open"
+    );
+
+    let open = bar(&["views", "ops", "seed_writes", "cpee"], &[]).await;
+    assert_eq!(
+        anonymous(&open, Method::PUT, "/update_order", update).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        anonymous(
+            &open,
+            Method::POST,
+            "/orders/intake",
+            "status=Order+Initiated&drink=Mojito"
+        )
+        .await,
+        StatusCode::OK
+    );
+    for (method, path) in [
+        (Method::POST, "/orders"),
+        (Method::POST, "/products"),
+        (Method::POST, "/api/store/orders/cancel"),
+        (Method::PUT, "/orders/bulk-status-update"),
+    ] {
+        assert_eq!(
+            anonymous(&open, method, path, order).await,
+            StatusCode::UNAUTHORIZED,
+            "{path} stays protected"
+        );
+    }
+    // A bad token on an open group is still a bad token.
+    let reply = open
+        .send(
+            Method::PUT,
+            "/update_order",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", "token wrong"),
+            ],
+            update,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    // The OpenAPI document says which need no token.
+    let doc = open.get("/openapi.json").await.json();
+    let put = &doc["paths"]["/update_order"]["put"];
+    assert_eq!(put["x-who"], "anyone");
+    assert_eq!(put["x-group"], "seed_writes");
+    assert_eq!(put["security"], json!([{}, {"token": []}]));
+    let post = &doc["paths"]["/orders"]["post"];
+    assert_eq!(post["security"], json!([{"token": []}]));
+    assert_eq!(post["x-group"], "shop");
+    let closed_doc = closed.get("/openapi.json").await.json();
+    assert_ne!(
+        closed_doc["paths"]["/update_order"]["put"]["x-who"],
+        "anyone"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_engine_writes_only_from_the_named_networks() {
+    let update = "order_id=1&status=Mixing";
+    let elsewhere = bar(&["seed_writes", "cpee"], &["10.0.0.0/8", "::1/128"]).await;
+    assert_eq!(
+        anonymous(&elsewhere, Method::PUT, "/update_order", update).await,
+        StatusCode::UNAUTHORIZED,
+        "127.0.0.1 is not in 10.0.0.0/8"
+    );
+    let reply = elsewhere
+        .send(
+            Method::PUT,
+            "/update_order",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", "token staff-t"),
+            ],
+            update,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "a token works from anywhere");
+    let here = bar(&["seed_writes", "cpee"], &["127.0.0.0/8"]).await;
+    assert_eq!(
+        anonymous(&here, Method::PUT, "/update_order", update).await,
+        StatusCode::OK
+    );
+
+    let mut config = common::config();
+    config.auth.cpee_networks = vec!["10.0.0.0/33".into()];
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("auth.cpee_networks[0]"), "{err}");
+}

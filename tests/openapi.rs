@@ -73,6 +73,16 @@ async fn fixture() -> (TestServer, String) {
         )
         .await;
         assert_eq!(order["id"], id);
+        // Processed, so its ledger has something a return can refund.
+        let reply = server
+            .send(
+                Method::PUT,
+                &format!("/api/orders/{id}"),
+                &[json_ct, auth],
+                r#"{"process": true}"#,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         for status in ["confirmed", "preparing", "out_for_delivery", "delivered"] {
             let body = json!({"status": status}).to_string();
             let path = format!("/orders/{id}/status");

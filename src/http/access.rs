@@ -2,8 +2,9 @@
 //! open. With auth on: writes need a token; staff, admin and service may do
 //! everything; listing all orders and all customers is for staff and admin;
 //! customers see and act on their own orders and record only; delivery
-//! partners move the orders assigned to them and report where they are; the board
-//! views need a token only when `auth.protect_views` is set.
+//! partners move the orders assigned to them and report where they are.
+//! Groups named in `auth.open` (by default the board's views and ops) need
+//! no token at all; anonymous engine writes may be held to `cpee_networks`.
 //! Missing or bad token → 401 `{"detail": "Invalid token"}`; a valid token
 //! without the right → 403.
 
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{App, Req, Route};
-use crate::auth::{Caller, Role};
+use crate::auth::{ApiGroup, Caller, Role};
 use crate::model::OrderId;
 
 /// Who a route lets in.
@@ -60,27 +61,79 @@ impl Need {
     }
 }
 
-/// Who a route and method let in (with auth on).
-pub fn need(route: Route, method: &Method, param: Option<&str>, protect_views: bool) -> Need {
-    let read = method == Method::GET || method == Method::HEAD;
-    match route {
-        // The page itself holds no data; what it loads is checked.
-        Route::Healthz | Route::Readyz | Route::Metrics | Route::Board | Route::OpenApi => {
-            Need::Nobody
-        }
+/// The API group a route belongs to; None for what is always open
+/// (health, readiness, and the board page, which holds no data itself).
+pub fn group(route: Route) -> Option<ApiGroup> {
+    Some(match route {
+        Route::Healthz | Route::Readyz | Route::Board => return None,
+        Route::Update => ApiGroup::SeedWrites,
         Route::GetAll
         | Route::GetCurrentOrder
         | Route::GetCompletedOrders
         | Route::GetNewOrders
         | Route::GetStatus
         | Route::Events
-        | Route::Views => {
-            if protect_views {
-                Need::Anyone
-            } else {
-                Need::Nobody
-            }
-        }
+        | Route::Views => ApiGroup::Views,
+        Route::Intake
+        | Route::NextOrder
+        | Route::CpeeWait
+        | Route::CpeeCallbacks
+        | Route::CpeeCallback => ApiGroup::Cpee,
+        Route::Products
+        | Route::Product
+        | Route::Customers
+        | Route::Customer
+        | Route::CustomerOrders
+        | Route::Orders
+        | Route::MyOrders
+        | Route::Order
+        | Route::OrderItems
+        | Route::ProcessOrder
+        | Route::ScheduledOrders
+        | Route::Templates
+        | Route::Template
+        | Route::TemplateOrder => ApiGroup::Shop,
+        Route::Lifecycle => ApiGroup::Lifecycle,
+        Route::AssignDelivery
+        | Route::OrderStatus
+        | Route::DeliveryLocation
+        | Route::CancelOrder
+        | Route::Export
+        | Route::BulkStatus
+        | Route::BulkAssign
+        | Route::Feedback
+        | Route::RequestReturn
+        | Route::OrderReturn
+        | Route::Analytics
+        | Route::TrackingStream => ApiGroup::Fulfilment,
+        Route::Metrics | Route::OpenApi => ApiGroup::Ops,
+    })
+}
+
+/// The groups `auth.open` opens (`protect_views` takes `views` out).
+pub fn open_groups(auth: &crate::config::AuthConfig) -> Vec<ApiGroup> {
+    let mut open = auth.open.clone();
+    if auth.protect_views {
+        open.retain(|g| *g != ApiGroup::Views);
+    }
+    open.sort_by_key(|g| *g as usize);
+    open.dedup();
+    open
+}
+
+/// Who a route and method let in when auth is on and its group is not open.
+pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
+    let read = method == Method::GET || method == Method::HEAD;
+    match route {
+        Route::Healthz | Route::Readyz | Route::Board => Need::Nobody,
+        Route::Metrics | Route::OpenApi => Need::Anyone,
+        Route::GetAll
+        | Route::GetCurrentOrder
+        | Route::GetCompletedOrders
+        | Route::GetNewOrders
+        | Route::GetStatus
+        | Route::Events
+        | Route::Views => Need::Anyone,
         Route::Products | Route::Product if read => Need::Nobody,
         Route::Orders | Route::Customers if read => Need::StaffOrAdmin,
         // The handler ties a customer's order to them.
@@ -132,7 +185,21 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
         }
     };
     let path_id = || req.param.as_deref().and_then(|p| p.parse::<u64>().ok());
-    let need = need(route, &req.method, req.param.as_deref(), app.protect_views);
+    if let Some(group) = group(route).filter(|g| app.open_groups.contains(g)) {
+        // An open group needs no token; an anonymous process engine may be
+        // held to its networks.
+        let outside = caller.is_none()
+            && group.is_engine()
+            && !app.cpee_networks.is_empty()
+            && !req
+                .peer
+                .is_some_and(|ip| app.cpee_networks.iter().any(|n| n.contains(&ip)));
+        if outside {
+            return Err(unauthorized());
+        }
+        return Ok(caller);
+    }
+    let need = need(route, &req.method, req.param.as_deref());
     if matches!(need, Need::Nobody) {
         return Ok(caller);
     }

@@ -280,7 +280,13 @@ pub struct Req {
     pub body: Bytes,
     /// The path parameter (`{id}` or `{action}`), if the route has one.
     pub param: Option<String>,
+    /// The address the request came from (`auth.cpee_networks`).
+    pub peer: Option<std::net::IpAddr>,
 }
+
+/// The peer address of a connection, put on each of its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
 
 impl Req {
     /// The query string's pairs, decoded.
@@ -308,8 +314,11 @@ pub struct App {
     store_name: String,
     idempotency: idempotency::Idempotency,
     auth: crate::auth::Auth,
-    /// Whether the board views need a token (`auth.protect_views`).
-    protect_views: bool,
+    /// API groups that need no token (`auth.open`, less `views` with
+    /// `auth.protect_views`).
+    open_groups: Vec<crate::auth::ApiGroup>,
+    /// Where anonymous engine writes may come from (`auth.cpee_networks`).
+    cpee_networks: Vec<ipnet::IpNet>,
     /// Event streams: the shared renderer, limits, and the shutdown switch.
     pub live: std::sync::Arc<live::Live>,
     /// The board page, rendered once from its template.
@@ -349,7 +358,8 @@ impl App {
                 .map(|u| (u.as_str(), Route::Update)),
         );
         routes.extend(Route::FIXED);
-        let openapi = openapi::document(&routes, config.auth.protect_views);
+        let open_groups = access::open_groups(&config.auth);
+        let openapi = openapi::document(&routes, &open_groups);
         let mut router = matchit::Router::new();
         for (path, route) in routes {
             router
@@ -375,7 +385,14 @@ impl App {
                 config.limits.max_idempotency_keys,
             ),
             auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret),
-            protect_views: config.auth.protect_views,
+            open_groups,
+            // Validated with the config.
+            cpee_networks: config
+                .auth
+                .cpee_networks
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
             live: std::sync::Arc::new(live::Live::new(&config.events)),
             board: live::board_page(&config.board),
             openapi,
@@ -458,6 +475,7 @@ impl App {
             headers: parts.headers,
             body,
             param,
+            peer: parts.extensions.get::<Peer>().map(|p| p.0),
         };
         let caller = access::authorize(self, route, &req)?;
         let caller = caller.as_ref();

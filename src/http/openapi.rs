@@ -201,14 +201,28 @@ fn ops() -> Vec<Op> {
 }
 
 /// The OpenAPI document for the router's `paths` (route, path) pairs.
-pub fn document(paths: &[(&str, Route)], protect_views: bool) -> Bytes {
+pub fn document(paths: &[(&str, Route)], open: &[crate::auth::ApiGroup]) -> Bytes {
     let mut out: Map<String, Value> = Map::new();
     for op in ops() {
         for (path, _) in paths.iter().filter(|(_, r)| *r == op.route) {
             let item = out.entry(path.to_string()).or_insert_with(|| json!({}));
             let param = op.params.iter().find(|p| p.1 == "path").map(|p| p.2);
-            let who = need(op.route, &op.method, param, protect_views).who();
-            item[op.method.as_str().to_lowercase()] = operation(&op, who);
+            let group = super::access::group(op.route);
+            let open = group.is_none_or(|g| open.contains(&g));
+            let who = if open {
+                "anyone"
+            } else {
+                need(op.route, &op.method, param).who()
+            };
+            let mut operation = operation(&op, who);
+            operation["x-group"] = json!(group.map(|g| g.name()));
+            // An open group takes no token; any other needs one when auth is on.
+            operation["security"] = if open {
+                json!([{}, {"token": []}])
+            } else {
+                json!([{"token": []}])
+            };
+            item[op.method.as_str().to_lowercase()] = operation;
         }
     }
     let doc = json!({
