@@ -250,3 +250,60 @@ pub fn owns(caller: &Caller, order: &crate::model::Order) -> bool {
 pub fn may_act_on(caller: Option<&Caller>, order: &crate::model::Order) -> bool {
     caller.is_none_or(|c| c.is_privileged() || owns(c, order))
 }
+
+/// How much of an order a caller may see. A board's fields (id, status,
+/// stage, orderbot, version, times) are public; the rest (customer, items,
+/// notes, money, delivery, location, return, feedback) only to whoever may
+/// `GET /orders/{id}`. Every read path — single reads, lists, exports,
+/// views, live and replayed streams, CPEE answers — asks this one function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    /// Auth off, staff, admin, service, or an anonymous caller of an open
+    /// group other than `views` (which gets the whole group, as with auth off).
+    Everything,
+    /// A customer: everything of their own orders, the board's fields of others.
+    Customer(u64),
+    /// Anyone else: the board's fields only.
+    Board,
+}
+
+impl Viewer {
+    /// Whether this viewer sees all of `order`, not only its board fields.
+    pub fn sees_all_of(self, order: &crate::model::Order) -> bool {
+        match self {
+            Viewer::Everything => true,
+            Viewer::Customer(c) => {
+                order
+                    .shop
+                    .as_ref()
+                    .and_then(|s| s.customer_id)
+                    .map(|id| id.0)
+                    == Some(c)
+            }
+            Viewer::Board => false,
+        }
+    }
+
+    /// Whether this viewer sees all of an order whose customer is `owner`.
+    pub fn sees_all_of_owner(self, owner: Option<u64>) -> bool {
+        match self {
+            Viewer::Everything => true,
+            Viewer::Customer(c) => owner == Some(c),
+            Viewer::Board => false,
+        }
+    }
+}
+
+/// What `caller` may see of orders on `route`.
+pub fn viewer(app: &App, route: Route, caller: Option<&Caller>) -> Viewer {
+    if !app.auth.enabled() {
+        return Viewer::Everything;
+    }
+    match caller {
+        Some(c) if c.is_privileged() => Viewer::Everything,
+        Some(c) => c.customer_id().map_or(Viewer::Board, Viewer::Customer),
+        // The board's views are public; nothing private comes with them.
+        None if group(route) == Some(ApiGroup::Views) => Viewer::Board,
+        None => Viewer::Everything,
+    }
+}

@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
+use super::access::Viewer;
 use super::error::ApiError;
 use super::orders::OrderBody;
 use super::{App, Body, Req, json_response};
@@ -46,7 +47,13 @@ pub struct Rendered {
     /// The order it is about, its stage and its stage before (None for
     /// changes that are not about orders: they only move the cursor).
     order: Option<(OrderId, Option<Stage>, Option<Stage>)>,
+    /// The whole order, for viewers who may read it.
     frame: Bytes,
+    /// The board's fields only, for everyone else (the same as `frame` for
+    /// events with nothing private).
+    board: Bytes,
+    /// The order's customer, to tell a customer's own orders from others'.
+    owner: Option<u64>,
 }
 
 /// Where the renderer hands the events of one order to a stream that
@@ -137,6 +144,8 @@ impl Live {
             gap: true,
             order: None,
             frame: Bytes::new(),
+            board: Bytes::new(),
+            owner: None,
         });
         for routes in self.routes.iter() {
             for route in routes.iter() {
@@ -211,33 +220,51 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
             from,
             ..
         } => {
-            let json = {
+            let (json, board) = {
                 let symbols = broker.symbols();
-                serde_json::to_string(&OrderBody::new(*order_id, order, &symbols))
-                    .unwrap_or_default()
+                let full = OrderBody::new(*order_id, order, &symbols);
+                let public = OrderBody::seen_by(Viewer::Board, *order_id, order, &symbols);
+                (
+                    serde_json::to_string(&full).unwrap_or_default(),
+                    serde_json::to_string(&public).unwrap_or_default(),
+                )
             };
+            let frame = Bytes::from(format!("id: {id}\nevent: order\ndata: {json}\n\n"));
             Rendered {
                 seq: event.seq,
                 gap: false,
                 order: Some((*order_id, Some(order.stage), *from)),
-                frame: Bytes::from(format!("id: {id}\nevent: order\ndata: {json}\n\n")),
+                board: if order.shop.is_some() {
+                    Bytes::from(format!("id: {id}\nevent: order\ndata: {board}\n\n"))
+                } else {
+                    frame.clone()
+                },
+                frame,
+                owner: order.shop.as_ref().and_then(|s| s.customer_id).map(|c| c.0),
             }
         }
         Change::OrderRemoved {
             id: order_id, from, ..
-        } => Rendered {
-            seq: event.seq,
-            gap: false,
-            order: Some((*order_id, None, Some(*from))),
-            frame: Bytes::from(format!(
+        } => {
+            let frame = Bytes::from(format!(
                 "id: {id}\nevent: order_removed\ndata: {{\"id\":{order_id},\"stage\":\"{from}\"}}\n\n"
-            )),
-        },
+            ));
+            Rendered {
+                seq: event.seq,
+                gap: false,
+                order: Some((*order_id, None, Some(*from))),
+                board: frame.clone(),
+                frame,
+                owner: None,
+            }
+        }
         _ => Rendered {
             seq: event.seq,
             gap: false,
             order: None,
             frame: Bytes::new(),
+            board: Bytes::new(),
+            owner: None,
         },
     }
 }
@@ -262,7 +289,7 @@ impl Filter {
 }
 
 /// `GET /events?stage=new,in_progress&order_id=7&since=<epoch>-<seq>`.
-pub fn events(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+pub fn events(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>, ApiError> {
     let mut filter = Filter::default();
     let mut since = None;
     for (key, value) in req.query()? {
@@ -300,11 +327,11 @@ pub fn events(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         .map(str::to_string);
     // A reconnecting EventSource repeats the URL (with the old `since`) and
     // sends the newer Last-Event-ID: the header wins.
-    stream(app, filter, last_event_id.or(since))
+    stream(app, filter, last_event_id.or(since), viewer)
 }
 
 /// `GET /orders/{id}/tracking-stream`: the stream of one order.
-pub fn tracking(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+pub fn tracking(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>, ApiError> {
     let id = OrderId(req.id("Order not found")?);
     if app.broker().get(id).is_none() {
         return Err(ApiError::not_found("Order not found"));
@@ -318,10 +345,15 @@ pub fn tracking(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    stream(app, filter, resume)
+    stream(app, filter, resume, viewer)
 }
 
-fn stream(app: &App, filter: Filter, resume: Option<String>) -> Result<Response<Body>, ApiError> {
+fn stream(
+    app: &App,
+    filter: Filter,
+    resume: Option<String>,
+    viewer: Viewer,
+) -> Result<Response<Body>, ApiError> {
     let live = &app.live;
     let permit = live.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
@@ -381,6 +413,7 @@ fn stream(app: &App, filter: Filter, resume: Option<String>) -> Result<Response<
         broker,
         epoch,
         filter,
+        viewer,
         source,
         replay: true,
         next,
@@ -460,6 +493,8 @@ struct Stream {
     broker: Broker,
     epoch: u64,
     filter: Filter,
+    /// What the client may see of each order (`access::viewer`).
+    viewer: Viewer,
     source: Source,
     /// Replay from the history before going live (resume, or catching up).
     replay: bool,
@@ -528,7 +563,12 @@ impl Stream {
 
     fn push(&mut self, rendered: &Rendered) {
         if self.filter.wants(rendered) {
-            self.out.extend_from_slice(&rendered.frame);
+            let frame = if self.viewer.sees_all_of_owner(rendered.owner) {
+                &rendered.frame
+            } else {
+                &rendered.board
+            };
+            self.out.extend_from_slice(frame);
         }
         self.next = Seq(rendered.seq.0 + 1);
     }
@@ -566,7 +606,7 @@ impl Stream {
 
 /// `GET /views`: the three board views and the event id they reflect, so a
 /// client loads this and then streams `/events?since=<last_event_id>`.
-pub fn views(app: &App) -> Response<Body> {
+pub fn views(app: &App, viewer: Viewer) -> Response<Body> {
     #[derive(Serialize)]
     struct Views<'a> {
         epoch: String,
@@ -591,7 +631,7 @@ pub fn views(app: &App) -> Response<Body> {
     let bodies = |k: usize| -> Vec<OrderBody<'_>> {
         orders[k]
             .iter()
-            .map(|(id, o)| OrderBody::new(*id, o, &symbols))
+            .map(|(id, o)| OrderBody::seen_by(viewer, *id, o, &symbols))
             .collect()
     };
     let views = Views {

@@ -599,9 +599,11 @@ impl App {
             Route::RequestReturn if m == Method::POST => fulfilment::request_return(self, req),
             Route::OrderReturn if m == Method::PUT => fulfilment::set_return(self, req),
             Route::Analytics if read => analytics::report(self, req),
-            Route::Events if read => live::events(self, req),
-            Route::TrackingStream if read => live::tracking(self, req),
-            Route::Views if read => Ok(live::views(self)),
+            Route::Events if read => live::events(self, req, access::viewer(self, route, caller)),
+            Route::TrackingStream if read => {
+                live::tracking(self, req, access::viewer(self, route, caller))
+            }
+            Route::Views if read => Ok(live::views(self, access::viewer(self, route, caller))),
             Route::Board if read => Ok(live::board(self)),
             Route::Intake if m == Method::POST => cpee::intake(self, req).await,
             Route::NextOrder if read || m == Method::POST => cpee::next_order(self, req).await,

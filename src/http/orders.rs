@@ -43,6 +43,22 @@ pub struct OrderBody<'a> {
 }
 
 impl<'a> OrderBody<'a> {
+    /// What `viewer` may see of the order: all of it, or only the board's
+    /// fields (see [`super::access::Viewer`]).
+    pub fn seen_by(
+        viewer: super::access::Viewer,
+        id: OrderId,
+        order: &'a Order,
+        symbols: &'a SymbolsReader<'_>,
+    ) -> Self {
+        let mut body = OrderBody::new(id, order, symbols);
+        if !viewer.sees_all_of(order) {
+            body.shop = None;
+        }
+        body
+    }
+
+    /// All of the order: for callers the route already let read it.
     pub fn new(id: OrderId, order: &'a Order, symbols: &'a SymbolsReader<'_>) -> Self {
         OrderBody {
             id,
