@@ -202,6 +202,13 @@ pub struct Limits {
     /// Seconds a client may take to send a request's headers (slowloris
     /// guard); also how long a keep-alive connection may sit idle.
     pub header_read_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body once its headers
+    /// are in; past it the request gets 408 and the connection is closed.
+    pub body_read_timeout_secs: u64,
+    /// Seconds a connection may go without taking any of what the broker
+    /// writes (a client that stopped reading, e.g. a silent event stream);
+    /// past it the connection is closed.
+    pub write_stall_secs: u64,
     /// Most connections open at once; past it a new one gets 503 and is closed.
     pub max_connections: usize,
     /// Most `Idempotency-Key` answers kept at once; past it (after dropping
@@ -415,6 +422,8 @@ impl Default for Limits {
             max_text_bytes: 256,
             max_symbols: 1 << 20,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 10,
+            write_stall_secs: 30,
             max_connections: 20_000,
             max_idempotency_keys: 100_000,
             max_orders_kept: 5_000_000,
@@ -615,6 +624,11 @@ impl Config {
                 "limits.header_read_timeout_secs",
                 l.header_read_timeout_secs as usize,
             ),
+            (
+                "limits.body_read_timeout_secs",
+                l.body_read_timeout_secs as usize,
+            ),
+            ("limits.write_stall_secs", l.write_stall_secs as usize),
             ("events.history_size", self.events.history_size),
             ("events.heartbeat_secs", self.events.heartbeat_secs as usize),
             ("events.max_streams", self.events.max_streams),

@@ -45,6 +45,7 @@
 //!   `live` (event streams, `/views`, the board page from
 //!   `assets/board.html`), `cpee` (the CPEE endpoints), `openapi`
 //!   (`/openapi.json`), `metrics` (`/metrics`), `ops` (`/healthz`, `/readyz`).
+//! - [`stall`]: cuts a connection whose peer stops reading what it is sent.
 //! - [`server`]: accept loop, connections, recovery before ready, the
 //!   housekeeping task (scheduled orders, eviction), graceful shutdown with
 //!   a journal flush (`run`, `serve`).
@@ -65,6 +66,7 @@ pub mod model;
 pub mod money;
 pub mod server;
 pub mod shop;
+pub mod stall;
 pub mod symbols;
 
 pub use broker::{Broker, BrokerError};

@@ -63,6 +63,7 @@ pub async fn serve(
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let places = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
+    let write_stall = Duration::from_secs(config.limits.write_stall_secs);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -103,6 +104,7 @@ pub async fn serve(
             }
             async move { Ok::<_, Infallible>(app.handle(req).await) }
         });
+        let stream = crate::stall::Stalling::new(stream, write_stall);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _held = (counted, place);

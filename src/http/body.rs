@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use serde::de::DeserializeOwned;
@@ -53,11 +53,15 @@ impl Fields {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413 (before
-/// reading, when `Content-Length` already says so).
+/// reading, when `Content-Length` already says so) and a body that takes
+/// longer than `deadline` with 408. Each chunk is copied into one buffer and
+/// dropped at once, so a body sent a byte per TCP segment costs its size,
+/// not a read buffer per byte.
 pub async fn read_limited(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
+    deadline: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -66,12 +70,25 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not read request body: {e}"
-        ))),
+    let mut body = body;
+    let mut out = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(limit));
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    return Err(ApiError::too_large(limit));
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(())) => Ok(out.freeze()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::body_timeout(deadline.as_secs())),
     }
 }
 
@@ -107,7 +124,7 @@ pub fn kind(headers: &HeaderMap, body: &[u8]) -> Result<Kind, ApiError> {
         "application/json" => Ok(Kind::Json),
         e if e.starts_with("application/") && e.ends_with("+json") => Ok(Kind::Json),
         "multipart/form-data" => Ok(Kind::Multipart),
-        _ => Err(ApiError::unsupported_media_type(content_type)),
+        _ => Err(ApiError::unsupported_media_type()),
     }
 }
 

@@ -60,13 +60,21 @@ impl ApiError {
         )
     }
 
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// 415. The request's content type is not repeated back: an answer
+    /// never echoes a request header (it may be huge, or a script).
+    pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "unsupported content type {content_type:?}; send application/json, \
-                 application/x-www-form-urlencoded or multipart/form-data"
-            ),
+            "unsupported content type; send application/json, \
+             application/x-www-form-urlencoded or multipart/form-data",
+        )
+    }
+
+    /// 408: the body did not arrive in time; the connection is closed.
+    pub fn body_timeout(secs: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {secs} s"),
         )
     }
 
@@ -88,6 +96,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(hyper::header::WWW_AUTHENTICATE, challenge);
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(allow) = self.allow {
             response

@@ -37,6 +37,10 @@ use crate::config::Events;
 use crate::feed::{Change, Demand, Event};
 use crate::model::{OrderId, Seq, Stage};
 
+/// Most bytes a stream renders ahead of what its client took: the memory
+/// a stream holds beyond its cursor, whatever its backlog.
+const MAX_CHUNK: usize = 64 * 1024;
+
 /// One change, ready to send.
 #[derive(Debug)]
 pub struct Rendered {
@@ -537,20 +541,27 @@ impl Stream {
                 _ = self.closing.wait_for(|c| *c) => Wake::Closing,
             };
             match wake {
-                Wake::Received(Received::Event(rendered)) if rendered.gap => self.fill(None),
+                Wake::Received(Received::Event(rendered)) if rendered.gap => {
+                    self.fill(None);
+                }
                 Wake::Received(Received::Event(rendered)) => {
                     if rendered.seq < self.next {
                         continue; // already sent from the history
                     }
-                    if rendered.seq > self.next && self.source.sees_every_seq() {
-                        self.fill(Some(rendered.seq));
+                    if rendered.seq > self.next
+                        && self.source.sees_every_seq()
+                        && !self.fill(Some(rendered.seq))
+                    {
+                        continue; // the history replays it after this chunk
                     }
                     if rendered.seq >= self.next {
                         self.push(&rendered);
                     }
                 }
                 // Fell behind the live buffer: catch up from the history.
-                Wake::Received(Received::Lagged) => self.fill(None),
+                Wake::Received(Received::Lagged) => {
+                    self.fill(None);
+                }
                 Wake::Received(Received::Closed) | Wake::Closing => return None,
                 Wake::Tick => {
                     if !std::mem::take(&mut self.first_tick) {
@@ -574,15 +585,22 @@ impl Stream {
     }
 
     /// Sends events from the history from the cursor up to (not including)
-    /// `until`, or all of them; resync if the history lost some.
-    fn fill(&mut self, until: Option<Seq>) {
+    /// `until`, or all of them; resync if the history lost some. At most
+    /// about [`MAX_CHUNK`] bytes at a time: past it, it stops, leaves the
+    /// rest for after this chunk was taken (returns false), so a stream
+    /// that catches up, or does not read, holds one chunk, never its backlog.
+    fn fill(&mut self, until: Option<Seq>) -> bool {
         loop {
-            let want = until.map_or(1024, |u| (u.0 - self.next.0).min(1024) as usize);
+            if self.out.len() >= MAX_CHUNK {
+                self.replay = true;
+                return false;
+            }
+            let want = until.map_or(128, |u| (u.0 - self.next.0).min(128) as usize);
             if want == 0 {
-                return;
+                return true;
             }
             match self.broker.events_since(self.next, want) {
-                Ok(events) if events.is_empty() => return,
+                Ok(events) if events.is_empty() => return true,
                 Ok(events) => {
                     for event in &events {
                         let rendered = render(&self.broker, event);
@@ -597,7 +615,7 @@ impl Stream {
                         now,
                         "this stream fell too far behind",
                     );
-                    return;
+                    return true;
                 }
             }
         }

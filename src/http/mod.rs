@@ -309,6 +309,8 @@ pub struct App {
     broker: Broker,
     router: matchit::Router<Route>,
     max_body_bytes: usize,
+    /// How long a request's body may take (`limits.body_read_timeout_secs`).
+    body_deadline: std::time::Duration,
     cors_origin: Option<HeaderValue>,
     views: order_store::ViewCache,
     store_name: String,
@@ -377,6 +379,7 @@ impl App {
             broker,
             router,
             max_body_bytes: config.limits.max_body_bytes,
+            body_deadline: std::time::Duration::from_secs(config.limits.body_read_timeout_secs),
             cors_origin,
             views: order_store::ViewCache::default(),
             store_name: config.shop.store_name.clone(),
@@ -467,18 +470,26 @@ impl App {
         if req.method() == Method::OPTIONS {
             return Ok(preflight(route, req.headers()));
         }
-        let (parts, body) = req.into_parts();
-        let body = body::read_limited(&parts.headers, body, self.max_body_bytes).await?;
-        let req = Req {
+        let (parts, incoming) = req.into_parts();
+        let mut req = Req {
             method: parts.method,
             uri: parts.uri,
             headers: parts.headers,
-            body,
+            body: Bytes::new(),
             param,
             peer: parts.extensions.get::<Peer>().map(|p| p.0),
         };
+        // Who calls, and whether they may, is settled from the head alone:
+        // a caller without the right costs no body read.
         let caller = access::authorize(self, route, &req)?;
         let caller = caller.as_ref();
+        req.body = body::read_limited(
+            &req.headers,
+            incoming,
+            self.max_body_bytes,
+            self.body_deadline,
+        )
+        .await?;
         if req.method == Method::GET || req.method == Method::HEAD {
             return self.dispatch(route, &req, caller).await;
         }
