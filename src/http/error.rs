@@ -110,6 +110,10 @@ impl From<BrokerError> for ApiError {
             BrokerError::IdTaken(_) | BrokerError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, message)
             }
+            BrokerError::IdsExhausted(_) => ApiError::new(StatusCode::CONFLICT, message.clone())
+                .with_body(json!({ "error": message, "reason": "ids_exhausted" })),
+            BrokerError::OutOfRange { field, .. } => ApiError::unprocessable(message.clone())
+                .with_body(json!({ "error": message, "field": field })),
             BrokerError::VersionMismatch { current } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, message.clone())
                     .with_body(json!({ "error": message, "version": current }))
