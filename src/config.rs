@@ -231,7 +231,7 @@ impl Limits {
         use crate::money::Money;
         Money::parse(&self.max_amount)
             .ok()
-            .filter(|m| *m > Money::ZERO)
+            .filter(|m| (Money(1)..=Money::MAX).contains(m))
             .ok_or_else(|| {
                 ConfigError(format!(
                     "limits.max_amount must be an amount from 0.01 to {} (got {:?})",

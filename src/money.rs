@@ -3,12 +3,13 @@
 //! (JSON numbers too: serde_json's `arbitrary_precision` keeps a number's
 //! text) and written back as exact decimal text.
 //!
-//! Every amount stays within ±[`Money::MAX`] and every quantity within
-//! [`MAX_UNITS`]: at most 15 significant digits, so each is exact as an
-//! integer, as JSON text, and even for a client that reads JSON numbers as
-//! IEEE doubles (2^53 > 10^15). Arithmetic past them fails; nothing wraps or
-//! saturates. The configured `limits.max_amount` and `limits.max_quantity`
-//! bound what a request may set, below these.
+//! Reading and writing are exact for every `i64` of cents. What the broker
+//! holds stays within ±[`Money::MAX`] and [`MAX_UNITS`]: at most 15
+//! significant digits, so each amount and quantity is exact even for a
+//! client that reads JSON numbers as IEEE doubles (2^53 > 10^15).
+//! Arithmetic past them fails; nothing wraps or saturates. The configured
+//! `limits.max_amount` and `limits.max_quantity` bound what a request may
+//! set, at or below these.
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,16 +46,15 @@ impl Money {
         (cents.unsigned_abs() <= Money::MAX.0.unsigned_abs()).then_some(Money(cents))
     }
 
-    /// Parses `12`, `12.5`, `12.50`, `-3.05`; more than two decimals, or an
-    /// amount past ±[`Money::MAX`], is an error.
+    /// Parses `12`, `12.5`, `12.50`, `-3.05`; more than two decimals is an error.
     pub fn parse(text: &str) -> Result<Money, String> {
         let cents = parse_fixed(text.trim(), 2)
             .ok_or_else(|| format!("{text:?} is not an amount with at most 2 decimals"))?;
-        Money::bounded(cents).ok_or_else(|| too_large(text))
+        Ok(Money(cents))
     }
 
     /// Reads a JSON number's text exactly (`7.5`, `750e-2`, `12.500`): its
-    /// value must be a whole number of cents within ±[`Money::MAX`].
+    /// value must be a whole number of cents that fits an `i64`.
     pub fn from_json_number(text: &str) -> Result<Money, String> {
         match json_cents(text) {
             Some(Ok(cents)) => Ok(cents),
@@ -102,11 +102,7 @@ impl Money {
 }
 
 fn too_large(text: &str) -> String {
-    format!(
-        "{} is past the largest amount, {} (either sign)",
-        text.trim(),
-        Money::MAX
-    )
+    format!("{} is too large an amount", text.trim())
 }
 
 impl fmt::Display for Money {
@@ -139,7 +135,7 @@ impl<'de> Deserialize<'de> for Money {
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Money, E> {
                 v.checked_mul(100)
-                    .and_then(Money::bounded)
+                    .map(Money)
                     .ok_or_else(|| E::custom(too_large(&v.to_string())))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Money, E> {
@@ -217,7 +213,7 @@ fn parse_fixed(text: &str, places: u32) -> Option<i64> {
 }
 
 /// A JSON number's text as cents, exactly. None: not a number, or not a
-/// whole number of cents; `Some(Err)`: past ±[`Money::MAX`].
+/// whole number of cents; `Some(Err)`: too large for an `i64`.
 fn json_cents(text: &str) -> Option<Result<Money, ()>> {
     let (negative, rest) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -259,14 +255,19 @@ fn json_cents(text: &str) -> Option<Result<Money, ()>> {
         keep
     };
     let zeros = shift.max(0);
-    if i64::try_from(significant.len()).ok()? + zeros > 15 {
+    // i64 has 19 digits: more never fits (and keeps the i128 below exact).
+    if i64::try_from(significant.len()).ok()? + zeros > 19 {
         return Some(Err(()));
     }
-    let mut cents: i64 = significant.parse().ok()?;
+    let mut cents: i128 = significant.parse().ok()?;
     for _ in 0..zeros {
         cents *= 10;
     }
-    Some(Money::bounded(if negative { -cents } else { cents }).ok_or(()))
+    Some(
+        i64::try_from(if negative { -cents } else { cents })
+            .map(Money)
+            .map_err(|_| ()),
+    )
 }
 
 #[cfg(test)]
@@ -282,6 +283,10 @@ mod tests {
         assert_eq!(Money::parse(".5"), Ok(Money(50)));
         assert_eq!(Money::parse("9999999999999.99"), Ok(Money::MAX));
         assert_eq!(Money::parse("-9999999999999.99"), Ok(Money::MIN));
+        assert_eq!(
+            Money::parse("90071992547409.93"),
+            Ok(Money(9_007_199_254_740_993))
+        );
         for bad in [
             "",
             "1.234",
@@ -291,8 +296,7 @@ mod tests {
             "--1",
             "-",
             ".",
-            "10000000000000",
-            "90071992547409.93",
+            "92233720368547758.08",
         ] {
             assert!(Money::parse(bad).is_err(), "{bad}");
         }
@@ -375,20 +379,19 @@ mod tests {
             ("-0", 0),
             ("-0.0", 0),
             ("0e5", 0),
-            ("9223372036854775807", -1),
+            ("90071992547409.93", 9_007_199_254_740_993),
+            ("1e13", 1_000_000_000_000_000),
+            ("92233720368547758.07", i64::MAX),
+            ("-92233720368547758.08", i64::MIN),
         ] {
             let read = serde_json::from_str::<Money>(text);
-            if cents < 0 && text.starts_with('9') {
-                assert!(read.is_err(), "{text}: {read:?}");
-            } else {
-                assert_eq!(read.unwrap(), Money(cents), "{text}");
-            }
+            assert_eq!(read.unwrap(), Money(cents), "{text}");
         }
         for bad in [
-            "90071992547409.93",
-            "10000000000000",
-            "10000000000000.0",
-            "1e13",
+            "92233720368547758.08",
+            "-92233720368547758.09",
+            "92233720368547759",
+            "1e17",
             "0.001",
             "1e-3",
             "12.345",
@@ -397,8 +400,17 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Money>(bad).is_err(), "{bad}");
         }
-        let err = serde_json::from_str::<Money>("90071992547409.93").unwrap_err();
-        assert!(err.to_string().contains("largest amount"), "{err}");
+        let err = serde_json::from_str::<Money>("1e17").unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+        // Written and read back exactly, whatever the amount.
+        for cents in [i64::MAX, i64::MIN, 9_007_199_254_740_993, -1, 0] {
+            let text = serde_json::to_string(&Money(cents)).unwrap();
+            assert_eq!(serde_json::from_str::<Money>(&text).unwrap(), Money(cents));
+        }
+        assert_eq!(
+            serde_json::to_string(&Money(9_007_199_254_740_993)).unwrap(),
+            "90071992547409.93"
+        );
     }
 
     /// Through a `Value` and through a flattened struct (serde's buffer),
