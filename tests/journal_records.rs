@@ -28,7 +28,9 @@ fn round_trip(records: &[Record]) -> Vec<Record> {
     let mut out = Vec::new();
     while let Some(payload) = frames.next_payload().unwrap().expect("a whole frame") {
         let record = Record::decode(payload).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(payload));
+            let text = String::from_utf8_lossy(payload);
+            let start: String = text.chars().take(300).collect();
+            panic!("{e}: {start}…");
         });
         out.push(record);
     }
