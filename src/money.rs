@@ -90,14 +90,25 @@ impl Money {
     /// The amount as JSON shows it, the way it always has: the shortest
     /// decimal with at least one decimal place (`7.5`, `12.0`, `-0.05`).
     pub fn json_text(self) -> String {
+        self.write_json_text(&mut [0; 24]).to_string()
+    }
+
+    /// [`Money::json_text`] into `buf`, without allocating.
+    fn write_json_text(self, buf: &mut [u8; 24]) -> &str {
+        use std::io::Write;
         let sign = if self.0 < 0 { "-" } else { "" };
         let abs = self.0.unsigned_abs();
         let (whole, cents) = (abs / 100, abs % 100);
-        if cents % 10 == 0 {
-            format!("{sign}{whole}.{}", cents / 10)
+        let mut out = &mut buf[..];
+        // At most 1 + 18 + 1 + 2 bytes: always fits.
+        let written = if cents % 10 == 0 {
+            write!(out, "{sign}{whole}.{}", cents / 10)
         } else {
-            format!("{sign}{whole}.{cents:02}")
-        }
+            write!(out, "{sign}{whole}.{cents:02}")
+        };
+        written.expect("24 bytes hold any amount");
+        let len = 24 - out.len();
+        std::str::from_utf8(&buf[..len]).expect("ASCII")
     }
 }
 
@@ -118,7 +129,7 @@ impl fmt::Display for Money {
 /// `arbitrary_precision` writes a `Number` as its text), never an `f64`.
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_json::Number::from_str(&self.json_text())
+        serde_json::Number::from_str(self.write_json_text(&mut [0; 24]))
             .map_err(serde::ser::Error::custom)?
             .serialize(s)
     }

@@ -409,3 +409,46 @@ async fn no_new_ids(server: &TestServer, free: u64) {
     .await;
     assert_eq!(chosen.status, StatusCode::CREATED, "{}", text(&chosen));
 }
+
+/// A return asks for at most `limits.max_quantity` of an item, like an order.
+#[test]
+fn a_return_past_the_quantity_bound_is_refused() {
+    use order_broker::broker::{NewItem, NewOrder, Transition};
+    use order_broker::catalog::{CustomerId, ProductId};
+    use order_broker::money::Money;
+    use order_broker::shop::Strategy;
+    use order_broker::{Broker, BrokerError};
+
+    let broker = Broker::new(&common::config());
+    broker
+        .create_product(Some(1), "tea".into(), Money(250), 10)
+        .unwrap();
+    broker
+        .create_customer(Some(1), "Ann".into(), None, Money(10_000))
+        .unwrap();
+    let item = |quantity| NewItem {
+        product_id: ProductId(1),
+        quantity,
+    };
+    let event = broker
+        .create_order(NewOrder {
+            customer_id: Some(CustomerId(1)),
+            items: vec![item(2)],
+            ..NewOrder::default()
+        })
+        .unwrap();
+    let (id, order) = event.order().unwrap();
+    let number = order.shop.as_ref().unwrap().number.clone();
+    broker.process(id, Strategy::Adjust, None).unwrap();
+    broker
+        .transition(&number, Transition::Complete, None, None)
+        .unwrap();
+    let refused = broker
+        .request_return(id, &[item(1), item(12_297_829_382_473_034)], "cold")
+        .unwrap_err();
+    match refused {
+        BrokerError::OutOfRange { field, .. } => assert_eq!(field, "items[1].quantity"),
+        other => panic!("{other:?}"),
+    }
+    broker.request_return(id, &[item(1)], "cold").unwrap();
+}
