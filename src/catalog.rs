@@ -130,19 +130,40 @@ impl<T: Record> Default for Table<T> {
     }
 }
 
+/// Why [`Table::claim_id`] gave no id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimError {
+    /// The id asked for is taken.
+    Taken,
+    /// No id is left to assign (see [`assign_id`]).
+    Exhausted,
+}
+
+/// Hands out the id `next` holds and moves it on. `next` stays above every
+/// id used, so the broker assigns ids up to `u64::MAX - 1` only: once an id
+/// of `u64::MAX - 1` or `u64::MAX` is used, `next` is `u64::MAX` and no id
+/// is left. None then, never a wrapped id.
+pub fn assign_id(next: &AtomicU64) -> Option<u64> {
+    next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+        .ok()
+}
+
 impl<T: Record> Table<T> {
-    /// A fresh id, or `wanted` if it is free. None if `wanted` is taken.
-    pub fn claim_id(&self, wanted: Option<u64>) -> Option<T::Id> {
+    /// A fresh id, or `wanted` if it is free.
+    pub fn claim_id(&self, wanted: Option<u64>) -> Result<T::Id, ClaimError> {
         match wanted {
-            None => Some(T::from_raw(self.next_id.fetch_add(1, Ordering::Relaxed))),
+            None => assign_id(&self.next_id)
+                .map(T::from_raw)
+                .ok_or(ClaimError::Exhausted),
             Some(raw) => {
                 let id = T::from_raw(raw);
                 if self.rows.contains_key(&id) {
-                    return None;
+                    return Err(ClaimError::Taken);
                 }
+                // u64::MAX stays u64::MAX: none left to assign.
                 self.next_id
                     .fetch_max(raw.saturating_add(1), Ordering::Relaxed);
-                Some(id)
+                Ok(id)
             }
         }
     }
@@ -186,7 +207,7 @@ impl<T: Record> Table<T> {
         all
     }
 
-    /// Above every id used so far.
+    /// Above every id used so far (`u64::MAX`: none left to assign).
     pub fn next_id(&self) -> u64 {
         self.next_id.load(Ordering::Relaxed)
     }
@@ -215,5 +236,43 @@ impl<T: Record> Table<T> {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(id: u64) -> Template {
+        Template {
+            id: TemplateId(id),
+            customer_id: CustomerId(1),
+            name: "t".into(),
+            items: Vec::new(),
+            notes: String::new(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn assigned_ids_never_wrap() {
+        for last in [u64::MAX, u64::MAX - 1] {
+            let table: Table<Template> = Table::default();
+            table.restore(template(last));
+            for _ in 0..3 {
+                assert_eq!(table.claim_id(None), Err(ClaimError::Exhausted));
+            }
+            let table: Table<Product> = Table::default();
+            assert_eq!(table.claim_id(Some(last)), Ok(ProductId(last)));
+            assert_eq!(table.claim_id(None), Err(ClaimError::Exhausted));
+            // A free id can still be chosen.
+            assert_eq!(table.claim_id(Some(7)), Ok(ProductId(7)));
+        }
+        let table: Table<Customer> = Table::default();
+        table.reserve_ids(u64::MAX - 2);
+        assert_eq!(table.claim_id(None), Ok(CustomerId(u64::MAX - 2)));
+        assert_eq!(table.claim_id(None), Ok(CustomerId(u64::MAX - 1)));
+        assert_eq!(table.claim_id(None), Err(ClaimError::Exhausted));
+        assert_eq!(table.next_id(), u64::MAX);
     }
 }

@@ -222,6 +222,31 @@ pub struct Limits {
     pub evict_finished_after_secs: u64,
     /// Most orders one bulk call may name.
     pub max_bulk_orders: usize,
+    /// Most units of one item of an order, template or return, and of a
+    /// product's stock, as a request sets them (422 past it). At most
+    /// 999999999999999 (15 digits).
+    pub max_quantity: u64,
+    /// Largest amount a request may set or make (decimal text): a price,
+    /// a balance (either sign), an order's total and grand total (422 past
+    /// it). At most "9999999999999.99" (15 digits).
+    pub max_amount: String,
+}
+
+impl Limits {
+    /// `max_amount` parsed: 0.01 to `Money::MAX`.
+    pub fn max_amount(&self) -> Result<crate::money::Money, ConfigError> {
+        use crate::money::Money;
+        Money::parse(&self.max_amount)
+            .ok()
+            .filter(|m| (Money(1)..=Money::MAX).contains(m))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "limits.max_amount must be an amount from 0.01 to {} (got {:?})",
+                    Money::MAX,
+                    self.max_amount
+                ))
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -429,6 +454,8 @@ impl Default for Limits {
             max_orders_kept: 5_000_000,
             evict_finished_after_secs: 0,
             max_bulk_orders: 100,
+            max_quantity: 1_000_000,
+            max_amount: "1000000000".into(),
         }
     }
 }
@@ -616,6 +643,13 @@ impl Config {
         }
         crate::shop::FeeRules::from_config(&self.delivery).map_err(ConfigError)?;
         let l = &self.limits;
+        l.max_amount()?;
+        if !(1..=crate::money::MAX_UNITS).contains(&l.max_quantity) {
+            return Err(ConfigError(format!(
+                "limits.max_quantity must be 1 to {}",
+                crate::money::MAX_UNITS
+            )));
+        }
         for (key, value) in [
             ("limits.max_body_bytes", l.max_body_bytes),
             ("limits.max_text_bytes", l.max_text_bytes),
@@ -779,6 +813,15 @@ mod tests {
                 "Order Initiated",
             ),
             ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes"),
+            ("[limits]\nmax_quantity = 0\n", "max_quantity"),
+            (
+                "[limits]\nmax_quantity = 1000000000000000\n",
+                "max_quantity",
+            ),
+            ("[limits]\nmax_amount = \"0\"\n", "max_amount"),
+            ("[limits]\nmax_amount = \"-5\"\n", "max_amount"),
+            ("[limits]\nmax_amount = \"1.005\"\n", "max_amount"),
+            ("[limits]\nmax_amount = \"10000000000000\"\n", "max_amount"),
             ("listen = \"nowhere\"\n", "listen"),
         ] {
             let err = Config::from_toml(text).unwrap_err();

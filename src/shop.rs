@@ -618,10 +618,7 @@ impl Totals {
     /// Prices the items: total, then tax and service charge on the total.
     /// None if the sums overflow.
     pub fn of(items: &[Item], tax: Rate, service: Rate) -> Option<Totals> {
-        let mut total = Money::ZERO;
-        for item in items {
-            total = total.checked_add(item.unit_price.times(item.quantity)?)?;
-        }
+        let total = Self::items_total(items)?;
         let tax = total.at_rate(tax);
         let service_charge = total.at_rate(service);
         let grand_total = total.checked_add(tax)?.checked_add(service_charge)?;
@@ -632,6 +629,16 @@ impl Totals {
             delivery_fee: Money::ZERO,
             grand_total,
         })
+    }
+
+    /// What the items cost: the sum of quantity × unit price. None past
+    /// `Money::MAX`.
+    pub fn items_total(items: &[Item]) -> Option<Money> {
+        let mut total = Money::ZERO;
+        for item in items {
+            total = total.checked_add(item.unit_price.times(item.quantity)?)?;
+        }
+        Some(total)
     }
 
     /// These totals with a delivery fee added to the grand total.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use super::{Broker, BrokerError};
 use super::{NewItem, NewOrder};
 use crate::catalog::{
-    Customer, CustomerId, Product, ProductId, Record, Table, Template, TemplateId, TemplateItem,
+    ClaimError, Customer, CustomerId, Product, ProductId, Record, Table, Template, TemplateId,
+    TemplateItem,
 };
 use crate::feed::{Change, Event};
 use crate::model::Version;
@@ -34,9 +35,12 @@ trait Published: Record {
     fn removed(id: Self::Id) -> Change;
     fn version_mut(&mut self) -> &mut u32;
     fn not_found(id: Self::Id) -> BrokerError;
+    /// What the records are called, for errors.
+    const KIND: &'static str;
 }
 
 impl Published for Product {
+    const KIND: &'static str = "product";
     fn changed(record: Arc<Self>) -> Change {
         Change::Product(record)
     }
@@ -52,6 +56,7 @@ impl Published for Product {
 }
 
 impl Published for Customer {
+    const KIND: &'static str = "customer";
     fn changed(record: Arc<Self>) -> Change {
         Change::Customer(record)
     }
@@ -67,6 +72,7 @@ impl Published for Customer {
 }
 
 impl Published for Template {
+    const KIND: &'static str = "template";
     fn changed(record: Arc<Self>) -> Change {
         Change::Template(record)
     }
@@ -176,6 +182,8 @@ impl Broker {
         stock: u64,
     ) -> Result<Product, BrokerError> {
         check_product(&name, price)?;
+        self.check_amount("price", price, false)?;
+        self.check_quantity("stock", stock, 0)?;
         self.insert(&self.inner.products, id, |id| Product {
             id,
             name,
@@ -190,6 +198,12 @@ impl Broker {
         id: ProductId,
         fields: ProductFields,
     ) -> Result<Product, BrokerError> {
+        if let Some(price) = fields.price {
+            self.check_amount("price", price, false)?;
+        }
+        if let Some(stock) = fields.stock {
+            self.check_quantity("stock", stock, 0)?;
+        }
         self.change(&self.inner.products, id, |p| {
             if let Some(name) = fields.name {
                 p.name = name;
@@ -224,6 +238,7 @@ impl Broker {
         balance: Money,
     ) -> Result<Customer, BrokerError> {
         check_name(&name)?;
+        self.check_amount("balance", balance, true)?;
         self.insert(&self.inner.customers, id, |id| Customer {
             id,
             name,
@@ -238,6 +253,9 @@ impl Broker {
         id: CustomerId,
         fields: CustomerFields,
     ) -> Result<Customer, BrokerError> {
+        if let Some(balance) = fields.balance {
+            self.check_amount("balance", balance, true)?;
+        }
         self.change(&self.inner.customers, id, |c| {
             if let Some(name) = fields.name {
                 c.name = name;
@@ -263,7 +281,10 @@ impl Broker {
         make: impl FnOnce(T::Id) -> T,
     ) -> Result<T, BrokerError> {
         let taken = || BrokerError::IdTaken(wanted.unwrap_or_default());
-        let id = table.claim_id(wanted).ok_or_else(taken)?;
+        let id = table.claim_id(wanted).map_err(|e| match e {
+            ClaimError::Taken => taken(),
+            ClaimError::Exhausted => BrokerError::IdsExhausted(T::KIND),
+        })?;
         let record = make(id);
         let mut event = None;
         let inserted = table.insert_with(record.clone(), |r| {

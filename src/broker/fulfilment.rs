@@ -217,7 +217,7 @@ impl Broker {
         let mut restocked = Vec::new();
         for product in products.iter().filter_map(|g| g.as_ref()) {
             let units = back.units.get(&product.id).copied().unwrap_or(0);
-            let stock = product.stock.checked_add(units).ok_or_else(|| {
+            let stock = crate::money::add_units(product.stock, units).ok_or_else(|| {
                 BrokerError::Invalid(format!("stock of product {} would overflow", product.id.0))
             })?;
             restocked.push(Product {
@@ -322,13 +322,24 @@ fn check_assignee(order: &Order, partner: Option<Option<Sym>>) -> Result<(), Bro
     }
 }
 
-/// Units per product, summed over lines that name a product twice.
-pub(super) fn units_of(items: impl Iterator<Item = (ProductId, u64)>) -> BTreeMap<ProductId, u64> {
+/// Units per product, summed over lines that name a product twice; 422
+/// past `MAX_UNITS`.
+pub(super) fn units_of(
+    items: impl Iterator<Item = (ProductId, u64)>,
+) -> Result<BTreeMap<ProductId, u64>, BrokerError> {
     let mut units = BTreeMap::new();
     for (product, quantity) in items {
-        *units.entry(product).or_insert(0) += quantity;
+        let sum: &mut u64 = units.entry(product).or_insert(0);
+        *sum = crate::money::add_units(*sum, quantity).ok_or_else(|| BrokerError::OutOfRange {
+            field: "quantity".into(),
+            allowed: format!(
+                "at most {} units of product {} in all",
+                crate::money::MAX_UNITS,
+                product.0
+            ),
+        })?;
     }
-    units
+    Ok(units)
 }
 
 fn next_version(v: u32) -> Result<u32, BrokerError> {

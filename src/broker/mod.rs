@@ -47,7 +47,7 @@ use crate::catalog::{Customer, CustomerId, Product, Table};
 use crate::config::Config;
 use crate::feed::{Change, Event, History, Lagged, Notifier};
 use crate::model::{Millis, Order, OrderId, OrderView, Seq, Stage, Stamp, Version};
-use crate::money::Rate;
+use crate::money::{Money, Rate};
 use crate::shop::{Lifecycle, Shortage};
 use crate::symbols::{Sym, Symbols, SymbolsFull, SymbolsReader};
 
@@ -76,6 +76,16 @@ pub enum BrokerError {
     CustomerNotFound(u64),
     /// An id chosen by the client is taken.
     IdTaken(u64),
+    /// No id is left to assign to a new record of this kind (409): one
+    /// with id `u64::MAX` (or `u64::MAX - 1`) exists. Ids never wrap.
+    IdsExhausted(&'static str),
+    /// A quantity or amount is past its bound (422). `field` names it as
+    /// the request does (`items[0].quantity`, `price`, `grand_total`);
+    /// `allowed` says what is, and which config key sets it.
+    OutOfRange {
+        field: String,
+        allowed: String,
+    },
     /// The request is valid but the record's state forbids it (409).
     Conflict(String),
     /// An item of an order is invalid; `index` counts from 0 (422).
@@ -138,6 +148,14 @@ impl fmt::Display for BrokerError {
             BrokerError::ProductNotFound(id) => write!(f, "product {id} not found"),
             BrokerError::CustomerNotFound(id) => write!(f, "customer {id} not found"),
             BrokerError::IdTaken(id) => write!(f, "id {id} is taken"),
+            BrokerError::IdsExhausted(kind) => write!(
+                f,
+                "{kind} ids are exhausted: a {kind} has the highest id the broker \
+                 can assign, so it cannot assign a new one"
+            ),
+            BrokerError::OutOfRange { field, allowed } => {
+                write!(f, "{field} is out of range (allowed: {allowed})")
+            }
             BrokerError::Conflict(why) | BrokerError::Invalid(why) => f.write_str(why),
             BrokerError::InvalidItem { index, reason } => write!(f, "items[{index}]: {reason}"),
             BrokerError::OutOfStock(short) => {
@@ -249,6 +267,9 @@ struct Inner {
     /// Random per boot, so a client can tell a restart from a gap in `seq`.
     epoch: u64,
     max_text_bytes: usize,
+    /// `limits.max_quantity` and `limits.max_amount`: what a request may set.
+    max_quantity: u64,
+    max_amount: Money,
 }
 
 struct Sequencer {
@@ -382,6 +403,9 @@ impl Broker {
                 bulk_active: std::sync::atomic::AtomicBool::new(false),
                 epoch: random_epoch(),
                 max_text_bytes: config.limits.max_text_bytes,
+                // Validated with the config.
+                max_quantity: config.limits.max_quantity.min(crate::money::MAX_UNITS),
+                max_amount: config.limits.max_amount().unwrap_or(Money::MAX),
             }),
         }
     }
@@ -417,6 +441,8 @@ impl Broker {
             .transpose()?;
         // Keep assigned ids above client-chosen ones; a read first, so the
         // common case does not write a cache line every writer shares.
+        // After id u64::MAX it stays u64::MAX: none left to assign, never 0
+        // (see `catalog::assign_id`).
         let next = id.0.saturating_add(1);
         if self.inner.next_order_id.load(Ordering::Relaxed) < next {
             self.inner.next_order_id.fetch_max(next, Ordering::Relaxed);
@@ -555,6 +581,33 @@ impl Broker {
             return Err(BrokerError::TextTooLong { field, limit });
         }
         Ok(())
+    }
+
+    /// Refuses a quantity a request sets past `limits.max_quantity` (or
+    /// below `min`), naming its field.
+    fn check_quantity(&self, field: &str, quantity: u64, min: u64) -> Result<(), BrokerError> {
+        let max = self.inner.max_quantity;
+        if (min..=max).contains(&quantity) {
+            return Ok(());
+        }
+        Err(BrokerError::OutOfRange {
+            field: field.to_string(),
+            allowed: format!("{min} to {max}, limits.max_quantity"),
+        })
+    }
+
+    /// Refuses an amount a request sets or makes past `limits.max_amount`,
+    /// or below zero unless `negative` (then below −max), naming its field.
+    fn check_amount(&self, field: &str, amount: Money, negative: bool) -> Result<(), BrokerError> {
+        let max = self.inner.max_amount;
+        let min = if negative { Money(-max.0) } else { Money::ZERO };
+        if (min..=max).contains(&amount) {
+            return Ok(());
+        }
+        Err(BrokerError::OutOfRange {
+            field: field.to_string(),
+            allowed: format!("{min} to {max}, limits.max_amount"),
+        })
     }
 
     fn stage_of(&self, status: Sym) -> Stage {

@@ -31,6 +31,9 @@ impl Broker {
         if items.is_empty() {
             return Err(BrokerError::Invalid("items must not be empty".into()));
         }
+        for (index, item) in items.iter().enumerate() {
+            self.check_quantity(&format!("items[{index}].quantity"), item.quantity, 1)?;
+        }
         let now = Millis::now();
         self.apply(id, super::Mode::Update, None, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
@@ -116,7 +119,7 @@ impl Broker {
             };
             if to == ReturnStatus::Refunded {
                 let units = if self.inner.restock_returns {
-                    units_of(request.items.iter().map(|i| (i.product_id, i.quantity)))
+                    units_of(request.items.iter().map(|i| (i.product_id, i.quantity)))?
                 } else {
                     Default::default()
                 };
@@ -132,8 +135,8 @@ impl Broker {
 
 /// The order's lines for the returned quantities, at their captured prices.
 fn returned_items(shop: &ShopOrder, items: &[NewItem]) -> Result<Vec<Item>, BrokerError> {
-    let ordered = units_of(shop.items.iter().map(|i| (i.product_id, i.quantity)));
-    let asked = units_of(items.iter().map(|i| (i.product_id, i.quantity)));
+    let ordered = units_of(shop.items.iter().map(|i| (i.product_id, i.quantity)))?;
+    let asked = units_of(items.iter().map(|i| (i.product_id, i.quantity)))?;
     items
         .iter()
         .enumerate()

@@ -4,7 +4,7 @@
 //! then its customer, and commits every change under one sequencer lock, so
 //! stock and balances add up exactly under any concurrency.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -227,7 +227,9 @@ impl Broker {
         shop: ShopOrder,
     ) -> Result<Event, BrokerError> {
         loop {
-            let id = OrderId(self.inner.next_order_id.fetch_add(1, Ordering::Relaxed));
+            let id = crate::catalog::assign_id(&self.inner.next_order_id)
+                .map(OrderId)
+                .ok_or(BrokerError::IdsExhausted("order"))?;
             let result = self.apply(id, super::Mode::Create, None, |_| {
                 let mut shop = shop.clone();
                 shop.number = self.claim_number(id);
@@ -277,6 +279,7 @@ impl Broker {
                         reason: "quantity must be a positive integer".into(),
                     });
                 }
+                self.check_quantity(&format!("items[{index}].quantity"), item.quantity, 1)?;
                 let product =
                     self.product(item.product_id)
                         .ok_or_else(|| BrokerError::InvalidItem {
@@ -304,16 +307,31 @@ impl Broker {
             .map_err(BrokerError::OutOfStock)
     }
 
-    /// The items' totals, with the delivery's fee when there is one.
+    /// The items' totals, with the delivery's fee when there is one; the
+    /// total and the grand total at most `limits.max_amount`.
     fn totals(&self, items: &[Item], delivery: Option<&Delivery>) -> Result<Totals, BrokerError> {
-        let too_large = || BrokerError::Invalid("order total is too large".into());
+        let max = self.inner.max_amount;
+        let too_large = |field: &str| BrokerError::OutOfRange {
+            field: field.into(),
+            allowed: format!("at most {max}, limits.max_amount"),
+        };
+        Totals::items_total(items)
+            .filter(|t| *t <= max)
+            .ok_or_else(|| too_large("total"))?;
         let totals = Totals::of(items, self.inner.tax_rate, self.inner.service_charge_rate)
-            .ok_or_else(too_large)?;
+            .ok_or_else(|| too_large("grand_total"))?;
         let fee = match delivery {
-            Some(d) => self.inner.fees.fee(d, totals.total).ok_or_else(too_large)?,
+            Some(d) => self
+                .inner
+                .fees
+                .fee(d, totals.total)
+                .ok_or_else(|| too_large("delivery_fee"))?,
             None => crate::money::Money::ZERO,
         };
-        totals.with_fee(fee).ok_or_else(too_large)
+        totals
+            .with_fee(fee)
+            .filter(|t| t.grand_total <= max)
+            .ok_or_else(|| too_large("grand_total"))
     }
 
     pub fn order_by_number(&self, number: &str) -> Option<(OrderId, Order)> {
@@ -580,10 +598,7 @@ impl Broker {
         let new_balance = balance
             .checked_sub(totals.grand_total)
             .ok_or_else(|| BrokerError::Invalid("balance would overflow".into()))?;
-        let mut taken: BTreeMap<ProductId, u64> = BTreeMap::new();
-        for item in &items {
-            *taken.entry(item.product_id).or_default() += item.quantity;
-        }
+        let taken = super::fulfilment::units_of(items.iter().map(|i| (i.product_id, i.quantity)))?;
 
         // Every check passed: build the new records, then commit them together.
         let mut new_products = Vec::new();

@@ -60,8 +60,9 @@ impl ApiError {
         )
     }
 
-    /// 415. The request's content type is not repeated back: an answer
-    /// never echoes a request header (it may be huge, or a script).
+    /// An unsupported media type (415). The request's content type is not
+    /// repeated back: an answer never echoes a request header (it may be
+    /// huge, or a script).
     pub fn unsupported_media_type() -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -123,6 +124,10 @@ impl From<BrokerError> for ApiError {
             BrokerError::IdTaken(_) | BrokerError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, message)
             }
+            BrokerError::IdsExhausted(_) => ApiError::new(StatusCode::CONFLICT, message.clone())
+                .with_body(json!({ "error": message, "reason": "ids_exhausted" })),
+            BrokerError::OutOfRange { field, .. } => ApiError::unprocessable(message.clone())
+                .with_body(json!({ "error": message, "field": field })),
             BrokerError::VersionMismatch { current } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, message.clone())
                     .with_body(json!({ "error": message, "version": current }))
