@@ -482,15 +482,17 @@ impl App {
         }
     }
 
-    /// Runs a request's handler; with `fsync = "always"`, answers only once
-    /// every change it made is on disk (DESIGN invariant 5).
+    /// Runs a request's handler; with the journal, answers only once every
+    /// change it made may be acknowledged: fsynced with `fsync = "always"`,
+    /// written to the file with `everysec` and `no` (DESIGN invariant 5).
+    /// Once the journal cannot be written, a change is answered with 503.
     async fn dispatch(
         &self,
         route: Route,
         req: &Req,
         caller: Option<&crate::auth::Caller>,
     ) -> Result<Response<Body>, ApiError> {
-        let journal = self.broker.journal().filter(|j| j.waits());
+        let journal = self.broker.journal();
         // Reads do not wait, except for the one that hands out work.
         let Some(journal) = journal.filter(|_| {
             !(req.method == Method::GET || req.method == Method::HEAD) || route == Route::NextOrder
