@@ -278,3 +278,118 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{NewItem, NewOrder};
+    use crate::catalog::CustomerId;
+    use crate::config::Config;
+    use crate::money::Money;
+    use crate::shop::Strategy;
+
+    const STOCK: u64 = 1000;
+    const BALANCE: Money = Money(10_000_000);
+
+    /// A broker with one product, one customer and `orders` unprocessed
+    /// orders of 2 units each.
+    fn shop(orders: usize) -> (Broker, Vec<OrderId>) {
+        let broker = Broker::new(&Config::default());
+        let product = broker
+            .create_product(None, "tea".into(), Money(250), STOCK)
+            .unwrap();
+        let customer = broker
+            .create_customer(None, "ann".into(), None, BALANCE)
+            .unwrap();
+        let ids = (0..orders)
+            .map(|_| {
+                let new = NewOrder {
+                    customer_id: Some(customer.id),
+                    items: vec![NewItem {
+                        product_id: product.id,
+                        quantity: 2,
+                    }],
+                    ..Default::default()
+                };
+                broker.create_order(new).unwrap().order().unwrap().0
+            })
+            .collect();
+        (broker, ids)
+    }
+
+    /// Stock and money are conserved within one snapshot: what its orders
+    /// say was taken and charged is what its product and customer lost.
+    fn assert_consistent(records: &[Record]) {
+        let (mut taken, mut charged) = (0u64, 0i64);
+        let (mut stock, mut balance) = (None, None::<(CustomerId, Money)>);
+        for record in records {
+            match record {
+                Record::Order { order, .. } => {
+                    let shop = order.shop.as_ref().unwrap();
+                    if shop.processed.is_some() {
+                        taken += shop.items.iter().map(|i| i.quantity).sum::<u64>();
+                        charged += shop.totals.grand_total.0;
+                    }
+                }
+                Record::Product { product, .. } => stock = Some(product.stock),
+                Record::Customer { customer, .. } => {
+                    balance = Some((customer.id, customer.balance))
+                }
+                _ => {}
+            }
+        }
+        let (stock, (_, balance)) = (stock.unwrap(), balance.unwrap());
+        assert_eq!(stock + taken, STOCK, "stock {stock}, taken {taken}");
+        assert_eq!(balance.0 + charged, BALANCE.0, "balance {balance:?}");
+    }
+
+    #[test]
+    fn a_snapshot_holds_no_part_of_a_change_made_while_it_is_written() {
+        let (broker, ids) = shop(3);
+        let mut records = Vec::new();
+        let mut processed = false;
+        let seq = broker
+            .dump(|record| {
+                // Once the first order is out, process one: a snapshot that
+                // reads records as it goes would see its stock and balance
+                // change but not the order.
+                if matches!(record, Record::Order { .. }) && !processed {
+                    processed = true;
+                    broker.process(ids[0], Strategy::Adjust, None).unwrap();
+                }
+                records.push(record.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert!(processed);
+        assert!(matches!(records[0], Record::Snapshot { seq: s, .. } if s == seq));
+        assert_consistent(&records);
+        assert!(broker.last_seq() > seq, "the processing is after the cut");
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_orders_are_processed_is_a_consistent_cut() {
+        let (broker, ids) = shop(300);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for id in &ids {
+                    broker.process(*id, Strategy::Adjust, None).unwrap();
+                }
+            });
+            let mut cuts = 0;
+            while !writer.is_finished() || cuts == 0 {
+                let mut records = Vec::new();
+                let seq = broker
+                    .dump(|r| {
+                        records.push(r.clone());
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_consistent(&records);
+                // Every change up to the cut is in it.
+                assert!(records.iter().all(|r| r.seq().is_none_or(|s| s == seq)));
+                cuts += 1;
+            }
+        });
+    }
+}
