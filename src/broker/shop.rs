@@ -641,6 +641,8 @@ impl Broker {
     /// Commits, under one sequencer lock, new states of locked products and
     /// of a locked customer, then the order's; each record is replaced as
     /// its event is committed, so readers never see one without the other.
+    /// The events are one atomic group: one journal frame, never split by a
+    /// snapshot's cut.
     pub(super) fn commit_together(
         &self,
         id: OrderId,

@@ -5,28 +5,46 @@
 //! Files in `persistence.dir`:
 //! - `journal-<first seq>.log`: segments of the journal, each starting with
 //!   the event of that seq. Only the newest is written to.
-//! - `snapshot-<seq>.snap`: every record as of at least `seq`. Written to
-//!   `snapshot.tmp`, fsynced, renamed, and the directory fsynced; then the
-//!   segments it covers and older snapshots are deleted.
+//! - `CURRENT`: the newest segment's name, replaced atomically (temp file,
+//!   fsync, rename, directory fsync) whenever a segment is created and
+//!   before any record goes into it, so a deleted newest segment is noticed.
+//! - `snapshot-<seq>.snap`: every record exactly as of `seq`. Written to
+//!   `snapshot.tmp` (removed if the snapshot fails), fsynced, renamed, and
+//!   the directory fsynced; then the segments it covers and older snapshots
+//!   are deleted.
 //! - `archive-<seq>.log`: the final state of every order evicted from memory
 //!   (`limits.max_orders_kept`), one file per run, never deleted by the
 //!   broker. Same frames as the journal (`OBARCH01` magic).
 //! - `LOCK`: held while a broker uses the directory.
 //!
 //! The sequencer sends each event down a crossbeam channel while it holds
-//! its lock, so the writer receives events in `seq` order. The writer takes
-//! every event queued (group commit), writes them with one `write`, and
-//! with `fsync = "always"` fsyncs once for all of them before it publishes
-//! the new durable seq; requests that changed something wait for that (see
-//! `http::App`). A snapshot runs on a thread of its own: it reads the seq
-//! first, then every record under that record's lock, so it holds every
-//! change up to its seq (and maybe later ones, which replay repeats
-//! harmlessly: records carry full state).
+//! its lock, so the writer receives events in `seq` order; the events of an
+//! atomic change (`Sequencer::group`: processing, giving back) come as one
+//! [`Msg::Group`] and become one frame ([`Record::Group`]). The writer takes
+//! every event queued (group commit), encodes each frame and checks that it
+//! decodes back to the same record (a frame that would not read back is
+//! never written: the journal fails instead), writes them with one `write`
+//! and publishes the *written* watermark; it fsyncs (at once with `always`,
+//! at least once a second with `everysec`, only at segment switches and
+//! shutdown with `no`) and publishes the *synced* one. A change is answered
+//! once its seq is synced with `always`, written with `everysec` and `no`
+//! ([`Journal::durable`], used by `http::App`), so a crash of the process
+//! never loses an acknowledged change in any mode. After a write or fsync
+//! error nothing more is written and every later change is refused (503).
 //!
-//! Recovery (`Journal::open`) loads the newest snapshot, replays every later
-//! record in seq order, and refuses to start on a gap or on corruption
-//! anywhere but the tail of the newest segment. A torn tail (a write the
-//! crash cut short, never acknowledged with `always`) is cut off and logged.
+//! A snapshot runs on a thread of its own and is a consistent cut: it copies
+//! every record, then applies the history's events up to a seq S read under
+//! the sequencer lock, so it holds exactly the state after S (see
+//! `Broker::dump`).
+//!
+//! Recovery (`Journal::open`) checks `CURRENT`, loads the newest snapshot,
+//! replays every later record in seq order (a group whole), and refuses to
+//! start on a gap, a missing segment, or damage anywhere but a torn tail of
+//! the newest segment. A torn tail is an incomplete last write: cut off and
+//! logged only if no well-formed frame follows it, the frame is not complete
+//! (a damaged length field would hide that), and a frame the file holds
+//! whole ends in zeros (unwritten pages after a power loss); see
+//! `not_torn`.
 
 pub mod record;
 
