@@ -300,16 +300,23 @@ impl Sequencer {
     /// throughout, so no other change's seq falls inside the group and a
     /// snapshot's cut (taken under this lock) never splits it.
     fn group<T>(&mut self, commits: impl FnOnce(&mut Sequencer) -> T) -> T {
+        /// Sends the group when it ends, even by a panic, so no later
+        /// event is held back.
+        struct Flush<'a>(&'a mut Sequencer);
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                let events = self.0.group.take().unwrap_or_default();
+                if let Some(journal) = &self.0.journal
+                    && !events.is_empty()
+                {
+                    let _ = journal.send(crate::journal::Msg::Group(events));
+                }
+            }
+        }
         debug_assert!(self.group.is_none(), "groups do not nest");
         self.group = Some(Vec::new());
-        let out = commits(self);
-        let events = self.group.take().unwrap_or_default();
-        if let Some(journal) = &self.journal
-            && !events.is_empty()
-        {
-            let _ = journal.send(crate::journal::Msg::Group(events));
-        }
-        out
+        let flush = Flush(self);
+        commits(&mut *flush.0)
     }
 }
 

@@ -66,9 +66,29 @@ impl Broker {
             let products = inner.products.list();
             let customers = inner.customers.list();
             let templates = inner.templates.list();
-            let events = match self.events_since(Seq(s0.0 + 1), usize::MAX) {
-                Ok(events) => events,
-                Err(lagged) if attempt < CUT_ATTEMPTS => {
+            // S1 is read under the sequencer lock, so it never falls inside
+            // a group; the events up to it are read a chunk at a time, so
+            // writers never wait for more than one chunk's copy.
+            let s1 = self.last_seq();
+            let mut events = Vec::new();
+            let mut lagged = None;
+            let mut next = Seq(s0.0 + 1);
+            while next <= s1 {
+                match self.events_since(next, 1024) {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        next = Seq(chunk.last().expect("not empty").seq.0 + 1);
+                        events.extend(chunk.into_iter().take_while(|e| e.seq <= s1));
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        lagged = Some(e);
+                        break;
+                    }
+                }
+            }
+            match lagged {
+                None => {}
+                Some(lagged) if attempt < CUT_ATTEMPTS => {
                     tracing::warn!(
                         from = s0.0,
                         oldest = lagged.oldest.0,
@@ -77,7 +97,7 @@ impl Broker {
                     );
                     continue;
                 }
-                Err(lagged) => {
+                Some(lagged) => {
                     return Err(io::Error::other(format!(
                         "the change history (events.history_size) no longer reaches back to \
                          seq {} (oldest {}) after {attempt} attempts: changes came faster than \
@@ -86,8 +106,7 @@ impl Broker {
                         lagged.oldest.0
                     )));
                 }
-            };
-            let s1 = events.last().map_or(s0, |e| e.seq);
+            }
             let mut o = Overrides(HashMap::new());
             let mut p = Overrides(HashMap::new());
             let mut c = Overrides(HashMap::new());
