@@ -280,6 +280,9 @@ struct Sequencer {
     /// The journal writer, once recovery is done (`persistence.mode = "journal"`).
     /// Sent to under this lock, so it gets events in `seq` order.
     journal: Option<crossbeam_channel::Sender<crate::journal::Msg>>,
+    /// While an atomic change commits (see [`Sequencer::group`]): its events
+    /// so far, sent to the journal as one group when it ends.
+    group: Option<Vec<Event>>,
 }
 
 impl Sequencer {
@@ -306,12 +309,39 @@ impl Sequencer {
             change,
         };
         self.history.push(event.clone());
-        if let Some(journal) = &self.journal {
+        if let Some(group) = &mut self.group {
+            group.push(event.clone());
+        } else if let Some(journal) = &self.journal {
             // The writer lives as long as the broker serves; after shutdown
             // stopped it, nothing is acknowledged any more.
             let _ = journal.send(crate::journal::Msg::Event(event.clone()));
         }
         event
+    }
+
+    /// Commits several changes as one atomic change: `commits` calls
+    /// [`Sequencer::commit`] for each, and the journal gets them as one group
+    /// (one frame), so recovery shows all of them or none. The lock is held
+    /// throughout, so no other change's seq falls inside the group and a
+    /// snapshot's cut (taken under this lock) never splits it.
+    fn group<T>(&mut self, commits: impl FnOnce(&mut Sequencer) -> T) -> T {
+        /// Sends the group when it ends, even by a panic, so no later
+        /// event is held back.
+        struct Flush<'a>(&'a mut Sequencer);
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                let events = self.0.group.take().unwrap_or_default();
+                if let Some(journal) = &self.0.journal
+                    && !events.is_empty()
+                {
+                    let _ = journal.send(crate::journal::Msg::Group(events));
+                }
+            }
+        }
+        debug_assert!(self.group.is_none(), "groups do not nest");
+        self.group = Some(Vec::new());
+        let flush = Flush(self);
+        commits(&mut *flush.0)
     }
 }
 
@@ -378,6 +408,7 @@ impl Broker {
                     stages: Default::default(),
                     history: History::new(config.events.history_size),
                     journal: None,
+                    group: None,
                 }),
                 notifier: Notifier::new(Seq(0)),
                 generations: Generations::default(),

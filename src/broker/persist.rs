@@ -1,29 +1,134 @@
 //! The broker's side of durability: writing every record out for a
 //! snapshot, and putting recovered records back before serving.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Broker, Order};
-use crate::feed::History;
+use crate::feed::{Change, History};
 use crate::journal::record::{Record, StoredOrder};
 use crate::journal::{Journal, JournalFailed, Msg};
 use crate::model::{OrderId, Seq, Stage, Stamp, Version};
 
+/// How often a snapshot starts over when the history ring no longer reaches
+/// back to where its copy began (writes outran it); then it fails.
+const CUT_ATTEMPTS: usize = 3;
+
+/// Changes made while a snapshot copied the records, by record id: the
+/// state after the cut (None: removed).
+struct Overrides<K, V>(HashMap<K, Option<V>>);
+
+impl<K: std::hash::Hash + Eq + Copy + Ord, V> Overrides<K, V> {
+    /// `copied` with every override applied, ascending by id.
+    fn apply(mut self, copied: Vec<(K, V)>) -> Vec<(K, V)> {
+        let mut all: Vec<(K, V)> = copied
+            .into_iter()
+            .filter_map(|(k, v)| match self.0.remove(&k) {
+                Some(newer) => newer.map(|n| (k, n)),
+                None => Some((k, v)),
+            })
+            .collect();
+        all.extend(self.0.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        all.sort_unstable_by_key(|(k, _)| *k);
+        all
+    }
+}
+
 impl Broker {
     /// Hands every record to `out` for a snapshot: a header, every order,
-    /// product and customer, and an end record; returns the snapshot's seq.
+    /// product, customer and template, and an end record; returns the
+    /// snapshot's seq.
     ///
-    /// The seq is read first, then each record under its own lock (orders a
-    /// map shard at a time). Every change up to that seq was made while its
-    /// record was locked, so the snapshot holds it; later changes may be in
-    /// too, and replaying them again changes nothing. Writers wait at most
-    /// for one shard to be copied.
+    /// A snapshot is a consistent cut: exactly the state after its seq, no
+    /// effect of a later change. With S0 the last seq, every record is
+    /// copied under its own lock (orders a map shard at a time, so writers
+    /// wait at most for one shard's copy); a copy holds every change up to
+    /// S0 and maybe some later ones. Then, under the sequencer lock, S1 is
+    /// the last seq and the history ring's events (S0, S1] are applied over
+    /// the copy in seq order (events carry full records), which brings every
+    /// record to its state at S1: nothing in the copy is newer than S1, since
+    /// a record is replaced under its lock before its commit's seq is
+    /// visible. An atomic group commits under one sequencer lock, so S1 never
+    /// falls inside one. If the history no longer reaches S0, it starts over,
+    /// and fails after [`CUT_ATTEMPTS`] (the journal is kept).
     pub(crate) fn dump(&self, mut out: impl FnMut(&Record) -> io::Result<()>) -> io::Result<Seq> {
-        let seq = self.last_seq();
         let inner = &self.inner;
+        let mut attempt = 0;
+        let (seq, orders, products, customers, templates) = loop {
+            attempt += 1;
+            let s0 = self.last_seq();
+            // Sized up front: growing it while a shard is locked would copy
+            // everything copied so far under that lock.
+            let mut orders: Vec<(OrderId, Order)> = Vec::with_capacity(inner.orders.len() + 4096);
+            orders.extend(inner.orders.iter().map(|e| (*e.key(), e.value().clone())));
+            let products = inner.products.list();
+            let customers = inner.customers.list();
+            let templates = inner.templates.list();
+            // S1 is read under the sequencer lock, so it never falls inside
+            // a group; the events up to it are read a chunk at a time, so
+            // writers never wait for more than one chunk's copy.
+            let s1 = self.last_seq();
+            let mut events = Vec::new();
+            let mut lagged = None;
+            let mut next = Seq(s0.0 + 1);
+            while next <= s1 {
+                match self.events_since(next, 1024) {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        next = Seq(chunk.last().expect("not empty").seq.0 + 1);
+                        events.extend(chunk.into_iter().take_while(|e| e.seq <= s1));
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        lagged = Some(e);
+                        break;
+                    }
+                }
+            }
+            match lagged {
+                None => {}
+                Some(lagged) if attempt < CUT_ATTEMPTS => {
+                    tracing::warn!(
+                        from = s0.0,
+                        oldest = lagged.oldest.0,
+                        "snapshot: the change history no longer reaches back to the copy's \
+                         start; starting over"
+                    );
+                    continue;
+                }
+                Some(lagged) => {
+                    return Err(io::Error::other(format!(
+                        "the change history (events.history_size) no longer reaches back to \
+                         seq {} (oldest {}) after {attempt} attempts: changes came faster than \
+                         the snapshot could copy",
+                        s0.0 + 1,
+                        lagged.oldest.0
+                    )));
+                }
+            }
+            let mut o = Overrides(HashMap::new());
+            let mut p = Overrides(HashMap::new());
+            let mut c = Overrides(HashMap::new());
+            let mut t = Overrides(HashMap::new());
+            for event in events {
+                match event.change {
+                    Change::Order { id, order, .. } => drop(o.0.insert(id, Some(order))),
+                    Change::OrderRemoved { id, .. } => drop(o.0.insert(id, None)),
+                    Change::Product(r) => drop(p.0.insert(r.id, Some(Arc::unwrap_or_clone(r)))),
+                    Change::ProductRemoved(id) => drop(p.0.insert(id, None)),
+                    Change::Customer(r) => drop(c.0.insert(r.id, Some(Arc::unwrap_or_clone(r)))),
+                    Change::CustomerRemoved(id) => drop(c.0.insert(id, None)),
+                    Change::Template(r) => drop(t.0.insert(r.id, Some(Arc::unwrap_or_clone(r)))),
+                    Change::TemplateRemoved(id) => drop(t.0.insert(id, None)),
+                }
+            }
+            let products = p.apply(products.into_iter().map(|r| (r.id, r)).collect());
+            let customers = c.apply(customers.into_iter().map(|r| (r.id, r)).collect());
+            let templates = t.apply(templates.into_iter().map(|r| (r.id, r)).collect());
+            break (s1, o.apply(orders), products, customers, templates);
+        };
+        // Read after the cut: they only grow, and must be above every id in it.
         out(&Record::Snapshot {
             seq,
             next_order_id: inner.next_order_id.load(Ordering::Relaxed),
@@ -32,10 +137,6 @@ impl Broker {
             next_template_id: inner.templates.next_id(),
         })?;
         let mut records = 0u64;
-        // Sized up front: growing it while a shard is locked would copy
-        // everything copied so far under that lock.
-        let mut orders: Vec<(OrderId, Order)> = Vec::with_capacity(inner.orders.len() + 4096);
-        orders.extend(inner.orders.iter().map(|e| (*e.key(), e.value().clone())));
         let mut batch = Vec::with_capacity(1024);
         for chunk in orders.chunks(1024) {
             // Resolve texts a chunk at a time: the symbol table stays free
@@ -53,21 +154,21 @@ impl Broker {
             }
         }
         drop(orders);
-        for product in inner.products.list() {
+        for (_, product) in products {
             out(&Record::Product {
                 seq,
                 product: Arc::new(product),
             })?;
             records += 1;
         }
-        for customer in inner.customers.list() {
+        for (_, customer) in customers {
             out(&Record::Customer {
                 seq,
                 customer: Arc::new(customer),
             })?;
             records += 1;
         }
-        for template in inner.templates.list() {
+        for (_, template) in templates {
             out(&Record::Template {
                 seq,
                 template: Arc::new(template),
@@ -124,6 +225,11 @@ impl Broker {
                 inner.customers.reserve_ids(next_customer_id);
             }
             Record::End { .. } => {}
+            Record::Group { records } => {
+                for record in records {
+                    self.restore(record);
+                }
+            }
         }
     }
 
@@ -191,12 +297,127 @@ impl Broker {
         self.inner.journal.get()
     }
 
-    /// With `fsync = "always"`, waits until every change published so far
-    /// is on disk; at once otherwise.
+    /// Waits until every change published so far may be acknowledged (see
+    /// [`Journal::durable`]); at once in memory mode.
     pub async fn durable(&self) -> Result<(), JournalFailed> {
-        match self.journal().filter(|j| j.waits()) {
+        match self.journal() {
             Some(journal) => journal.durable(self.published_seq()).await,
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{NewItem, NewOrder};
+    use crate::catalog::CustomerId;
+    use crate::config::Config;
+    use crate::money::Money;
+    use crate::shop::Strategy;
+
+    const STOCK: u64 = 1000;
+    const BALANCE: Money = Money(10_000_000);
+
+    /// A broker with one product, one customer and `orders` unprocessed
+    /// orders of 2 units each.
+    fn shop(orders: usize) -> (Broker, Vec<OrderId>) {
+        let broker = Broker::new(&Config::default());
+        let product = broker
+            .create_product(None, "tea".into(), Money(250), STOCK)
+            .unwrap();
+        let customer = broker
+            .create_customer(None, "ann".into(), None, BALANCE)
+            .unwrap();
+        let ids = (0..orders)
+            .map(|_| {
+                let new = NewOrder {
+                    customer_id: Some(customer.id),
+                    items: vec![NewItem {
+                        product_id: product.id,
+                        quantity: 2,
+                    }],
+                    ..Default::default()
+                };
+                broker.create_order(new).unwrap().order().unwrap().0
+            })
+            .collect();
+        (broker, ids)
+    }
+
+    /// Stock and money are conserved within one snapshot: what its orders
+    /// say was taken and charged is what its product and customer lost.
+    fn assert_consistent(records: &[Record]) {
+        let (mut taken, mut charged) = (0u64, 0i64);
+        let (mut stock, mut balance) = (None, None::<(CustomerId, Money)>);
+        for record in records {
+            match record {
+                Record::Order { order, .. } => {
+                    let shop = order.shop.as_ref().unwrap();
+                    if shop.processed.is_some() {
+                        taken += shop.items.iter().map(|i| i.quantity).sum::<u64>();
+                        charged += shop.totals.grand_total.0;
+                    }
+                }
+                Record::Product { product, .. } => stock = Some(product.stock),
+                Record::Customer { customer, .. } => {
+                    balance = Some((customer.id, customer.balance))
+                }
+                _ => {}
+            }
+        }
+        let (stock, (_, balance)) = (stock.unwrap(), balance.unwrap());
+        assert_eq!(stock + taken, STOCK, "stock {stock}, taken {taken}");
+        assert_eq!(balance.0 + charged, BALANCE.0, "balance {balance:?}");
+    }
+
+    #[test]
+    fn a_snapshot_holds_no_part_of_a_change_made_while_it_is_written() {
+        let (broker, ids) = shop(3);
+        let mut records = Vec::new();
+        let mut processed = false;
+        let seq = broker
+            .dump(|record| {
+                // Once the first order is out, process one: a snapshot that
+                // reads records as it goes would see its stock and balance
+                // change but not the order.
+                if matches!(record, Record::Order { .. }) && !processed {
+                    processed = true;
+                    broker.process(ids[0], Strategy::Adjust, None).unwrap();
+                }
+                records.push(record.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert!(processed);
+        assert!(matches!(records[0], Record::Snapshot { seq: s, .. } if s == seq));
+        assert_consistent(&records);
+        assert!(broker.last_seq() > seq, "the processing is after the cut");
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_orders_are_processed_is_a_consistent_cut() {
+        let (broker, ids) = shop(300);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for id in &ids {
+                    broker.process(*id, Strategy::Adjust, None).unwrap();
+                }
+            });
+            let mut cuts = 0;
+            while !writer.is_finished() || cuts == 0 {
+                let mut records = Vec::new();
+                let seq = broker
+                    .dump(|r| {
+                        records.push(r.clone());
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_consistent(&records);
+                // Every change up to the cut is in it.
+                assert!(records.iter().all(|r| r.seq().is_none_or(|s| s == seq)));
+                cuts += 1;
+            }
+        });
     }
 }

@@ -657,6 +657,8 @@ impl Broker {
     /// Commits, under one sequencer lock, new states of locked products and
     /// of a locked customer, then the order's; each record is replaced as
     /// its event is committed, so readers never see one without the other.
+    /// The events are one atomic group: one journal frame, never split by a
+    /// snapshot's cut.
     pub(super) fn commit_together(
         &self,
         id: OrderId,
@@ -666,27 +668,29 @@ impl Broker {
         products: Vec<Product>,
         customer: Option<(&mut MutexGuard<'_, Option<Customer>>, Customer)>,
     ) -> Event {
-        let mut seq = self.sequencer();
-        for product in products {
-            let slot = locked
-                .iter_mut()
-                .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
-                .expect("the caller locked every product it changes");
-            seq.commit(Change::Product(Arc::new(product.clone())));
-            **slot = Some(product);
-        }
-        if let Some((slot, customer)) = customer {
-            seq.commit(Change::Customer(Arc::new(customer.clone())));
-            **slot = Some(customer);
-        }
-        let from = Some(entry.stage);
-        let from_since = entry.stage_since;
-        *entry = next.clone();
-        seq.commit(Change::Order {
-            id,
-            order: next,
-            from,
-            from_since,
+        // One atomic group: the journal writes it as one frame.
+        self.sequencer().group(|seq| {
+            for product in products {
+                let slot = locked
+                    .iter_mut()
+                    .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
+                    .expect("the caller locked every product it changes");
+                seq.commit(Change::Product(Arc::new(product.clone())));
+                **slot = Some(product);
+            }
+            if let Some((slot, customer)) = customer {
+                seq.commit(Change::Customer(Arc::new(customer.clone())));
+                **slot = Some(customer);
+            }
+            let from = Some(entry.stage);
+            let from_since = entry.stage_since;
+            *entry = next.clone();
+            seq.commit(Change::Order {
+                id,
+                order: next,
+                from,
+                from_since,
+            })
         })
     }
 

@@ -3,7 +3,10 @@
 //! (same credentials, method, path and body) without running it again. A
 //! repeat while the first is still running gets 409; the same key with a
 //! different request gets 422. Keys are scoped to the caller's credentials,
-//! so one client never sees another's answer.
+//! so one client never sees another's answer. A keyed request runs to its
+//! end on a task of its own (`App::route`), so a client that hangs up while
+//! its change waits for the journal does not free the key: the change's
+//! answer is kept for the retry.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -181,8 +184,8 @@ fn replay(answer: Stored) -> Response<Body> {
     response
 }
 
-/// Frees a claimed key if the handler's future is dropped before it finishes
-/// (the client went away mid-request).
+/// Frees a claimed key if the task running the request dies before it
+/// finishes (a panic); a client going away does not stop that task.
 pub struct ClaimGuard<'a> {
     pub idempotency: &'a Idempotency,
     pub scope: Option<String>,

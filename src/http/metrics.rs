@@ -280,7 +280,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
 /// The journal's counters (only in `persistence.mode = "journal"`).
 fn render_journal(out: &mut String, stats: &Stats) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-    let values: [(&str, &str, &str, f64); 11] = [
+    let values: [(&str, &str, &str, f64); 12] = [
         (
             "order_broker_journal_bytes_total",
             "counter",
@@ -298,6 +298,12 @@ fn render_journal(out: &mut String, stats: &Stats) {
             "gauge",
             "The newest event seq known to be fsynced.",
             get(&stats.durable_seq),
+        ),
+        (
+            "order_broker_journal_written_seq",
+            "gauge",
+            "The newest event seq written to the journal file (not yet fsynced, maybe).",
+            get(&stats.written_seq),
         ),
         (
             "order_broker_journal_failed",

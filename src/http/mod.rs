@@ -418,7 +418,7 @@ impl App {
     }
 
     /// Answers one request. Never fails: every error is a response.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: &std::sync::Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
         // Route once: the metrics need the route, the handler its parameter.
@@ -452,7 +452,7 @@ impl App {
     }
 
     async fn route(
-        &self,
+        self: &std::sync::Arc<Self>,
         req: Request<Incoming>,
         found: Option<(Route, Option<String>)>,
     ) -> Result<Response<Body>, ApiError> {
@@ -497,29 +497,44 @@ impl App {
             None => self.dispatch(route, &req, caller).await,
             Some(idempotency::Claim::Answer(response)) => Ok(response),
             Some(idempotency::Claim::Run { scope, fingerprint }) => {
-                let mut guard = idempotency::ClaimGuard {
-                    idempotency: &self.idempotency,
-                    scope: Some(scope),
-                };
-                let response = match self.dispatch(route, &req, caller).await {
-                    Ok(response) => response,
-                    Err(e) => e.into_response(),
-                };
-                let scope = guard.scope.take().expect("set above");
-                Ok(self.idempotency.finish(scope, fingerprint, response).await)
+                // Runs to the end on a task of its own, so a client that goes
+                // away (which drops this future) cancels nothing: once the
+                // change is applied, its key is bound to its answer, and a
+                // retry gets that answer instead of a second change.
+                let app = self.clone();
+                let caller = caller.cloned();
+                let task = tokio::spawn(async move {
+                    // Frees the key only if the task itself dies (a panic).
+                    let mut guard = idempotency::ClaimGuard {
+                        idempotency: &app.idempotency,
+                        scope: Some(scope),
+                    };
+                    let response = match app.dispatch(route, &req, caller.as_ref()).await {
+                        Ok(response) => response,
+                        Err(e) => e.into_response(),
+                    };
+                    let scope = guard.scope.take().expect("set above");
+                    app.idempotency.finish(scope, fingerprint, response).await
+                });
+                task.await.map_err(|e| {
+                    tracing::error!(error = %e, "a keyed request's task failed");
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                })
             }
         }
     }
 
-    /// Runs a request's handler; with `fsync = "always"`, answers only once
-    /// every change it made is on disk (DESIGN invariant 5).
+    /// Runs a request's handler; with the journal, answers only once every
+    /// change it made may be acknowledged: fsynced with `fsync = "always"`,
+    /// written to the file with `everysec` and `no` (DESIGN invariant 5).
+    /// Once the journal cannot be written, a change is answered with 503.
     async fn dispatch(
         &self,
         route: Route,
         req: &Req,
         caller: Option<&crate::auth::Caller>,
     ) -> Result<Response<Body>, ApiError> {
-        let journal = self.broker.journal().filter(|j| j.waits());
+        let journal = self.broker.journal();
         // Reads do not wait, except for the one that hands out work.
         let Some(journal) = journal.filter(|_| {
             !(req.method == Method::GET || req.method == Method::HEAD) || route == Route::NextOrder

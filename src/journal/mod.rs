@@ -5,28 +5,46 @@
 //! Files in `persistence.dir`:
 //! - `journal-<first seq>.log`: segments of the journal, each starting with
 //!   the event of that seq. Only the newest is written to.
-//! - `snapshot-<seq>.snap`: every record as of at least `seq`. Written to
-//!   `snapshot.tmp`, fsynced, renamed, and the directory fsynced; then the
-//!   segments it covers and older snapshots are deleted.
+//! - `CURRENT`: the newest segment's name, replaced atomically (temp file,
+//!   fsync, rename, directory fsync) whenever a segment is created and
+//!   before any record goes into it, so a deleted newest segment is noticed.
+//! - `snapshot-<seq>.snap`: every record exactly as of `seq`. Written to
+//!   `snapshot.tmp` (removed if the snapshot fails), fsynced, renamed, and
+//!   the directory fsynced; then the segments it covers and older snapshots
+//!   are deleted.
 //! - `archive-<seq>.log`: the final state of every order evicted from memory
 //!   (`limits.max_orders_kept`), one file per run, never deleted by the
 //!   broker. Same frames as the journal (`OBARCH01` magic).
 //! - `LOCK`: held while a broker uses the directory.
 //!
 //! The sequencer sends each event down a crossbeam channel while it holds
-//! its lock, so the writer receives events in `seq` order. The writer takes
-//! every event queued (group commit), writes them with one `write`, and
-//! with `fsync = "always"` fsyncs once for all of them before it publishes
-//! the new durable seq; requests that changed something wait for that (see
-//! `http::App`). A snapshot runs on a thread of its own: it reads the seq
-//! first, then every record under that record's lock, so it holds every
-//! change up to its seq (and maybe later ones, which replay repeats
-//! harmlessly: records carry full state).
+//! its lock, so the writer receives events in `seq` order; the events of an
+//! atomic change (`Sequencer::group`: processing, giving back) come as one
+//! [`Msg::Group`] and become one frame ([`Record::Group`]). The writer takes
+//! every event queued (group commit), encodes each frame and checks that it
+//! decodes back to the same record (a frame that would not read back is
+//! never written: the journal fails instead), writes them with one `write`
+//! and publishes the *written* watermark; it fsyncs (at once with `always`,
+//! at least once a second with `everysec`, only at segment switches and
+//! shutdown with `no`) and publishes the *synced* one. A change is answered
+//! once its seq is synced with `always`, written with `everysec` and `no`
+//! ([`Journal::durable`], used by `http::App`), so a crash of the process
+//! never loses an acknowledged change in any mode. After a write or fsync
+//! error nothing more is written and every later change is refused (503).
 //!
-//! Recovery (`Journal::open`) loads the newest snapshot, replays every later
-//! record in seq order, and refuses to start on a gap or on corruption
-//! anywhere but the tail of the newest segment. A torn tail (a write the
-//! crash cut short, never acknowledged with `always`) is cut off and logged.
+//! A snapshot runs on a thread of its own and is a consistent cut: it copies
+//! every record, then applies the history's events up to a seq S read under
+//! the sequencer lock, so it holds exactly the state after S (see
+//! `Broker::dump`).
+//!
+//! Recovery (`Journal::open`) checks `CURRENT`, loads the newest snapshot,
+//! replays every later record in seq order (a group whole), and refuses to
+//! start on a gap, a missing segment, or damage anywhere but a torn tail of
+//! the newest segment. A torn tail is an incomplete last write: cut off and
+//! logged only if no well-formed frame follows it, the frame is not complete
+//! (a damaged length field would hide that), and a frame the file holds
+//! whole ends in zeros (unwritten pages after a power loss); see
+//! `not_torn`.
 
 pub mod record;
 
@@ -47,9 +65,15 @@ use crate::broker::Broker;
 use crate::config::{Fsync, Persistence};
 use crate::feed::Event;
 use crate::model::{Millis, Seq};
-use record::{ARCHIVE_MAGIC, FrameError, Frames, JOURNAL_MAGIC, Record, SNAPSHOT_MAGIC};
+use record::{
+    ARCHIVE_MAGIC, FRAME_HEADER, FrameError, Frames, JOURNAL_MAGIC, MAX_PAYLOAD, Record,
+    SNAPSHOT_MAGIC,
+};
 
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
+/// Names the newest journal segment, so a deleted one is noticed.
+const CURRENT: &str = "CURRENT";
+const CURRENT_TMP: &str = "CURRENT.tmp";
 const LOCK_FILE: &str = "LOCK";
 /// Most events the writer takes into one write (and one fsync).
 const MAX_BATCH: usize = 8192;
@@ -59,6 +83,10 @@ pub const FSYNC_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 /// What the sequencer and the server send the writer.
 pub enum Msg {
     Event(Event),
+    /// Events committed together under one sequencer lock (an atomic change,
+    /// e.g. processing an order): written as one frame, so recovery applies
+    /// all of them or none.
+    Group(Vec<Event>),
     /// Write and fsync everything queued before it, then answer.
     Flush(Sender<bool>),
     /// Write and fsync everything queued before it, then stop.
@@ -86,10 +114,12 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> JournalError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalFailed;
 
-/// The newest seq on disk, or that writing failed.
+/// The writer's watermarks: the newest seq handed to the OS (`write`
+/// returned) and the newest fsynced; and whether writing failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Durable {
-    seq: Seq,
+    written: Seq,
+    synced: Seq,
     failed: bool,
 }
 
@@ -99,8 +129,10 @@ pub struct Stats {
     /// Bytes appended to the journal since start.
     pub bytes: AtomicU64,
     pub records: AtomicU64,
-    /// Newest seq known to be on disk.
+    /// Newest seq known to be on disk (fsynced).
     pub durable_seq: AtomicU64,
+    /// Newest seq written to the file (in the OS's page cache at least).
+    pub written_seq: AtomicU64,
     pub fsyncs: AtomicU64,
     pub fsync_micros: AtomicU64,
     /// One count per [`FSYNC_BUCKETS`] bound, +Inf last (not cumulated).
@@ -179,6 +211,7 @@ impl Journal {
             .recovery_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.durable_seq.store(recovery.last.0, Ordering::Relaxed);
+        stats.written_seq.store(recovery.last.0, Ordering::Relaxed);
         stats.recovered_records.store(
             recovery.snapshot_records + recovery.replayed,
             Ordering::Relaxed,
@@ -197,7 +230,8 @@ impl Journal {
         let file = new_segment(dir, Seq(recovery.last.0 + 1))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (durable_tx, durable) = watch::channel(Durable {
-            seq: recovery.last,
+            written: recovery.last,
+            synced: recovery.last,
             failed: false,
         });
         let writer = Writer {
@@ -236,16 +270,16 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Whether an acknowledgement must wait for its change to be on disk.
-    pub fn waits(&self) -> bool {
-        self.fsync == Fsync::Always
-    }
-
-    /// Waits until every change up to `seq` is on disk.
+    /// Waits until every change up to `seq` may be acknowledged: fsynced
+    /// with `fsync = "always"`, written to the file (handed to the OS, so a
+    /// crash of the process cannot lose it) with `everysec` and `no`. Fails
+    /// once the journal cannot be written and `seq` had not got that far.
     pub async fn durable(&self, seq: Seq) -> Result<(), JournalFailed> {
+        let always = self.fsync == Fsync::Always;
+        let reached = move |d: &Durable| if always { d.synced } else { d.written };
         let mut durable = self.durable.clone();
-        match durable.wait_for(|d| d.failed || d.seq >= seq).await {
-            Ok(d) if !d.failed => Ok(()),
+        match durable.wait_for(|d| d.failed || reached(d) >= seq).await {
+            Ok(d) if reached(&d) >= seq => Ok(()),
             _ => Err(JournalFailed),
         }
     }
@@ -315,9 +349,41 @@ struct Writer {
     _lock: File,
 }
 
+/// What the writer takes from the channel: one event, or a group that is
+/// one frame.
+enum Unit {
+    One(Event),
+    Group(Vec<Event>),
+}
+
+impl Unit {
+    fn last_seq(&self) -> Seq {
+        match self {
+            Unit::One(event) => event.seq,
+            Unit::Group(events) => events.last().map_or(Seq(0), |e| e.seq),
+        }
+    }
+
+    fn events(&self) -> usize {
+        match self {
+            Unit::One(_) => 1,
+            Unit::Group(events) => events.len(),
+        }
+    }
+
+    fn record(&self, symbols: &crate::symbols::SymbolsReader<'_>) -> Record {
+        match self {
+            Unit::One(event) => Record::of(event, symbols),
+            Unit::Group(events) => Record::Group {
+                records: events.iter().map(|e| Record::of(e, symbols)).collect(),
+            },
+        }
+    }
+}
+
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
-        let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
+        let mut batch: Vec<Unit> = Vec::with_capacity(MAX_BATCH);
         let mut flushes: Vec<Sender<bool>> = Vec::new();
         loop {
             let wait = match self.fsync {
@@ -354,6 +420,10 @@ impl Writer {
             };
             if due || stop || !flushes.is_empty() {
                 self.sync();
+            } else {
+                // `everysec` and `no`: what is written may be acknowledged
+                // (a crash of the process cannot lose it any more).
+                self.publish(false);
             }
             for reply in flushes.drain(..) {
                 let _ = reply.send(!self.failed);
@@ -370,7 +440,12 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &[Event]) {
+    /// Encodes the batch (one frame per unit), checks that every frame
+    /// decodes back to its record, and writes them with one `write`. A record
+    /// that would not read back is never written: the frames before it are,
+    /// then the journal fails (a frame recovery cannot read would stop every
+    /// later start).
+    fn write(&mut self, batch: &[Unit]) {
         if batch.is_empty() || self.failed {
             return;
         }
@@ -378,45 +453,95 @@ impl Writer {
         // Resolve texts in chunks, so a writer interning a new word never
         // waits long for the symbol table.
         let mut evicted = Vec::new();
-        for chunk in batch.chunks(256) {
+        let mut good = 0;
+        let mut unreadable = None;
+        'chunks: for chunk in batch.chunks(256) {
             let symbols = self.broker.symbols();
-            for event in chunk {
-                let record = Record::of(event, &symbols);
+            for unit in chunk {
+                let record = unit.record(&symbols);
+                let start = self.buf.len();
                 record.write_frame(&mut self.buf);
-                if matches!(
-                    record,
-                    Record::OrderRemoved {
-                        evicted: Some(_),
-                        ..
-                    }
-                ) {
-                    record.write_frame(&mut evicted);
+                #[cfg(test)]
+                if unit.last_seq().0 == tests::GARBLE_SEQ.load(Ordering::Relaxed) {
+                    // An encoder bug, for the test: the frame's JSON is cut short.
+                    let last = self.buf.len() - 1;
+                    self.buf[last] = b' ';
                 }
+                if let Err(why) = reads_back(&record, &self.buf[start + record::FRAME_HEADER..]) {
+                    self.buf.truncate(start);
+                    unreadable = Some((unit.last_seq(), why));
+                    break 'chunks;
+                }
+                for r in record.changes() {
+                    if matches!(
+                        r,
+                        Record::OrderRemoved {
+                            evicted: Some(_),
+                            ..
+                        }
+                    ) {
+                        r.write_frame(&mut evicted);
+                    }
+                }
+                good += 1;
             }
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
-            self.fail("cannot write the journal", e);
-            return;
-        }
-        if !evicted.is_empty() {
-            let first = batch.first().expect("not empty").seq;
-            if let Err(e) = self.archive(first, &evicted) {
-                self.fail("cannot write the archive of evicted orders", e);
+        let batch = &batch[..good];
+        if !batch.is_empty() {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                self.fail("cannot write the journal", e);
                 return;
             }
+            if !evicted.is_empty() {
+                let first = Seq(self.written.0 + 1);
+                if let Err(e) = self.archive(first, &evicted) {
+                    self.fail("cannot write the archive of evicted orders", e);
+                    return;
+                }
+            }
+            let bytes = self.buf.len() as u64;
+            let events: usize = batch.iter().map(Unit::events).sum();
+            self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.stats
+                .records
+                .fetch_add(events as u64, Ordering::Relaxed);
+            self.since_events += events as u64;
+            self.since_bytes += bytes;
+            self.written = batch.last().expect("not empty").last_seq();
+            self.stats
+                .written_seq
+                .store(self.written.0, Ordering::Relaxed);
+            self.dirty = true;
         }
-        let bytes = self.buf.len() as u64;
-        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.stats
-            .records
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.since_events += batch.len() as u64;
-        self.since_bytes += bytes;
-        self.written = batch.last().expect("not empty").seq;
-        self.dirty = true;
         if self.buf.capacity() > 1 << 22 {
             self.buf = Vec::with_capacity(1 << 16);
         }
+        if let Some((seq, why)) = unreadable {
+            error!(
+                seq = seq.0,
+                "the journal record of the change with seq {} would not read back ({why}); \
+                 it was not written",
+                seq.0
+            );
+            self.fail(
+                "refusing to journal a record that cannot be read back",
+                io::Error::new(io::ErrorKind::InvalidData, why),
+            );
+        }
+    }
+
+    /// Tells waiting requests how far the file got (and how far it is
+    /// fsynced, when `synced`).
+    fn publish(&mut self, synced: bool) {
+        let written = self.written;
+        self.durable.send_if_modified(|d| {
+            let before = *d;
+            d.written = written;
+            if synced {
+                d.synced = written;
+            }
+            *d != before
+        });
     }
 
     /// Appends evicted orders' final records to this run's archive file,
@@ -438,7 +563,12 @@ impl Writer {
     }
 
     fn sync(&mut self) {
-        if !self.dirty || self.failed {
+        if self.failed {
+            return;
+        }
+        if !self.dirty {
+            // Nothing new since the last fsync; what was written is synced.
+            self.publish(true);
             return;
         }
         let started = Instant::now();
@@ -453,10 +583,7 @@ impl Writer {
         self.stats
             .durable_seq
             .store(self.written.0, Ordering::Relaxed);
-        self.durable.send_replace(Durable {
-            seq: self.written,
-            failed: false,
-        });
+        self.publish(true);
     }
 
     fn fail(&mut self, what: &str, e: io::Error) {
@@ -533,10 +660,23 @@ impl Writer {
     }
 }
 
+/// Whether a frame's payload decodes back to the record it was made from.
+fn reads_back(record: &Record, payload: &[u8]) -> Result<(), String> {
+    match Record::decode(payload) {
+        Ok(decoded) if decoded == *record => Ok(()),
+        Ok(_) => Err("it decodes to a different record".into()),
+        Err(e) => Err(format!("it does not decode: {e}")),
+    }
+}
+
 /// Files one message into the batch; true for `Stop`.
-fn take(msg: Msg, batch: &mut Vec<Event>, flushes: &mut Vec<Sender<bool>>) -> bool {
+fn take(msg: Msg, batch: &mut Vec<Unit>, flushes: &mut Vec<Sender<bool>>) -> bool {
     match msg {
-        Msg::Event(event) => batch.push(event),
+        Msg::Event(event) => batch.push(Unit::One(event)),
+        Msg::Group(events) if events.len() == 1 => {
+            batch.extend(events.into_iter().map(Unit::One));
+        }
+        Msg::Group(events) => batch.push(Unit::Group(events)),
         Msg::Flush(reply) => flushes.push(reply),
         Msg::Stop => return true,
     }
@@ -552,9 +692,10 @@ fn snapshot_name(seq: Seq) -> String {
 }
 
 /// Creates (or empties) the segment whose first record will be `first`, with
-/// its magic on disk.
+/// its magic on disk, and names it in `CURRENT` before any record goes in.
 fn new_segment(dir: &Path, first: Seq) -> Result<File, JournalError> {
-    let path = dir.join(segment_name(first));
+    let name = segment_name(first);
+    let path = dir.join(&name);
     let created = (|| {
         let mut file = OpenOptions::new()
             .create(true)
@@ -566,7 +707,47 @@ fn new_segment(dir: &Path, first: Seq) -> Result<File, JournalError> {
         sync_dir(dir)?;
         Ok(file)
     })();
-    created.map_err(|e| io_error("cannot create journal segment", &path, e))
+    let file = created.map_err(|e| io_error("cannot create journal segment", &path, e))?;
+    write_current(dir, &name).map_err(|e| io_error("cannot write", &dir.join(CURRENT), e))?;
+    Ok(file)
+}
+
+/// Replaces `CURRENT` atomically: a temp file, fsynced, renamed over it,
+/// the directory fsynced.
+fn write_current(dir: &Path, name: &str) -> io::Result<()> {
+    let tmp = dir.join(CURRENT_TMP);
+    let mut file = File::create(&tmp)?;
+    file.write_all(format!("{name}\n").as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(CURRENT))?;
+    sync_dir(dir)
+}
+
+/// The segment `CURRENT` names (None: no `CURRENT`, a data directory from
+/// before it existed).
+fn read_current(dir: &Path) -> Result<Option<(Seq, String)>, JournalError> {
+    let path = dir.join(CURRENT);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("cannot read", &path, e)),
+    };
+    let name = text.trim();
+    let seq = name
+        .strip_prefix("journal-")
+        .and_then(|n| n.strip_suffix(".log"))
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|_| text.ends_with('\n') && !name.contains('/'))
+        .ok_or_else(|| {
+            JournalError(format!(
+                "{} is corrupt: it should name the newest journal segment, it holds {:?}. \
+                 Refusing to start: restore the data directory from a backup",
+                path.display(),
+                text.chars().take(80).collect::<String>()
+            ))
+        })?;
+    Ok(Some((Seq(seq), name.to_string())))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -611,22 +792,33 @@ impl Files {
 
 /// Writes a snapshot of `broker`, then deletes what it makes redundant.
 /// Returns its seq and size.
+/// A snapshot that fails leaves no `snapshot.tmp` behind.
 pub fn write_snapshot(broker: &Broker, dir: &Path) -> io::Result<(Seq, u64)> {
     let tmp = dir.join(SNAPSHOT_TMP);
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-    out.write_all(SNAPSHOT_MAGIC)?;
-    let mut bytes = SNAPSHOT_MAGIC.len() as u64;
-    let mut frame = Vec::new();
-    let seq = broker.dump(|record| {
-        frame.clear();
-        record.write_frame(&mut frame);
-        bytes += frame.len() as u64;
-        out.write_all(&frame)
-    })?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, dir.join(snapshot_name(seq)))?;
+    let written = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        out.write_all(SNAPSHOT_MAGIC)?;
+        let mut bytes = SNAPSHOT_MAGIC.len() as u64;
+        let mut frame = Vec::new();
+        let seq = broker.dump(|record| {
+            frame.clear();
+            record.write_frame(&mut frame);
+            bytes += frame.len() as u64;
+            out.write_all(&frame)
+        })?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, dir.join(snapshot_name(seq)))?;
+        Ok((seq, bytes))
+    })();
+    let (seq, bytes) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     sync_dir(dir)?;
     let files = Files::scan(dir)?;
     for (old, path) in &files.snapshots {
@@ -658,6 +850,23 @@ fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalError> {
         })?;
         recovery.snapshot = Some(*seq);
         recovery.last = *seq;
+    }
+    match read_current(dir)? {
+        Some((seq, name)) if !files.segments.iter().any(|(s, _)| *s == seq) => {
+            return Err(JournalError(format!(
+                "journal segment {} is missing: {} names it as the newest segment. A journal \
+                 file was deleted or lost; refusing to start rather than silently drop the \
+                 changes in it; restore the data directory from a backup",
+                dir.join(&name).display(),
+                dir.join(CURRENT).display()
+            )));
+        }
+        Some(_) => {}
+        None if files.segments.is_empty() && files.snapshots.is_empty() => {}
+        None => info!(
+            "{} has no {CURRENT} file (written by an older version); it gets one now",
+            dir.display()
+        ),
     }
     let newest = files.segments.len().saturating_sub(1);
     for (i, (_, path)) in files.segments.iter().enumerate() {
@@ -754,47 +963,130 @@ fn replay_segment(
             Ok(Some(payload)) => {
                 let record =
                     Record::decode(payload).map_err(|e| corrupt(at, format!("unreadable: {e}")))?;
-                let seq = match &record {
-                    Record::Snapshot { .. } | Record::End { .. } => {
-                        return Err(corrupt(at, "a snapshot record in the journal".into()));
+                let changes = record.changes();
+                // Check every member's seq first: a group is applied whole.
+                let mut next = recovery.last.0 + 1;
+                for change in changes {
+                    let seq = match change {
+                        Record::Snapshot { .. } | Record::End { .. } => {
+                            return Err(corrupt(at, "a snapshot record in the journal".into()));
+                        }
+                        Record::Group { .. } => {
+                            return Err(corrupt(at, "a group inside a group".into()));
+                        }
+                        r => r.seq().expect("change records have a seq"),
+                    };
+                    if seq <= snapshot {
+                        continue; // the snapshot holds it already
                     }
-                    r => r.seq().expect("change records have a seq"),
-                };
-                if seq <= snapshot {
-                    continue; // the snapshot holds it already
+                    if seq.0 != next {
+                        return Err(corrupt(
+                            at,
+                            format!(
+                                "expected the change with seq {next}, found {} \
+                                 (a journal file is missing)",
+                                seq.0
+                            ),
+                        ));
+                    }
+                    next += 1;
                 }
-                if seq.0 != recovery.last.0 + 1 {
-                    return Err(corrupt(
-                        at,
-                        format!(
-                            "expected the change with seq {}, found {} (a journal file is missing)",
-                            recovery.last.0 + 1,
-                            seq.0
-                        ),
-                    ));
+                if changes.is_empty() {
+                    return Err(corrupt(at, "an empty group".into()));
                 }
-                broker.restore(record);
-                recovery.last = seq;
-                recovery.replayed += 1;
-                recovery.replayed_bytes += frames.offset() - at;
+                let applied = next - (recovery.last.0 + 1);
+                if applied > 0 {
+                    for change in changes {
+                        if change.seq().is_some_and(|s| s > snapshot) {
+                            broker.restore(change.clone());
+                        }
+                    }
+                    recovery.last = Seq(next - 1);
+                    recovery.replayed += applied;
+                    recovery.replayed_bytes += frames.offset() - at;
+                }
                 continue;
             }
             Err(bad) => bad,
         };
-        // Only the newest segment is written to, so only its tail can be torn:
-        // a frame the file ends inside, a last frame whose bytes did not all
-        // land, or zeros a file system left after the last good record.
-        let torn = newest
-            && match bad {
-                FrameError::Truncated => true,
-                FrameError::Checksum { end } if end == len => true,
-                _ => zero_from(path, at).map_err(read)?,
-            };
-        if !torn {
+        // Only the newest segment is written to, so only its tail can be
+        // torn, and only by its last write; anything else is damage.
+        if !newest {
             return Err(corrupt(at, bad.to_string()));
+        }
+        if let Some(why) = not_torn(path, at, bad).map_err(read)? {
+            return Err(corrupt(at, format!("{bad}, and {why}")));
         }
         return cut(path, at, len, recovery);
     }
+}
+
+/// Why the bad frame at `at`, in the newest segment, is not a torn tail (an
+/// incomplete last write, which may be cut); None if it is one.
+///
+/// A write the crash cut short leaves a prefix of its frames, or (after a
+/// power loss) a file whose last pages read as zeros. So the tail is torn
+/// only if no well-formed frame starts anywhere after `at` (else the cut
+/// would drop records that were written after the damage), the frame at
+/// `at` is not complete (its checksum does not match the bytes to the end of
+/// the file, which a damaged length field would hide), and, if the file
+/// holds the whole frame, it ends in zeros from inside that frame on.
+fn not_torn(path: &Path, at: u64, bad: FrameError) -> io::Result<Option<String>> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(at))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let header = FRAME_HEADER;
+    if tail.len() > header {
+        let crc = u32::from_le_bytes(tail[4..8].try_into().expect("4 bytes"));
+        if crc32fast::hash(&tail[header..]) == crc {
+            return Ok(Some(
+                "the record is complete (its checksum matches the bytes to the end of the \
+                 file): its length field is damaged"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(p) = next_valid_frame(&tail, 1) {
+        return Ok(Some(format!(
+            "a valid record follows at byte {}, so this is damage, not a torn last write",
+            at + p as u64
+        )));
+    }
+    // Where the run of zeros that ends the file begins.
+    let zeros = tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let torn = match bad {
+        FrameError::Truncated => true,
+        FrameError::BadLength(_) => zeros == 0,
+        FrameError::Checksum { end } => zeros < (end - at) as usize,
+    };
+    Ok((!torn)
+        .then(|| "the file holds the whole record, so it is damaged, not a write cut short".into()))
+}
+
+/// The offset in `bytes` (at or after `from`) of the first well-formed frame:
+/// a plausible length, a payload that looks like JSON, a matching checksum
+/// and a record that decodes. Linear but for the rare plausible candidate.
+fn next_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
+    let header = FRAME_HEADER;
+    let mut p = from;
+    while p + header < bytes.len() {
+        let len = u32::from_le_bytes(bytes[p..p + 4].try_into().expect("4 bytes")) as usize;
+        let end = p + header + len;
+        if len > 0
+            && len <= MAX_PAYLOAD
+            && end <= bytes.len()
+            && matches!(bytes[p + header], b'{' | b'[')
+        {
+            let crc = u32::from_le_bytes(bytes[p + 4..p + 8].try_into().expect("4 bytes"));
+            let payload = &bytes[p + header..end];
+            if crc32fast::hash(payload) == crc && Record::decode(payload).is_ok() {
+                return Some(p);
+            }
+        }
+        p += 1;
+    }
+    None
 }
 
 /// Cuts the newest segment's torn tail at `at`.
@@ -823,5 +1115,106 @@ fn zero_from(path: &Path, from: u64) -> io::Result<bool> {
         if buf[..n].iter().any(|b| *b != 0) {
             return Ok(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::model::OrderId;
+
+    /// The writer garbles the frame of the change with this seq (0: none).
+    pub(super) static GARBLE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+    fn persistence(dir: &Path, fsync: Fsync) -> Persistence {
+        Persistence {
+            dir: dir.to_path_buf(),
+            fsync,
+            ..Config::default().persistence
+        }
+    }
+
+    /// Every change record in a segment, in order.
+    fn seqs_in(path: &Path) -> Vec<u64> {
+        let len = fs::metadata(path).unwrap().len();
+        let mut input = BufReader::new(File::open(path).unwrap());
+        input.seek(SeekFrom::Start(8)).unwrap();
+        let mut frames = Frames::new(input, 8, len);
+        let mut seqs = Vec::new();
+        while let Some(payload) = frames.next_payload().unwrap().unwrap() {
+            let record = Record::decode(payload).unwrap();
+            seqs.extend(record.changes().iter().filter_map(|r| r.seq()).map(|s| s.0));
+        }
+        seqs
+    }
+
+    #[test]
+    fn a_record_that_would_not_read_back_is_never_written_nor_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let broker = Broker::new(&Config::default());
+        let journal = Journal::open(&persistence(dir.path(), Fsync::No), &broker).unwrap();
+        broker.update_status(OrderId(1), "Mixing", None).unwrap();
+        assert_eq!(runtime.block_on(journal.durable(Seq(1))), Ok(()));
+        GARBLE_SEQ.store(2, Ordering::Relaxed);
+        broker.update_status(OrderId(2), "Mixing", None).unwrap();
+        broker.update_status(OrderId(3), "Mixing", None).unwrap();
+        assert_eq!(
+            runtime.block_on(journal.durable(Seq(2))),
+            Err(JournalFailed),
+            "the change whose record would not read back is not acknowledged"
+        );
+        assert_eq!(
+            runtime.block_on(journal.durable(Seq(3))),
+            Err(JournalFailed)
+        );
+        assert!(journal.failed());
+        journal.close();
+        GARBLE_SEQ.store(0, Ordering::Relaxed);
+        let segment = Files::scan(dir.path()).unwrap().segments.pop().unwrap().1;
+        assert_eq!(seqs_in(&segment), [1], "nothing after the bad record");
+
+        // The next start reads the journal (no bricked data directory).
+        let restarted = Broker::new(&Config::default());
+        let journal = Journal::open(&persistence(dir.path(), Fsync::No), &restarted).unwrap();
+        assert_eq!(restarted.last_seq(), Seq(1));
+        assert!(restarted.get(OrderId(1)).is_some());
+        journal.close();
+    }
+
+    #[test]
+    fn a_failed_snapshot_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::new(&Config::default());
+        for n in 0..50 {
+            broker.update_status(OrderId(n), "Mixing", None).unwrap();
+        }
+        // The snapshot's final name is taken by a directory: the rename fails
+        // after the whole snapshot was written to the temp file.
+        let blocker = dir.path().join(snapshot_name(broker.last_seq()));
+        fs::create_dir(&blocker).unwrap();
+        fs::write(blocker.join("x"), b"x").unwrap();
+        assert!(write_snapshot(&broker, dir.path()).is_err());
+        assert!(
+            !dir.path().join(SNAPSHOT_TMP).exists(),
+            "snapshot.tmp was left behind"
+        );
+    }
+
+    #[test]
+    fn a_valid_frame_is_found_anywhere_after_damage() {
+        let mut bytes = vec![0x41u8; 300];
+        let at = bytes.len();
+        Record::End { records: 3 }.write_frame(&mut bytes);
+        bytes.extend_from_slice(&[0; 20]);
+        assert_eq!(next_valid_frame(&bytes, 1), Some(at));
+        assert_eq!(next_valid_frame(&bytes, at + 1), None);
+        // A flipped payload byte: its checksum fails, so it is no frame.
+        bytes[at + 12] ^= 0x01;
+        assert_eq!(next_valid_frame(&bytes, 1), None);
     }
 }

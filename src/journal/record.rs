@@ -84,6 +84,12 @@ pub enum Record {
     End {
         records: u64,
     },
+    /// Changes committed together (under one sequencer lock, consecutive
+    /// seqs): one frame, so recovery applies all of them or none. Only in
+    /// the journal; never nested.
+    Group {
+        records: Vec<Record>,
+    },
 }
 
 /// An order as stored: its texts spelled out (symbols are per process).
@@ -162,6 +168,15 @@ impl Record {
             | Record::TemplateRemoved { seq, .. }
             | Record::Snapshot { seq, .. } => Some(*seq),
             Record::End { .. } => None,
+            Record::Group { records } => records.last().and_then(Record::seq),
+        }
+    }
+
+    /// The change records this record holds: itself, or a group's members.
+    pub fn changes(&self) -> &[Record] {
+        match self {
+            Record::Group { records } => records,
+            one => std::slice::from_ref(one),
         }
     }
 

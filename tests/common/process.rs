@@ -1,0 +1,218 @@
+//! The real `order-broker` binary as a child process, on a data directory
+//! of the caller's: started (optionally under `strace` to slow a syscall),
+//! asked over plain HTTP/1.1, stopped with SIGTERM or SIGKILL.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A running broker process.
+pub struct Broker {
+    child: Child,
+    /// The broker's own pid (not strace's, when it runs under strace).
+    pub pid: u32,
+    pub addr: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// How to start one: environment overrides and an optional slowed syscall.
+pub struct Start<'a> {
+    pub dir: &'a Path,
+    pub env: Vec<(&'a str, String)>,
+    /// `(syscall, microseconds)`: every call of it waits that long first
+    /// (`strace -e inject=SYSCALL:delay_enter=US`).
+    pub slow: Option<(&'a str, u64)>,
+}
+
+impl<'a> Start<'a> {
+    pub fn new(dir: &'a Path) -> Self {
+        Start {
+            dir,
+            env: Vec::new(),
+            slow: None,
+        }
+    }
+
+    pub fn env(mut self, key: &'a str, value: impl ToString) -> Self {
+        self.env.push((key, value.to_string()));
+        self
+    }
+
+    pub fn slow(mut self, syscall: &'a str, micros: u64) -> Self {
+        self.slow = Some((syscall, micros));
+        self
+    }
+
+    /// Starts the broker and waits until it serves; `Err(stderr)` if it
+    /// exits instead (recovery refused).
+    pub fn start(self) -> Result<Broker, String> {
+        // OB_TEST_BROKER_BIN runs these tests against another build (to
+        // check that a test fails without its fix).
+        let binary = std::env::var("OB_TEST_BROKER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_order-broker").to_string());
+        let mut cmd = match self.slow {
+            None => Command::new(binary),
+            Some((syscall, micros)) => {
+                let mut cmd = Command::new("strace");
+                cmd.args(["-f", "--seccomp-bpf", "-o", "/dev/null"])
+                    .arg(format!("--trace={syscall}"))
+                    .arg(format!("--inject={syscall}:delay_enter={micros}"))
+                    .arg(&binary);
+                cmd
+            }
+        };
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .env("ORDER_BROKER_PERSISTENCE_DIR", self.dir)
+            .env("ORDER_BROKER_PERSISTENCE_MODE", "journal")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in &self.env {
+            cmd.env(key, value);
+        }
+        let mut child = cmd.spawn().expect("the broker (or strace) starts");
+        // Drain stderr, so a chatty broker never blocks on a full pipe.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line
+            .trim()
+            .strip_prefix("order-broker listening on http://")
+            .map(str::to_string)
+        else {
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(50));
+            return Err(stderr.lock().unwrap().clone());
+        };
+        let pid = match self.slow {
+            None => child.id(),
+            Some(_) => traced_pid(child.id()),
+        };
+        let mut broker = Broker {
+            child,
+            pid,
+            addr,
+            stderr,
+        };
+        for _ in 0..1500 {
+            if let Ok(Some(_)) = broker.child.try_wait() {
+                // Let the drain thread catch the last words.
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(broker.stderr());
+            }
+            if let Some((200, _)) = broker.try_request("GET", "/readyz", "") {
+                return Ok(broker);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the broker did not become ready: {}", broker.stderr());
+    }
+}
+
+/// The tracee strace started (its only child).
+fn traced_pid(strace: u32) -> u32 {
+    for _ in 0..500 {
+        let children = std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next() {
+            return pid.parse().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("strace started no broker");
+}
+
+impl Broker {
+    /// What it logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// One request on a fresh connection: status and body.
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"))
+    }
+
+    pub fn try_request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.addr).ok()?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_string();
+        Some((status, body))
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.request("GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Every order id `/get_all` lists.
+    pub fn order_ids(&self) -> Vec<u64> {
+        let all = self.json("/get_all");
+        let mut ids: Vec<u64> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["order_id"].as_u64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; asserts a clean exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}: {}", self.stderr());
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

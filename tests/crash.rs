@@ -1,0 +1,116 @@
+//! Crashes at the worst moment, on the real binary: SIGKILL right after an
+//! answer while the disk is slow (strace delays a syscall), and a client
+//! that goes away while its keyed write waits for the fsync.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::process::Start;
+
+/// With `everysec` and `no` an answer waits until the record is written to
+/// the file (not fsynced): SIGKILL right after the answer loses nothing,
+/// however slow the write is.
+fn acknowledged_means_written(fsync: &str) {
+    let data = tempfile::tempdir().unwrap();
+    // Every write(2) of the broker waits 150 ms first (answers go out with
+    // writev, so only the journal and the log are slowed).
+    let broker = Start::new(data.path())
+        .env("ORDER_BROKER_PERSISTENCE_FSYNC", fsync)
+        .slow("write", 150_000)
+        .start()
+        .unwrap();
+    for id in 1..=3 {
+        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
+        assert_eq!(broker.request("PUT", "/update_order", &body).0, 200);
+    }
+    broker.kill();
+    let restarted = Start::new(data.path()).start().unwrap();
+    assert_eq!(
+        restarted.order_ids(),
+        [1, 2, 3],
+        "{fsync}: an acknowledged write was lost"
+    );
+    restarted.stop();
+}
+
+#[test]
+fn with_fsync_no_an_answer_waits_until_the_record_is_written() {
+    acknowledged_means_written("no");
+}
+
+#[test]
+fn with_fsync_everysec_an_answer_waits_until_the_record_is_written() {
+    acknowledged_means_written("everysec");
+}
+
+/// Sends a request on `stream` without reading the answer.
+fn send(stream: &mut TcpStream, method: &str, path: &str, headers: &str, body: &str) {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+         {headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_keyed_write_whose_client_went_away_during_the_fsync_is_not_run_twice() {
+    let data = tempfile::tempdir().unwrap();
+    // Every fdatasync takes 300 ms: a write waits that long for its answer.
+    let broker = Start::new(data.path())
+        .env("ORDER_BROKER_PERSISTENCE_FSYNC", "always")
+        .slow("fdatasync", 300_000)
+        .start()
+        .unwrap();
+    let product = r#"{"id": 1, "name": "tea", "price": 2, "stock": 10}"#;
+    assert_eq!(broker.request("POST", "/products", product).0, 201);
+    let order = r#"{"items": [{"product_id": 1, "quantity": 1}]}"#;
+    let key = "idempotency-key: order-1\r\n";
+
+    // The client sends its order and hangs up while it waits for the fsync.
+    let mut stream = TcpStream::connect(&broker.addr).unwrap();
+    send(&mut stream, "POST", "/orders", key, order);
+    std::thread::sleep(Duration::from_millis(100));
+    stream.shutdown(Shutdown::Both).unwrap();
+    drop(stream);
+
+    // Its retry gets the first answer (409 while that still runs), never a
+    // second order.
+    let mut answer = None;
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(&broker.addr).unwrap();
+        send(
+            &mut stream,
+            "POST",
+            "/orders",
+            &format!("{key}connection: close\r\n"),
+            order,
+        );
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        if !response.starts_with("HTTP/1.1 409") {
+            answer = Some(response);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer = answer.expect("the first request finished");
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("idempotent-replayed: true"),
+        "the retry ran again: {answer}"
+    );
+    let orders = broker.json("/orders");
+    let count = orders
+        .as_array()
+        .or_else(|| orders["orders"].as_array())
+        .map(Vec::len);
+    assert_eq!(count, Some(1), "{orders}");
+    broker.stop();
+}
