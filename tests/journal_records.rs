@@ -324,6 +324,17 @@ fn seqs() -> BoxedStrategy<Seq> {
 /// fails to compile when a variant is added and not generated here.
 fn records() -> BoxedStrategy<Record> {
     prop_oneof![
+        8 => leaf_records(),
+        // An atomic change: several records in one frame.
+        1 => prop::collection::vec(leaf_records(), 1..4)
+            .prop_map(|records| Record::Group { records }),
+    ]
+    .boxed()
+}
+
+/// Every kind but a group.
+fn leaf_records() -> BoxedStrategy<Record> {
+    prop_oneof![
         3 => (seqs(), ids(), stored_order()).prop_map(|(seq, id, order)| Record::Order {
             seq,
             id: OrderId(id),
@@ -629,6 +640,11 @@ fn every_kind_with_every_field_set_and_unset() {
         },
         Record::End { records: u64::MAX },
     ];
+    let group = Record::Group {
+        records: records[..3].to_vec(),
+    };
+    let mut records = records;
+    records.push(group);
     for record in &records {
         every_kind_is_generated(record);
     }
@@ -648,5 +664,6 @@ fn every_kind_is_generated(record: &Record) {
         | Record::TemplateRemoved { .. }
         | Record::Snapshot { .. }
         | Record::End { .. } => {}
+        Record::Group { records } => records.iter().for_each(every_kind_is_generated),
     }
 }
