@@ -27,9 +27,13 @@
 //! `MODEL_SEED=S` (decimal or 0x-hex) and `MODEL_STEPS=N` choose the run
 //! (default: a fixed seed, 300 steps, a restart every 100 steps).
 //!
-//! Readings of SEMANTICS.md where it leaves a choice open (marked
-//! "Reading:" below): see the comments at `final_refusal`, `process`,
-//! `request_return`, `flow_state` and `Versioned`.
+//! Readings of SEMANTICS.md where it leaves a choice open are marked
+//! "Reading:" below: `Versioned` (zero-unit / zero-cent touches),
+//! `flow_state` (free in-progress words in the delivery flow),
+//! `final_refusal` (processing a final order: 400 or 409),
+//! `free_word_rule` (what a free word may do to a shop order),
+//! `lifecycle` (the error for a refunded order) and `request_return`
+//! (a processed order charged 0.00).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
@@ -1251,7 +1255,13 @@ impl Harness {
         }
     }
 
-    /// The rule for free status words on a shop order.
+    /// The rule for free status words on a shop order (`update_order`,
+    /// `PUT /orders/{id}`). Reading: "while the order is new or in progress"
+    /// covers every in-progress word, the delivery flow's included; a word
+    /// of the same stage (new → new) is a move too; a word of the
+    /// `scheduled` stage is none of the allowed moves, so 409. The status
+    /// becomes the word given, also for a cancel-stage word (which gives
+    /// back like every cancel), and no free word marks the order paid.
     fn free_word_rule(o: &MOrder, target: Stage) -> Result<(), String> {
         if let Some(why) = Self::final_refusal(o) {
             return Err(why);
