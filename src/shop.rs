@@ -235,11 +235,13 @@ mod units_list {
 }
 
 /// The one table of moves a shop order may make, whichever API asks: the
-/// stage it is in, to the stage a change would give it. A cancelled order
-/// and a refunded one are final; a completed order may only be cancelled
-/// (which gives back what it was charged); a scheduled one only becomes new
-/// at its time or is cancelled; nothing goes back to scheduled.
-pub fn check_move(shop: &ShopOrder, from: Stage, to: Stage) -> Result<(), String> {
+/// stage it is in, to the stage a change would give it (`reworded`: the
+/// change gives it another status word). A cancelled order and a refunded
+/// one are final; a completed order keeps its status and may only be
+/// cancelled (which gives back what it was charged) — feedback and returns
+/// change it without a new word; a scheduled one only becomes new at its
+/// time or is cancelled; nothing goes back to scheduled.
+pub fn check_move(shop: &ShopOrder, from: Stage, to: Stage, reworded: bool) -> Result<(), String> {
     if from == Stage::Cancelled {
         return Err("order is cancelled; it is final".into());
     }
@@ -253,7 +255,7 @@ pub fn check_move(shop: &ShopOrder, from: Stage, to: Stage) -> Result<(), String
     let allowed = match from {
         Stage::Scheduled => matches!(to, Stage::Scheduled | Stage::New | Stage::Cancelled),
         Stage::New | Stage::InProgress => to != Stage::Scheduled,
-        Stage::Completed => matches!(to, Stage::Completed | Stage::Cancelled),
+        Stage::Completed => to == Stage::Cancelled || (to == Stage::Completed && !reworded),
         Stage::Cancelled => false,
     };
     if allowed {

@@ -1261,8 +1261,9 @@ impl Harness {
     /// of the same stage (new → new) is a move too; a word of the
     /// `scheduled` stage is none of the allowed moves, so 409. The status
     /// becomes the word given, also for a cancel-stage word (which gives
-    /// back like every cancel), and no free word marks the order paid.
-    fn free_word_rule(o: &MOrder, target: Stage) -> Result<(), String> {
+    /// back like every cancel), and no free word marks the order paid. A
+    /// completed order takes its own word again (a process engine's retry).
+    fn free_word_rule(o: &MOrder, target: Stage, word: &str) -> Result<(), String> {
         if let Some(why) = Self::final_refusal(o) {
             return Err(why);
         }
@@ -1271,6 +1272,8 @@ impl Harness {
             (_, Stage::Scheduled) => Err("a free word cannot schedule a shop order".into()),
             (Stage::New | Stage::InProgress, _) => Ok(()),
             (Stage::Completed, Stage::Cancelled) => Ok(()),
+            // The same word again (an engine's retry) changes nothing that matters.
+            (Stage::Completed, Stage::Completed) if o.status == word => Ok(()),
             (Stage::Completed, _) => Err("from completed only a move to cancelled".into()),
             (Stage::Cancelled, _) => Err("cancelled is final".into()),
         }
@@ -1329,7 +1332,7 @@ impl Harness {
                     None if put => Expect::No(vec![404], "no such order".into()),
                     None => Expect::Ok(200),
                     Some(o) if !o.is_shop() => Expect::Ok(200),
-                    Some(o) => match Self::free_word_rule(o, target) {
+                    Some(o) => match Self::free_word_rule(o, target, status) {
                         Ok(()) => Expect::Ok(200),
                         Err(why) => Expect::No(vec![409], why),
                     },

@@ -821,7 +821,9 @@ fn settle(
     let Some(shop) = &current.shop else {
         return Ok(None);
     };
-    crate::shop::check_move(shop, current.stage, next.stage).map_err(BrokerError::Conflict)?;
+    let reworded = next.status != current.status;
+    crate::shop::check_move(shop, current.stage, next.stage, reworded)
+        .map_err(BrokerError::Conflict)?;
     let Some(next_shop) = next.shop.as_mut() else {
         return Err(BrokerError::Conflict(
             "an order keeps its shop details".into(),

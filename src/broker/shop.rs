@@ -546,7 +546,8 @@ impl Broker {
         if entry.stage == Stage::Cancelled {
             return refuse(ProcessRefusal::Cancelled);
         }
-        crate::shop::check_move(&shop, entry.stage, entry.stage).map_err(BrokerError::Conflict)?;
+        crate::shop::check_move(&shop, entry.stage, entry.stage, false)
+            .map_err(BrokerError::Conflict)?;
         let Some(customer_id) = shop.customer_id else {
             return refuse(ProcessRefusal::NoCustomer);
         };
@@ -715,13 +716,14 @@ impl Broker {
             let paid = shop.payment_status == PaymentStatus::Paid;
             let refuse = |e| Err(BrokerError::Lifecycle(e));
             let (next_state, pay) = match transition {
+                // Cancelled is final: every call says so first.
+                _ if state == Lifecycle::Cancelled => {
+                    return refuse(LifecycleError::AlreadyCanceled);
+                }
                 Transition::Confirm if state != Lifecycle::New => {
                     return refuse(LifecycleError::InvalidStatus(state));
                 }
                 Transition::Confirm => (Lifecycle::Confirmed, false),
-                _ if state == Lifecycle::Cancelled => {
-                    return refuse(LifecycleError::AlreadyCanceled);
-                }
                 Transition::Paid if paid => return refuse(LifecycleError::AlreadyPaid),
                 Transition::Paid => (state, true),
                 Transition::Complete if state == Lifecycle::Complete => {
