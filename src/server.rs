@@ -96,13 +96,10 @@ pub async fn serve(
         };
         let app = app.clone();
         let counted = ConnectionCount::new(app.clone());
-        let peer = stream.peer_addr().ok().map(|a| crate::http::Peer(a.ip()));
-        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let service = service_fn(move |req| {
             let app = app.clone();
-            if let Some(peer) = peer {
-                req.extensions_mut().insert(peer);
-            }
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
         });
         let stream = crate::stall::Stalling::new(stream, write_stall);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));

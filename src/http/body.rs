@@ -71,23 +71,35 @@ pub async fn read_limited(
         return Err(ApiError::too_large(limit));
     }
     let mut body = body;
-    let mut out = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(limit));
     let read = async {
+        // The usual body comes in one chunk and is kept as it is; from a
+        // second chunk on, chunks are copied into one buffer and dropped.
+        let mut first: Option<Bytes> = None;
+        let mut rest = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame
                 .map_err(|e| ApiError::bad_request(format!("could not read request body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > limit {
-                    return Err(ApiError::too_large(limit));
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let have = first.as_ref().map_or(0, Bytes::len) + rest.len();
+            if have + data.len() > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            match first.take() {
+                None if rest.is_empty() => first = Some(data),
+                None => rest.extend_from_slice(&data),
+                Some(one) => {
+                    rest.reserve(declared.map_or(0, |n| n as usize).min(limit));
+                    rest.extend_from_slice(&one);
+                    rest.extend_from_slice(&data);
                 }
-                out.extend_from_slice(&data);
             }
         }
-        Ok(())
+        Ok(first.unwrap_or_else(|| rest.freeze()))
     };
     match tokio::time::timeout(deadline, read).await {
-        Ok(Ok(())) => Ok(out.freeze()),
-        Ok(Err(e)) => Err(e),
+        Ok(result) => result,
         Err(_) => Err(ApiError::body_timeout(deadline.as_secs())),
     }
 }

@@ -284,10 +284,6 @@ pub struct Req {
     pub peer: Option<std::net::IpAddr>,
 }
 
-/// The peer address of a connection, put on each of its requests.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub std::net::IpAddr);
-
 impl Req {
     /// The query string's pairs, decoded.
     pub fn query(&self) -> Result<Vec<(String, String)>, ApiError> {
@@ -418,7 +414,12 @@ impl App {
     }
 
     /// Answers one request. Never fails: every error is a response.
-    pub async fn handle(self: &std::sync::Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    /// Answers one request from `peer` (the connection's address).
+    pub async fn handle(
+        self: &std::sync::Arc<Self>,
+        req: Request<Incoming>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
         // Route once: the metrics need the route, the handler its parameter.
@@ -433,7 +434,7 @@ impl App {
         } else {
             None
         };
-        let mut response = match self.route(req, found).await {
+        let mut response = match self.route(req, found, peer).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
@@ -455,6 +456,7 @@ impl App {
         self: &std::sync::Arc<Self>,
         req: Request<Incoming>,
         found: Option<(Route, Option<String>)>,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Response<Body>, ApiError> {
         let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
         let ops = matches!(
@@ -477,7 +479,7 @@ impl App {
             headers: parts.headers,
             body: Bytes::new(),
             param,
-            peer: parts.extensions.get::<Peer>().map(|p| p.0),
+            peer,
         };
         // Who calls, and whether they may, is settled from the head alone:
         // a caller without the right costs no body read.
