@@ -182,3 +182,47 @@ async fn the_list_filters_apply_and_bad_ones_are_refused() {
         json!([])
     );
 }
+
+#[tokio::test]
+async fn csv_cells_never_start_a_spreadsheet_formula() {
+    let server = TestServer::start().await;
+    post(
+        &server,
+        "/products",
+        json!({"id": 1, "name": "tea", "price": "2.50", "stock": 100}),
+    )
+    .await;
+    let evil = [
+        "=HYPERLINK(\"http://evil\")",
+        "+1+1",
+        "-2+3",
+        "@SUM(A1)",
+        "\tx",
+    ];
+    for notes in evil {
+        post(
+            &server,
+            "/orders",
+            json!({"items": [{"product_id": 1, "quantity": 1}], "notes": notes, "channel": notes}),
+        )
+        .await;
+    }
+    let mut client = server.client().await;
+    let body = json!({"order_id": 99, "status": "=cmd|' /C calc'!A0", "orderbot_id": "@bot"});
+    client.put_json("/update_order", &body.to_string()).await;
+    let reply = server.get("/orders/export?format=csv").await;
+    let mut reader = csv::Reader::from_reader(&reply.body[..]);
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    for (row, notes) in rows.iter().zip(evil) {
+        assert_eq!(&row[column("notes")], format!("'{notes}"));
+        assert_eq!(&row[column("channel")], format!("'{notes}"));
+    }
+    let seed = rows.iter().find(|r| &r[0] == "99").unwrap();
+    assert_eq!(&seed[column("status")], "'=cmd|' /C calc'!A0");
+    assert_eq!(&seed[column("orderbot_id")], "'@bot");
+    // The JSON forms keep the text as it is.
+    let json = server.get("/orders/export?format=json").await.json();
+    assert_eq!(json[0]["notes"], evil[0]);
+}

@@ -157,21 +157,32 @@ impl Export {
     }
 }
 
+/// A client's text as a CSV cell a spreadsheet shows as text: one that
+/// would start a formula (`=`, `+`, `-`, `@`, a tab or a carriage return)
+/// gets a leading `'` (OWASP's advice against formula injection).
+fn cell(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_string()
+    }
+}
+
 fn csv_row(id: OrderId, order: &Order, symbols: &SymbolsReader<'_>) -> [String; 18] {
     let shop = order.shop.as_deref();
     let text = |f: &dyn Fn(&crate::shop::ShopOrder) -> String| shop.map(f).unwrap_or_default();
     [
         id.to_string(),
         text(&|s| s.number.clone()),
-        symbols.text(order.status).to_string(),
+        cell(symbols.text(order.status)),
         order.stage.to_string(),
         order
             .orderbot_id
-            .map(|b| symbols.text(b).to_string())
+            .map(|b| cell(symbols.text(b)))
             .unwrap_or_default(),
         text(&|s| s.customer_id.map(|c| c.0.to_string()).unwrap_or_default()),
-        text(&|s| s.channel.clone()),
-        text(&|s| s.table_number.clone().unwrap_or_default()),
+        text(&|s| cell(&s.channel)),
+        text(&|s| s.table_number.as_deref().map(cell).unwrap_or_default()),
         text(&|s| {
             s.items
                 .iter()
@@ -187,6 +198,6 @@ fn csv_row(id: OrderId, order: &Order, symbols: &SymbolsReader<'_>) -> [String; 
         order.version.0.to_string(),
         order.created.get().0.to_string(),
         order.updated.get().0.to_string(),
-        text(&|s| s.notes.clone()),
+        text(&|s| cell(&s.notes)),
     ]
 }
