@@ -214,6 +214,10 @@ pub struct Limits {
     /// Most `Idempotency-Key` answers kept at once; past it (after dropping
     /// expired ones) a new key gets 503.
     pub max_idempotency_keys: usize,
+    /// Most `Idempotency-Key`s one caller (a token, or an address without
+    /// one) holds within `http.idempotency_ttl_secs`; past it a new key of
+    /// theirs gets 429, and nobody else is affected.
+    pub max_idempotency_keys_per_caller: usize,
     /// Most orders kept in memory; past it the orders that finished
     /// (completed or cancelled) longest ago leave memory for the archive.
     pub max_orders_kept: usize,
@@ -451,6 +455,7 @@ impl Default for Limits {
             write_stall_secs: 30,
             max_connections: 20_000,
             max_idempotency_keys: 100_000,
+            max_idempotency_keys_per_caller: 1_000,
             max_orders_kept: 5_000_000,
             evict_finished_after_secs: 0,
             max_bulk_orders: 100,
@@ -668,6 +673,10 @@ impl Config {
             ("events.max_streams", self.events.max_streams),
             ("events.live_buffer", self.events.live_buffer),
             ("limits.max_idempotency_keys", l.max_idempotency_keys),
+            (
+                "limits.max_idempotency_keys_per_caller",
+                l.max_idempotency_keys_per_caller,
+            ),
             ("limits.max_connections", l.max_connections),
             ("limits.max_orders_kept", l.max_orders_kept),
             ("limits.max_bulk_orders", l.max_bulk_orders),

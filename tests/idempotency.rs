@@ -223,3 +223,61 @@ async fn concurrent_repeats_run_once() {
     );
     assert_eq!(server.broker.len(), 1, "the order was created once");
 }
+
+/// One caller filling its share of keys locks out only itself: another
+/// caller (another token, or another address) still gets new keys, and the
+/// flooder's own keys come back once they expire.
+#[tokio::test]
+async fn one_caller_flooding_keys_does_not_lock_out_others() {
+    use order_broker::auth::{Role, Secret, StaticToken};
+    let mut config = common::config();
+    config.http.idempotency_ttl_secs = 1;
+    config.limits.max_idempotency_keys_per_caller = 5;
+    config.auth.tokens = ["flood-t", "other-t"]
+        .map(|t| StaticToken {
+            token: Secret(t.into()),
+            role: Role::Staff,
+            subject: Some(t.into()),
+        })
+        .to_vec();
+    let server = TestServer::with_config(config).await;
+    let send = |token: &'static str, key: String| {
+        let server = &server;
+        async move {
+            let auth = format!("token {token}");
+            server
+                .send(
+                    Method::PUT,
+                    "/update_order",
+                    &[JSON, ("authorization", &auth), ("idempotency-key", &key)],
+                    &json!({"order_id": 1, "status": format!("s{key}")}).to_string(),
+                )
+                .await
+                .status
+        }
+    };
+    for n in 0..5 {
+        assert_eq!(send("flood-t", format!("k{n}")).await, StatusCode::OK);
+    }
+    for n in 5..50 {
+        assert_eq!(
+            send("flood-t", format!("k{n}")).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    // A repeat of a key it holds still replays.
+    assert_eq!(send("flood-t", "k0".into()).await, StatusCode::OK);
+    for n in 0..5 {
+        assert_eq!(
+            send("other-t", format!("k{n}")).await,
+            StatusCode::OK,
+            "other {n}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        send("flood-t", "fresh".into()).await,
+        StatusCode::OK,
+        "expired keys free the share"
+    );
+}

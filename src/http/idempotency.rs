@@ -42,10 +42,19 @@ struct Stored {
 pub struct Idempotency {
     /// Scope (credentials, method, path, key) → the first request's slot.
     slots: DashMap<String, Slot>,
+    /// Per caller (credentials, or peer address without any): their keys
+    /// in the order they were taken, so the expired ones leave from the
+    /// front and one caller's count is known without a scan.
+    callers: DashMap<u64, std::collections::VecDeque<(Instant, String)>>,
     ttl: Duration,
     max_keys: usize,
+    max_per_caller: usize,
     hasher: std::collections::hash_map::RandomState,
 }
+
+/// Largest answer kept for replay; a larger one is kept as its status and
+/// a short note (our write answers are far smaller).
+const MAX_STORED_BYTES: usize = 64 * 1024;
 
 /// What to do with a request that carries a key.
 pub enum Claim {
@@ -56,13 +65,31 @@ pub enum Claim {
 }
 
 impl Idempotency {
-    pub fn new(ttl: Duration, max_keys: usize) -> Self {
+    pub fn new(ttl: Duration, max_keys: usize, max_per_caller: usize) -> Self {
         Idempotency {
             slots: DashMap::new(),
+            callers: DashMap::new(),
             ttl,
             max_keys,
+            max_per_caller,
             hasher: Default::default(),
         }
+    }
+
+    /// Counts a new key against its caller: false when they hold too many.
+    /// Keys older than the TTL leave the caller's queue (and the table, if
+    /// nothing renewed them) first.
+    fn take_for(&self, caller: u64, scope: &str) -> bool {
+        let mut keys = self.callers.entry(caller).or_default();
+        while keys.front().is_some_and(|(at, _)| at.elapsed() >= self.ttl) {
+            let (_, old) = keys.pop_front().expect("checked");
+            self.slots.remove_if(&old, |_, slot| self.expired(slot));
+        }
+        if keys.len() >= self.max_per_caller {
+            return false;
+        }
+        keys.push_back((Instant::now(), scope.to_string()));
+        true
     }
 
     /// Claims the request's key; None if the request has no key.
@@ -84,6 +111,11 @@ impl Idempotency {
             .get(AUTHORIZATION)
             .map(|v| self.hasher.hash_one(v.as_bytes()))
             .unwrap_or(0);
+        // Who the key counts against: the credentials, or the address.
+        let caller = match (credentials, req.peer) {
+            (0, Some(ip)) => self.hasher.hash_one(ip),
+            (c, _) => c,
+        };
         let scope = format!("{credentials:x} {} {} {key}", req.method, req.uri.path());
         let mut h = self.hasher.build_hasher();
         req.uri.query().hash(&mut h);
@@ -96,7 +128,9 @@ impl Idempotency {
             self.slots.retain(|_, slot| !self.expired(slot));
         }
         let full = self.slots.len() >= self.max_keys;
-        match self.slots.entry(scope.clone()) {
+        // A key not in the table (or expired) is a new one for its caller.
+        let fresh = self.slots.get(&scope).is_none_or(|s| self.expired(&s));
+        let claim = match self.slots.entry(scope.clone()) {
             Entry::Occupied(mut e) => match e.get() {
                 slot if self.expired(slot) => {
                     e.insert(Slot::Running);
@@ -123,7 +157,19 @@ impl Idempotency {
                 v.insert(Slot::Running);
                 Ok(Some(Claim::Run { scope, fingerprint }))
             }
+        };
+        if let Ok(Some(Claim::Run { scope, .. })) = &claim
+            && fresh
+            && !self.take_for(caller, scope)
+        {
+            self.slots.remove(scope);
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "you hold too many Idempotency-Keys (limits.max_idempotency_keys_per_caller); \
+                 reuse one or wait for older ones to expire",
+            ));
         }
+        claim
     }
 
     /// Keeps the answer for replays (server errors are not kept: a retry
@@ -146,10 +192,25 @@ impl Idempotency {
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        let answer = Stored {
-            status: parts.status,
-            headers: parts.headers.clone(),
-            body: body.clone(),
+        let answer = if body.len() <= MAX_STORED_BYTES {
+            Stored {
+                status: parts.status,
+                headers: parts.headers.clone(),
+                body: body.clone(),
+            }
+        } else {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Stored {
+                status: parts.status,
+                headers,
+                body: Bytes::from_static(
+                    br#"{"error":"the first answer was too large to keep; it was applied once, read the result"}"#,
+                ),
+            }
         };
         self.slots.insert(
             scope,

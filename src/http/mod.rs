@@ -382,6 +382,7 @@ impl App {
             idempotency: idempotency::Idempotency::new(
                 std::time::Duration::from_secs(config.http.idempotency_ttl_secs),
                 config.limits.max_idempotency_keys,
+                config.limits.max_idempotency_keys_per_caller,
             ),
             auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret),
             open_groups,
