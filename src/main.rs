@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    raise_file_limit(config.limits.max_connections);
+    config.limits.max_connections = raise_file_limit(config.limits.max_connections);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,20 +80,34 @@ fn main() -> ExitCode {
     })
 }
 
+/// Descriptors kept free of connections: the journal, snapshots, the
+/// archive, outgoing callbacks, the listener and the runtime's own.
+const RESERVED_FILES: u64 = 1024;
+
 /// Every connection is a file descriptor: raise the soft limit (often 1024)
-/// towards the hard one, so `limits.max_connections` can be reached.
-fn raise_file_limit(max_connections: usize) {
-    // Room for the journal, snapshots and outgoing callbacks as well.
-    let wanted = max_connections as u64 + 1024;
-    match rlimit::increase_nofile_limit(wanted) {
-        Ok(got) if got < max_connections as u64 => tracing::warn!(
+/// towards the hard one. Returns the connections that fit: past them a new
+/// one gets the documented 503, never "too many open files" in accept.
+fn raise_file_limit(max_connections: usize) -> usize {
+    let wanted = max_connections as u64 + RESERVED_FILES;
+    let got = match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) => got,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(wanted, |(soft, _)| soft)
+        }
+    };
+    let fits = got.saturating_sub(RESERVED_FILES).max(16) as usize;
+    if fits < max_connections {
+        tracing::warn!(
             open_files = got,
             max_connections,
-            "the open-file limit is below limits.max_connections; raise the hard limit (ulimit -Hn)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            serving = fits,
+            "the open-file limit leaves room for fewer connections than limits.max_connections; \
+             serving that many (raise the hard limit with ulimit -Hn)"
+        );
+        return fits;
     }
+    max_connections
 }
 
 /// Registers for SIGINT and SIGTERM now (so a signal sent right after the

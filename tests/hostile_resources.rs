@@ -213,3 +213,57 @@ fn silent_event_streams_hold_bounded_memory_and_are_cut() {
     assert_eq!(cut, STREAMS, "every silent stream was closed");
     assert_eq!(broker.request("GET", "/healthz", "").0, 200);
 }
+
+#[test]
+fn past_the_open_file_limit_new_connections_get_503_not_accept_errors() {
+    // The broker can open 1100 files; it keeps 1024 for itself, so it
+    // serves 76 connections and answers the next with 503.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=1100:1100", env!("CARGO_BIN_EXE_order-broker")])
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .env("ORDER_BROKER_PERSISTENCE_DIR", dir.path())
+        .env("ORDER_BROKER_PERSISTENCE_MODE", "memory")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("order-broker listening on http://")
+        .unwrap()
+        .to_string();
+    // Hold more connections than the limit allows files.
+    let held: Vec<TcpStream> = (0..1200)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = 0;
+    let mut answered = 0;
+    for mut s in held.into_iter().rev().take(50) {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        if answer.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        } else if answer.starts_with("HTTP/1.1 200") {
+            answered += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        refused + answered,
+        50,
+        "every connection past the limit got an answer ({refused} × 503, {answered} × 200)"
+    );
+    assert!(refused > 0);
+}
