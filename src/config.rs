@@ -344,8 +344,11 @@ impl Default for Board {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CpeeConfig {
-    /// Hosts (`host` or `host:port`) callbacks may go to; empty: any.
+    /// Hosts (`host` or `host:port`) callbacks may go to; empty: any (then
+    /// whoever may call `/cpee/wait` makes the broker PUT to any address).
     pub callback_allow: Vec<String>,
+    /// Callback deliveries in flight at once (each holds one connection).
+    pub max_deliveries: usize,
     /// Milliseconds one callback PUT may take.
     pub callback_timeout_ms: u64,
     /// Attempts before a callback is given up.
@@ -366,6 +369,7 @@ impl Default for CpeeConfig {
     fn default() -> Self {
         CpeeConfig {
             callback_allow: Vec::new(),
+            max_deliveries: 64,
             callback_timeout_ms: 5000,
             callback_retries: 8,
             callback_backoff_ms: 200,
@@ -685,6 +689,7 @@ impl Config {
                 self.cpee.callback_timeout_ms as usize,
             ),
             ("cpee.callback_retries", self.cpee.callback_retries as usize),
+            ("cpee.max_deliveries", self.cpee.max_deliveries),
             ("cpee.max_pending", self.cpee.max_pending),
             (
                 "http.idempotency_ttl_secs",

@@ -150,7 +150,14 @@ pub struct Cpee {
     /// Answers of calls with a resend key, and when they were given.
     resent: DashMap<String, (Instant, Answer)>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Deliveries in flight at once (`cpee.max_deliveries`): they share
+    /// the client's pool, so N pending callbacks never open N sockets.
+    deliveries: Arc<tokio::sync::Semaphore>,
 }
+
+/// Marks every callback the broker sends; a request that carries it is a
+/// callback that came back to a broker (a loop) and is refused.
+pub const LOOP_HEADER: &str = "order-broker-callback";
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +183,10 @@ impl Cpee {
     pub fn new(broker: Broker, config: CpeeConfig) -> Arc<Cpee> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(config.callback_timeout_ms)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.max_deliveries)
+            .build(connector);
+        let deliveries = Arc::new(tokio::sync::Semaphore::new(config.max_deliveries));
         Arc::new(Cpee {
             broker,
             config,
@@ -188,6 +198,7 @@ impl Cpee {
             next_id: AtomicU64::new(1),
             resent: DashMap::new(),
             client,
+            deliveries,
         })
     }
 
@@ -514,7 +525,8 @@ impl Cpee {
                 let mut request = Request::builder()
                     .method(Method::PUT)
                     .uri(&url)
-                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .header(LOOP_HEADER, HeaderValue::from_static("1"));
                 if update {
                     request = request.header("cpee-update", "true");
                 }
@@ -522,7 +534,13 @@ impl Cpee {
                     Ok(r) => r,
                     Err(_) => return self.give_up(callback, order),
                 };
-                let outcome = tokio::time::timeout(timeout, self.client.request(request)).await;
+                let outcome = {
+                    // Closed only at shutdown; then the callback is not sent.
+                    let Ok(_slot) = self.deliveries.acquire().await else {
+                        return;
+                    };
+                    tokio::time::timeout(timeout, self.client.request(request)).await
+                };
                 let retry = match outcome {
                     Ok(Ok(response)) if response.status().is_success() => {
                         if !update {
@@ -530,7 +548,7 @@ impl Cpee {
                         }
                         return;
                     }
-                    Ok(Ok(response)) if matches!(response.status().as_u16(), 404 | 503) => {
+                    Ok(Ok(response)) if matches!(response.status().as_u16(), 404 | 503 | 508) => {
                         debug!(callback, status = %response.status(), "callback closed by CPEE");
                         return self.give_up(callback, order);
                     }

@@ -476,3 +476,50 @@ async fn callbacks_can_be_cancelled_and_restricted() {
     .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
+
+/// A wait whose callback points at the broker's own `/update_order`: each
+/// update callback would change the order and trigger the next, for ever.
+/// The broker refuses its own callbacks (508), so the loop never starts.
+#[tokio::test]
+async fn a_callback_pointed_at_the_broker_itself_does_not_loop() {
+    let server = TestServer::with_config(fast_config()).await;
+    server
+        .put_json("/update_order", r#"{"id": 7, "status": "Order Initiated"}"#)
+        .await;
+    let url = format!("http://{}/update_order", server.addr);
+    let headers = [("cpee-callback", url.as_str())];
+    let reply = post(
+        &server,
+        "/cpee/wait",
+        &headers,
+        "order_id=7&status=Order+Served&updates=true",
+    )
+    .await;
+    assert_eq!(reply.header("cpee-callback"), Some("true"));
+    server
+        .put_json("/update_order", r#"{"id": 7, "status": "Mixing"}"#)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let version = server.get("/get_status/7").await;
+    let order = server.broker.get(order_broker::OrderId(7)).unwrap();
+    assert_eq!(
+        order.version.0, 2,
+        "only the two updates this test made changed the order: {:?}",
+        version.body
+    );
+    // The callback was given up at the first 508, not retried.
+    assert_eq!(server.get("/cpee/callbacks").await.json(), json!([]));
+    // A request that carries the broker's callback mark is refused outright.
+    let reply = server
+        .send(
+            Method::PUT,
+            "/update_order",
+            &[
+                ("content-type", "application/json"),
+                ("order-broker-callback", "1"),
+            ],
+            r#"{"id": 7, "status": "Pouring"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::LOOP_DETECTED);
+}

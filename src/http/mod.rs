@@ -473,6 +473,15 @@ impl App {
         if req.method() == Method::OPTIONS {
             return Ok(preflight(route, req.headers()));
         }
+        // A callback this (or another) broker sent, pointed back at a
+        // broker: answering it would feed a loop of changes and callbacks.
+        if req.headers().contains_key(crate::cpee::LOOP_HEADER) {
+            return Err(ApiError::new(
+                StatusCode::LOOP_DETECTED,
+                "this is a callback sent by an order broker; a callback URL must point at \
+                 the process engine, not at a broker",
+            ));
+        }
         let (parts, incoming) = req.into_parts();
         let mut req = Req {
             method: parts.method,
