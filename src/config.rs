@@ -253,12 +253,34 @@ impl Limits {
     }
 }
 
+/// `http.cors_allow_origin`: one origin (or `"*"`), or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Origins {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Origins {
+    /// Every origin named (empty texts dropped).
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Origins::One(o) => vec![o.as_str()],
+            Origins::Many(all) => all.iter().map(String::as_str).collect(),
+        }
+        .into_iter()
+        .filter(|o| !o.trim().is_empty())
+        .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// `Access-Control-Allow-Origin` sent on every response so a board served
-    /// from another origin can read the views; empty sends no CORS headers.
-    pub cors_allow_origin: String,
+    /// Origins whose pages may read the answers (CORS): `"*"` for any, one
+    /// origin, or a list (the request's `Origin` is echoed when listed);
+    /// empty sends no CORS headers.
+    pub cors_allow_origin: Origins,
     /// Seconds to let requests in flight finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
     /// Seconds an `Idempotency-Key`'s first answer is kept for replays.
@@ -472,7 +494,7 @@ impl Default for Limits {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            cors_allow_origin: "*".into(),
+            cors_allow_origin: Origins::One("*".into()),
             shutdown_grace_secs: 10,
             idempotency_ttl_secs: 600,
         }

@@ -499,10 +499,8 @@ async fn unknown_routes_methods_and_options() {
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert_eq!(reply.header("allow"), Some("PUT, POST, OPTIONS"));
     assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(
-        reply.header("access-control-allow-headers"),
-        Some("content-type")
-    );
+    let allowed = reply.header("access-control-allow-headers").unwrap();
+    assert!(allowed.contains("content-type") && allowed.contains("authorization"));
 
     let reply = server.send(Method::HEAD, "/get_all", &[], "").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -525,7 +523,7 @@ async fn urls_and_stage_words_come_from_config() {
     config.order_store.url_update_aliases = vec!["/api/update".into()];
     config.stages.new = vec!["Queued".into()];
     config.stages.completed = vec!["Done".into(), "Served".into()];
-    config.http.cors_allow_origin = String::new();
+    config.http.cors_allow_origin = order_broker::config::Origins::One(String::new());
     let server = TestServer::with_config(config).await;
 
     assert_eq!(
@@ -599,4 +597,57 @@ async fn garbage_on_the_wire_does_not_hurt_the_server() {
         );
     }
     assert_eq!(server.get("/healthz").await.status, StatusCode::OK);
+}
+
+/// CORS: a preflight allows the headers the API reads, never whatever was
+/// asked; a list of origins echoes only a listed one.
+#[tokio::test]
+async fn cors_lists_origins_and_preflights_allow_only_known_headers() {
+    let mut config = common::config();
+    config.http.cors_allow_origin = order_broker::config::Origins::Many(vec![
+        "https://bar.example".into(),
+        "https://kitchen.example".into(),
+    ]);
+    let server = TestServer::with_config(config).await;
+    let reply = server
+        .send(
+            Method::OPTIONS,
+            "/update_order",
+            &[
+                ("origin", "https://bar.example"),
+                ("access-control-request-headers", "x-evil, content-type"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://bar.example")
+    );
+    assert_eq!(reply.header("vary"), Some("origin"));
+    let allowed = reply.header("access-control-allow-headers").unwrap();
+    assert!(!allowed.contains("x-evil"), "{allowed}");
+    assert!(allowed.contains("idempotency-key"), "{allowed}");
+    let reply = server
+        .send(
+            Method::GET,
+            "/get_all",
+            &[("origin", "https://evil.example")],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    let reply = server
+        .send(
+            Method::GET,
+            "/get_all",
+            &[("origin", "https://kitchen.example")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://kitchen.example")
+    );
 }

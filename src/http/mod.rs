@@ -307,7 +307,8 @@ pub struct App {
     max_body_bytes: usize,
     /// How long a request's body may take (`limits.body_read_timeout_secs`).
     body_deadline: std::time::Duration,
-    cors_origin: Option<HeaderValue>,
+    /// `http.cors_allow_origin`: `["*"]`, the allowed origins, or none.
+    cors_origin: Vec<HeaderValue>,
     views: order_store::ViewCache,
     store_name: String,
     idempotency: idempotency::Idempotency,
@@ -364,12 +365,19 @@ impl App {
                 .insert(path, route)
                 .map_err(|e| ConfigError::new(format!("route {path:?} cannot be served: {e}")))?;
         }
-        let cors_origin = match config.http.cors_allow_origin.as_str() {
-            "" => None,
-            origin => Some(HeaderValue::from_str(origin).map_err(|_| {
-                ConfigError::new("http.cors_allow_origin is not a valid header value")
-            })?),
-        };
+        let cors_origin = config
+            .http
+            .cors_allow_origin
+            .list()
+            .into_iter()
+            .map(|o| {
+                HeaderValue::from_str(o).map_err(|_| {
+                    ConfigError::new(format!(
+                        "http.cors_allow_origin: {o:?} is not a valid origin"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(App {
             cpee: crate::cpee::Cpee::new(broker.clone(), config.cpee.clone()),
             broker,
@@ -423,6 +431,7 @@ impl App {
     ) -> Response<Body> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
+        let origin = self.cors_for(req.headers().get(header::ORIGIN));
         // Route once: the metrics need the route, the handler its parameter.
         let found = self
             .router
@@ -445,12 +454,24 @@ impl App {
             // Never the query string or headers: they may carry tokens.
             tracing::debug!(%method, path, status = response.status().as_u16(), micros = took.as_micros() as u64, "request");
         }
-        if let Some(origin) = &self.cors_origin {
-            response
-                .headers_mut()
-                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if let Some(origin) = origin {
+            let headers = response.headers_mut();
+            if origin != "*" {
+                headers.append(header::VARY, HeaderValue::from_static("origin"));
+            }
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         }
         response
+    }
+
+    /// The `Access-Control-Allow-Origin` for a request from `origin`: `*`
+    /// when any origin is allowed, the origin itself when it is listed.
+    fn cors_for(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match self.cors_origin.as_slice() {
+            [] => None,
+            [one] if one == "*" => Some(one.clone()),
+            listed => origin.filter(|o| listed.contains(o)).cloned(),
+        }
     }
 
     async fn route(
@@ -654,12 +675,14 @@ impl App {
 }
 
 /// `OPTIONS`: the methods the route takes, and CORS preflight answers.
-fn preflight(route: Route, headers: &hyper::HeaderMap) -> Response<Body> {
+/// The request headers the API reads, the only ones a preflight allows.
+const CORS_HEADERS: &str = "content-type, authorization, if-match, idempotency-key, \
+     last-event-id, cpee-callback, cpee-callback-id, cpee-instance, cpee-instance-uuid, \
+     cpee-instance-url, cpee-label, cpee-activity";
+
+fn preflight(route: Route, _headers: &hyper::HeaderMap) -> Response<Body> {
     let allow = HeaderValue::from_static(route.allow());
-    let requested = headers
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("content-type"));
+    let requested = HeaderValue::from_static(CORS_HEADERS);
     let mut response = empty(StatusCode::NO_CONTENT);
     let headers = response.headers_mut();
     headers.insert(header::ALLOW, allow.clone());
