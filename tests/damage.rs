@@ -349,6 +349,28 @@ fn lost_segments_and_torn_or_padded_tails() {
                 check: Some(length_is(newest_len)),
             },
         },
+        // CURRENT names the newest segment only once its magic is on disk:
+        // an empty or zeroed segment there lost acknowledged records.
+        Row {
+            damage: "the newest segment emptied (0 bytes)".into(),
+            apply: Box::new({
+                let s = seg(2);
+                move |dir| truncate(&dir.join(&s), 0)
+            }),
+            expect: refuses(&[&seg(2), "does not start like a journal segment"]),
+        },
+        Row {
+            damage: "the newest segment overwritten with zeros".into(),
+            apply: Box::new({
+                let s = seg(2);
+                move |dir| {
+                    let path = dir.join(&s);
+                    let len = fs::metadata(&path).unwrap().len() as usize;
+                    fs::write(path, vec![0u8; len]).unwrap();
+                }
+            }),
+            expect: refuses(&[&seg(2), "does not start like a journal segment"]),
+        },
         Row {
             damage: "zeros appended to a sealed (older) segment".into(),
             apply: Box::new({

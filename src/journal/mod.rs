@@ -851,8 +851,9 @@ fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalError> {
         recovery.snapshot = Some(*seq);
         recovery.last = *seq;
     }
-    match read_current(dir)? {
-        Some((seq, name)) if !files.segments.iter().any(|(s, _)| *s == seq) => {
+    let current = read_current(dir)?;
+    match &current {
+        Some((seq, name)) if !files.segments.iter().any(|(s, _)| s == seq) => {
             return Err(JournalError(format!(
                 "journal segment {} is missing: {} names it as the newest segment. A journal \
                  file was deleted or lost; refusing to start rather than silently drop the \
@@ -869,8 +870,9 @@ fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalError> {
         ),
     }
     let newest = files.segments.len().saturating_sub(1);
-    for (i, (_, path)) in files.segments.iter().enumerate() {
-        replay_segment(path, i == newest, broker, &mut recovery)?;
+    for (i, (first, path)) in files.segments.iter().enumerate() {
+        let named = current.as_ref().is_some_and(|(seq, _)| seq == first);
+        replay_segment(path, i == newest, named, broker, &mut recovery)?;
     }
     broker.finish_restore(recovery.last);
     if let Some((path, at, cut)) = &recovery.torn {
@@ -922,9 +924,12 @@ fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<u64, String
     Ok(records)
 }
 
+/// `named`: `CURRENT` names this segment, so its magic was on disk before
+/// any record could go in (a bad header there is damage, not a torn creation).
 fn replay_segment(
     path: &Path,
     newest: bool,
+    named: bool,
     broker: &Broker,
     recovery: &mut Recovery,
 ) -> Result<(), JournalError> {
@@ -942,9 +947,10 @@ fn replay_segment(
     let mut magic = [0u8; 8];
     let header_ok = len >= 8 && input.read_exact(&mut magic).is_ok() && &magic == JOURNAL_MAGIC;
     if !header_ok {
-        // A segment is created with its magic fsynced before any record, so
-        // a bad header is only a torn creation if the file holds nothing else.
-        if newest && (len <= 8 || zero_from(path, 0).map_err(read)?) {
+        // A segment is created with its magic fsynced before `CURRENT` names
+        // it and before any record, so a bad header is only a torn creation
+        // in a newest segment `CURRENT` does not name yet, holding nothing.
+        if newest && !named && (len <= 8 || zero_from(path, 0).map_err(read)?) {
             fs::remove_file(path).map_err(|e| io_error("cannot remove", path, e))?;
             recovery.torn = Some((path.to_path_buf(), 0, len));
             return Ok(());
