@@ -858,7 +858,7 @@ fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalError> {
                 "journal segment {} is missing: {} names it as the newest segment. A journal \
                  file was deleted or lost; refusing to start rather than silently drop the \
                  changes in it; restore the data directory from a backup",
-                dir.join(&name).display(),
+                dir.join(name).display(),
                 dir.join(CURRENT).display()
             )));
         }
