@@ -378,3 +378,73 @@ async fn anonymous_engine_writes_only_from_the_named_networks() {
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("auth.cpee_networks[0]"), "{err}");
 }
+
+/// A customer may cancel only before preparation, whichever API they use:
+/// the Order Status API's cancel once let them cancel an order out for
+/// delivery, with a full give-back.
+#[tokio::test]
+async fn a_customer_cannot_cancel_after_preparation_through_the_lifecycle_api() {
+    let server = secured().await;
+    let number = order_of(&server, 1).await;
+    let all = call(
+        &server,
+        Method::GET,
+        "/orders",
+        "token staff-t",
+        Value::Null,
+    )
+    .await;
+    let id = all.json()[0]["id"].as_u64().unwrap();
+    let process = call(
+        &server,
+        Method::PUT,
+        &format!("/api/orders/{id}"),
+        "token staff-t",
+        json!({"process": true}),
+    )
+    .await;
+    assert_eq!(process.status, StatusCode::OK, "{:?}", process.body);
+    for step in ["confirmed", "preparing", "out_for_delivery"] {
+        let reply = call(
+            &server,
+            Method::PUT,
+            &format!("/orders/{id}/status"),
+            "token staff-t",
+            json!({"status": step}),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{step}");
+    }
+    let balance = || async {
+        call(
+            &server,
+            Method::GET,
+            "/customers/1",
+            "token staff-t",
+            Value::Null,
+        )
+        .await
+        .json()["balance"]
+            .clone()
+    };
+    let before = balance().await;
+    let reply = call(
+        &server,
+        Method::POST,
+        "/api/store/orders/cancel",
+        "token cust-1",
+        json!({"order": number}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
+    assert_eq!(balance().await, before, "nothing given back");
+    let reply = call(
+        &server,
+        Method::POST,
+        "/api/store/orders/cancel",
+        "token staff-t",
+        json!({"order": number}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "staff still can");
+}

@@ -211,6 +211,18 @@ async fn a_cancel_word_from_the_seed_api_gives_back_once() {
     let reply = call(&server, Method::PUT, "/update_order", cancel.clone()).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(money_and_stock(&server).await, ("100.0".into(), 10));
+    let history = server.get(&format!("/orders/{id}")).await.json()["history"].clone();
+    let words: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        words,
+        ["New", "Order Cancelled"],
+        "the seed API's words are history too"
+    );
     let reply = call(&server, Method::PUT, "/update_order", cancel).await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
     assert_eq!(money_and_stock(&server).await, ("100.0".into(), 10));

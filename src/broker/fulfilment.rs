@@ -162,20 +162,14 @@ impl Broker {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
             let state = flow_state(&flow, current);
             let allowed = match by {
-                Canceller::Customer => matches!(
-                    state,
-                    Fulfilment::Scheduled | Fulfilment::New | Fulfilment::Confirmed
-                ),
+                Canceller::Customer => customer_may_cancel(state),
                 Canceller::Staff => !matches!(state, Fulfilment::Delivered | Fulfilment::Cancelled),
             };
             if !allowed {
                 return Err(BrokerError::Conflict(match (by, state) {
                     (_, Fulfilment::Cancelled) => "order is already cancelled".into(),
                     (_, Fulfilment::Delivered) => "order is delivered; request a return".into(),
-                    _ => format!(
-                        "order is {}; a customer can cancel only before preparation",
-                        state.name()
-                    ),
+                    _ => too_late_for_a_customer(state),
                 }));
             }
             Ok(Order {
@@ -257,6 +251,22 @@ impl Broker {
     }
 }
 
+/// Whether an order's customer may still cancel it: only before
+/// preparation starts, through any API.
+pub(super) fn customer_may_cancel(state: Fulfilment) -> bool {
+    matches!(
+        state,
+        Fulfilment::Scheduled | Fulfilment::New | Fulfilment::Confirmed
+    )
+}
+
+pub(super) fn too_late_for_a_customer(state: Fulfilment) -> String {
+    format!(
+        "order is {}; a customer can cancel only before preparation",
+        state.name()
+    )
+}
+
 /// A completed order's shop details, for what only comes after completion
 /// (feedback, returns); `early` says why not yet.
 pub(super) fn completed_shop<'a>(
@@ -302,7 +312,7 @@ pub(super) fn advance_check(
 }
 
 /// Where an order stands in the delivery flow (see [`Fulfilment::of`]).
-fn flow_state(flow: &[(Sym, Fulfilment)], order: &Order) -> Fulfilment {
+pub(super) fn flow_state(flow: &[(Sym, Fulfilment)], order: &Order) -> Fulfilment {
     match order.stage {
         Stage::InProgress => flow
             .iter()

@@ -466,6 +466,7 @@ impl Broker {
         if let Some(bot) = orderbot_id {
             self.check_len("orderbot_id", bot)?;
         }
+        let word = status;
         let status = self.inner.symbols.intern(status)?;
         let orderbot_id = orderbot_id
             .map(|b| self.inner.symbols.intern(b))
@@ -480,6 +481,16 @@ impl Broker {
         }
         self.apply(id, Mode::Upsert, expected, |current| {
             Ok(match current {
+                // A shop order's history records every status it got.
+                Some(order) if order.shop.is_some() && order.status != status => Order {
+                    status,
+                    orderbot_id: orderbot_id.or(order.orderbot_id),
+                    shop: order
+                        .shop
+                        .as_ref()
+                        .map(|s| Arc::new(s.with_entry(word, None))),
+                    ..order.clone()
+                },
                 Some(order) => Order {
                     status,
                     orderbot_id: orderbot_id.or(order.orderbot_id),

@@ -703,6 +703,26 @@ impl Broker {
         payment_method: Option<String>,
         expected: Option<Version>,
     ) -> Result<Event, BrokerError> {
+        self.transition_by(
+            number,
+            transition,
+            payment_method,
+            expected,
+            super::Canceller::Staff,
+        )
+    }
+
+    /// A lifecycle transition asked for by `by`: a customer's cancel follows
+    /// the same rule as on every other API (only before preparation).
+    pub fn transition_by(
+        &self,
+        number: &str,
+        transition: Transition,
+        payment_method: Option<String>,
+        expected: Option<Version>,
+        by: super::Canceller,
+    ) -> Result<Event, BrokerError> {
+        let flow = self.flow_words();
         let id = *self
             .inner
             .numbers
@@ -730,6 +750,15 @@ impl Broker {
                     return refuse(LifecycleError::AlreadyCompleted);
                 }
                 Transition::Complete => (Lifecycle::Complete, true),
+                Transition::Cancel if by == super::Canceller::Customer => {
+                    let state = super::fulfilment::flow_state(&flow, current);
+                    if !super::fulfilment::customer_may_cancel(state) {
+                        return Err(BrokerError::Conflict(
+                            super::fulfilment::too_late_for_a_customer(state),
+                        ));
+                    }
+                    (Lifecycle::Cancelled, false)
+                }
                 Transition::Cancel => (Lifecycle::Cancelled, false),
             };
             let mut next_shop = if next_state == state {

@@ -72,7 +72,17 @@ pub fn transition(
         .map(str::to_string);
     let event = app
         .broker()
-        .transition(&number, action, method, if_match(req)?)
+        .transition_by(
+            &number,
+            action,
+            method,
+            if_match(req)?,
+            // A customer cancels under the customer's rule, whichever API.
+            match caller.and_then(crate::auth::Caller::customer_id) {
+                Some(_) => crate::broker::Canceller::Customer,
+                None => crate::broker::Canceller::Staff,
+            },
+        )
         .map_err(|e| match e {
             BrokerError::OrderNotFound => refusal(
                 "invalid_order_number",
