@@ -281,3 +281,40 @@ async fn one_caller_flooding_keys_does_not_lock_out_others() {
         "expired keys free the share"
     );
 }
+
+/// `token X` and `Bearer X` are the same caller: a retry that switches the
+/// scheme replays the first answer instead of running again.
+#[tokio::test]
+async fn a_key_is_scoped_to_the_credential_not_its_scheme() {
+    use order_broker::auth::{Role, Secret, StaticToken};
+    let mut config = common::config();
+    config.auth.tokens = vec![StaticToken {
+        token: Secret("t1".into()),
+        role: Role::Staff,
+        subject: Some("sam".into()),
+    }];
+    let server = TestServer::with_config(config).await;
+    let product = json!({"id": 1, "name": "tea", "price": 2, "stock": 5}).to_string();
+    server
+        .send(
+            Method::POST,
+            "/products",
+            &[JSON, ("authorization", "token t1")],
+            &product,
+        )
+        .await;
+    let mut ids = Vec::new();
+    for auth in ["token t1", "Bearer t1", "bearer  t1"] {
+        let reply = server
+            .send(
+                Method::POST,
+                "/orders",
+                &[JSON, ("authorization", auth), ("idempotency-key", "same")],
+                &order_body(1),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{auth}");
+        ids.push(reply.json()["id"].clone());
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}

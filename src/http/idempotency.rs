@@ -106,10 +106,19 @@ impl Idempotency {
                     "Idempotency-Key must be 1 to {MAX_KEY_BYTES} characters of text"
                 ))
             })?;
+        // The credential itself, whichever scheme names it (`token X` and
+        // `Bearer X` are one caller).
         let credentials = req
             .headers
             .get(AUTHORIZATION)
-            .map(|v| self.hasher.hash_one(v.as_bytes()))
+            .map(|v| {
+                let v = v.as_bytes();
+                let token = v
+                    .iter()
+                    .position(|b| *b == b' ')
+                    .map_or(v, |at| v[at + 1..].trim_ascii());
+                self.hasher.hash_one(token)
+            })
             .unwrap_or(0);
         // Who the key counts against: the credentials, or the address.
         let caller = match (credentials, req.peer) {
