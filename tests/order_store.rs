@@ -651,3 +651,29 @@ async fn cors_lists_origins_and_preflights_allow_only_known_headers() {
         Some("https://kitchen.example")
     );
 }
+
+/// A body that names two different orders is refused, JSON or form.
+#[tokio::test]
+async fn an_update_naming_two_orders_is_refused() {
+    let server = TestServer::start().await;
+    let reply = server
+        .put_json(
+            "/update_order",
+            r#"{"id": 783, "order_id": 784, "status": "Mixing"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let reply = server
+        .post_form("/update_order", "order_id=1&id=2&status=Mixing")
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(server.get("/get_all").await.json(), serde_json::json!([]));
+    // The same order under both names is fine.
+    let reply = server
+        .put_json(
+            "/update_order",
+            r#"{"id": 5, "order_id": "5", "status": "Mixing"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}

@@ -79,6 +79,15 @@ struct UpdateOrder<'a> {
 impl<'a> UpdateOrder<'a> {
     /// Reads the update through `get`, which looks a field up by name.
     fn from(get: impl Fn(&str) -> Option<Field<'a>>) -> Result<Self, ApiError> {
+        let named = |k: &str| get(k).filter(|f| !is_blank(*f));
+        // A body that names two orders is refused, not read one way.
+        if let (Some(a), Some(b)) = (named("id"), named("order_id"))
+            && parse_order_id(a)? != parse_order_id(b)?
+        {
+            return Err(ApiError::bad_request(
+                "id and order_id name different orders",
+            ));
+        }
         let id = get("id")
             .or_else(|| get("order_id"))
             .filter(|f| !is_blank(*f));
