@@ -119,6 +119,10 @@ pub struct Table<T: Record> {
     rows: DashMap<T::Id, Slot<T>>,
     /// Next id to hand out; always above every id in `rows`.
     next_id: AtomicU64,
+    /// Ids of deleted records. Never given again: an order's ledger names
+    /// its products and customer by id, so what it gives back must never
+    /// reach a new record that took a deleted one's id.
+    retired: parking_lot::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl<T: Record> Default for Table<T> {
@@ -126,6 +130,7 @@ impl<T: Record> Default for Table<T> {
         Table {
             rows: DashMap::new(),
             next_id: AtomicU64::new(1),
+            retired: Default::default(),
         }
     }
 }
@@ -135,6 +140,8 @@ impl<T: Record> Default for Table<T> {
 pub enum ClaimError {
     /// The id asked for is taken.
     Taken,
+    /// The id asked for belonged to a deleted record (ids are never reused).
+    Retired,
     /// No id is left to assign (see [`assign_id`]).
     Exhausted,
 }
@@ -159,6 +166,9 @@ impl<T: Record> Table<T> {
                 let id = T::from_raw(raw);
                 if self.rows.contains_key(&id) {
                     return Err(ClaimError::Taken);
+                }
+                if self.retired.lock().contains(&raw) {
+                    return Err(ClaimError::Retired);
                 }
                 // u64::MAX stays u64::MAX: none left to assign.
                 self.next_id
@@ -195,7 +205,18 @@ impl<T: Record> Table<T> {
 
     /// Forgets the slot; callers first empty it under its lock.
     pub fn forget(&self, id: T::Id) {
+        self.retired.lock().insert(T::raw(id));
         self.rows.remove(&id);
+    }
+
+    /// The ids of deleted records, ascending (for a snapshot).
+    pub fn retired(&self) -> Vec<u64> {
+        self.retired.lock().iter().copied().collect()
+    }
+
+    /// Retires ids again at recovery.
+    pub fn restore_retired(&self, ids: &[u64]) {
+        self.retired.lock().extend(ids.iter().copied());
     }
 
     /// Every record, ascending by id.
@@ -227,6 +248,7 @@ impl<T: Record> Table<T> {
     /// Drops a record whose deletion was recovered.
     pub fn restore_removed(&self, id: T::Id) {
         self.reserve_ids(T::raw(id).saturating_add(1));
+        self.retired.lock().insert(T::raw(id));
         self.rows.remove(&id);
     }
 

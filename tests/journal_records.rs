@@ -9,7 +9,7 @@ use std::sync::Arc;
 use order_broker::catalog::{
     Customer, CustomerId, Product, ProductId, Template, TemplateId, TemplateItem,
 };
-use order_broker::journal::record::{Frames, Record, StoredOrder};
+use order_broker::journal::record::{Frames, Record, Retired, StoredOrder};
 use order_broker::model::{Millis, OrderId, Seq};
 use order_broker::money::{MAX_UNITS, Money};
 use order_broker::shop::{
@@ -417,6 +417,11 @@ fn leaf_records() -> BoxedStrategy<Record> {
                 next_product_id: product,
                 next_customer_id: customer,
                 next_template_id: template,
+                retired: Retired {
+                    products: vec![order, product],
+                    customers: vec![customer],
+                    templates: Vec::new(),
+                },
             }
         }),
         1 => ids().prop_map(|records| Record::End { records }),
@@ -556,6 +561,11 @@ fn every_kind_with_every_field_set_and_unset() {
             next_product_id: u64::MAX,
             next_customer_id: u64::MAX,
             next_template_id: u64::MAX,
+            retired: Retired {
+                products: vec![0, u64::MAX],
+                customers: vec![u64::MAX],
+                templates: vec![1],
+            },
         },
         Record::Order {
             seq: max,

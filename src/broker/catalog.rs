@@ -283,6 +283,12 @@ impl Broker {
         let taken = || BrokerError::IdTaken(wanted.unwrap_or_default());
         let id = table.claim_id(wanted).map_err(|e| match e {
             ClaimError::Taken => taken(),
+            ClaimError::Retired => BrokerError::Conflict(format!(
+                "id {} belonged to a deleted {}; ids are never reused, so what orders give \
+                 back for it cannot reach a new record; leave out the id to get a fresh one",
+                wanted.unwrap_or_default(),
+                T::KIND
+            )),
             ClaimError::Exhausted => BrokerError::IdsExhausted(T::KIND),
         })?;
         let record = make(id);

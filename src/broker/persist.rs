@@ -135,6 +135,11 @@ impl Broker {
             next_product_id: inner.products.next_id(),
             next_customer_id: inner.customers.next_id(),
             next_template_id: inner.templates.next_id(),
+            retired: crate::journal::record::Retired {
+                products: inner.products.retired(),
+                customers: inner.customers.retired(),
+                templates: inner.templates.retired(),
+            },
         })?;
         let mut records = 0u64;
         let mut batch = Vec::with_capacity(1024);
@@ -215,8 +220,12 @@ impl Broker {
                 next_product_id,
                 next_customer_id,
                 next_template_id,
+                retired,
                 ..
             } => {
+                inner.products.restore_retired(&retired.products);
+                inner.customers.restore_retired(&retired.customers);
+                inner.templates.restore_retired(&retired.templates);
                 inner.templates.reserve_ids(next_template_id);
                 inner
                     .next_order_id

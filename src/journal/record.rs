@@ -79,6 +79,9 @@ pub enum Record {
         next_customer_id: u64,
         #[serde(default)]
         next_template_id: u64,
+        /// Ids of deleted products, customers and templates (never reused).
+        #[serde(default, skip_serializing_if = "Retired::is_empty")]
+        retired: Retired,
     },
     /// A snapshot's last record: how many records came between.
     End {
@@ -90,6 +93,24 @@ pub enum Record {
     Group {
         records: Vec<Record>,
     },
+}
+
+/// Ids of deleted records, per table, ascending.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retired {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub products: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub customers: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<u64>,
+}
+
+impl Retired {
+    pub fn is_empty(&self) -> bool {
+        self.products.is_empty() && self.customers.is_empty() && self.templates.is_empty()
+    }
 }
 
 /// An order as stored: its texts spelled out (symbols are per process).
