@@ -6,14 +6,15 @@
 //!   compact `Order` record the maps hold.
 //! - [`symbols`]: the interned texts (status words, orderbot ids) that keep an
 //!   order at 40 bytes.
-//! - [`money`]: integer-cent amounts and rates, parsed exactly.
+//! - [`money`]: integer-cent amounts and rates, read and written exactly,
+//!   with their hard bounds.
 //! - [`catalog`]: products, customers and templates, each record behind its
 //!   own lock.
 //! - [`shop`]: shop order details (items, totals, history, payment, delivery,
 //!   return, feedback) and the pure rules: pricing, stock allocation per
 //!   strategy, lifecycle states, the delivery flow, delivery fees, returns,
-//!   the one table of moves a shop order may make (`check_move`) and its
-//!   `Ledger` of money and stock moved.
+//!   and in `shop/ledger.rs` the one table of moves a shop order may make
+//!   (`check_move`) and its `Ledger` of money and stock moved.
 //! - [`broker`]: the [`Broker`] handle and every write path, with the lock
 //!   order that keeps them consistent: the seed status update, views, and
 //!   `apply`, the one path an order changes by, which holds shop orders to
@@ -26,8 +27,9 @@
 //!   snapshot dumps and recovery (`broker/persist.rs`), eviction of finished
 //!   orders (`broker/evict.rs`).
 //! - [`journal`]: durability: the writer thread (group commit, fsync
-//!   policy), snapshots, the archive of evicted orders, and recovery at
-//!   start; the file format in `journal/record.rs`.
+//!   policy, read-back check), snapshots (a consistent cut), the archive of
+//!   evicted orders, `CURRENT`, and recovery at start (torn tails, damage);
+//!   the file format in `journal/record.rs`.
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.
 //! - [`cpee`]: CPEE's protocol: the dispatch queue and waiting orderbots,
@@ -35,9 +37,11 @@
 //!   answers kept for re-sent calls.
 //! - [`analytics`]: aggregates kept from the change feed (revenue, spend,
 //!   delivery and stage times, cancellations) for `/analytics`.
-//! - [`auth`]: who is calling (static tokens, JWTs) and their role.
+//! - [`auth`]: who is calling (static tokens, JWTs), their role, the strict
+//!   rule for their subject, and the API groups auth is decided for.
 //! - [`config`]: the typed TOML config, its defaults, env overrides, validation.
-//! - [`http`]: routing, body parsing, errors, access rules (`access`),
+//! - [`http`]: routing, body parsing (with its deadline), errors, access
+//!   rules and what each caller may see of an order (`access`),
 //!   `Idempotency-Key` (`idempotency`), and one module per API group:
 //!   `order_store` (the seed robot-bar API), `catalog`, `orders` (incl.
 //!   processing), `fulfilment` (delivery, cancel, bulk, returns, feedback),

@@ -11,6 +11,10 @@ use crate::catalog::{CustomerId, ProductId};
 use crate::model::{Millis, Stage};
 use crate::money::{Money, Rate};
 
+mod ledger;
+
+pub use ledger::{GiveBack, Ledger, Units, check_move};
+
 /// The details of an order created through the shop APIs. Shared by `Arc`
 /// between the map and the events; a change makes a new one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,200 +72,6 @@ impl ShopOrder {
             reason: reason.map(str::to_string),
         });
         next
-    }
-}
-
-/// Units per product, ascending by product id.
-pub type Units = std::collections::BTreeMap<ProductId, u64>;
-
-/// The money and stock an order moved, the one record every give-back and
-/// refund is bounded by: what was charged and not yet given back or
-/// refunded is all that can ever come back, and only units taken and not
-/// yet put back can go back in stock. Processing fills `charged` and
-/// `items_taken`; a cancellation (from any API) gives back everything
-/// outstanding; a refund credits at most what is outstanding.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ledger {
-    /// Taken from the customer's balance when the order was processed.
-    pub charged: Money,
-    /// Credited back by the cancellation.
-    pub given_back: Money,
-    /// Credited by a refund of returned items.
-    pub refunded: Money,
-    /// Units taken from stock when the order was processed.
-    #[serde(default, skip_serializing_if = "Units::is_empty", with = "units_list")]
-    pub items_taken: Units,
-    /// Units put back in stock (by the cancellation or a restocking refund).
-    #[serde(default, skip_serializing_if = "Units::is_empty", with = "units_list")]
-    pub items_returned: Units,
-    /// When each movement happened (revenue is reported by these times).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub charged_at: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub given_back_at: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refunded_at: Option<Millis>,
-}
-
-/// What a ledger change moves: units back to stock, money back to the customer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GiveBack {
-    pub units: Units,
-    pub money: Money,
-}
-
-impl GiveBack {
-    pub fn is_empty(&self) -> bool {
-        self.money == Money::ZERO && self.units.values().all(|u| *u == 0)
-    }
-}
-
-impl Ledger {
-    pub fn is_empty(&self) -> bool {
-        *self == Ledger::default()
-    }
-
-    /// Whether anything was ever charged or taken.
-    pub fn was_charged(&self) -> bool {
-        self.charged_at.is_some()
-    }
-
-    /// Money charged and not yet given back or refunded (never negative).
-    pub fn outstanding(&self) -> Money {
-        let back = self.given_back.0.saturating_add(self.refunded.0);
-        Money(self.charged.0.saturating_sub(back).max(0))
-    }
-
-    /// Units taken and not yet put back, per product.
-    pub fn units_out(&self) -> Units {
-        self.items_taken
-            .iter()
-            .map(|(p, taken)| {
-                let back = self.items_returned.get(p).copied().unwrap_or(0);
-                (*p, taken.saturating_sub(back))
-            })
-            .filter(|(_, n)| *n > 0)
-            .collect()
-    }
-
-    /// Records the charge of processing: `money` and `units` taken at `at`.
-    pub fn charge(&mut self, money: Money, units: Units, at: Millis) {
-        self.charged = money;
-        self.items_taken = units.into_iter().filter(|(_, n)| *n > 0).collect();
-        self.charged_at = Some(at);
-    }
-
-    /// Gives back everything outstanding (a cancellation) and returns it.
-    pub fn give_back_all(&mut self, at: Millis) -> GiveBack {
-        let back = GiveBack {
-            units: self.units_out(),
-            money: self.outstanding(),
-        };
-        self.given_back = Money(self.given_back.0 + back.money.0);
-        add_units(&mut self.items_returned, &back.units);
-        if !back.is_empty() {
-            self.given_back_at = Some(at);
-        }
-        back
-    }
-
-    /// Refunds up to `amount` and puts back up to `units`, each bounded by
-    /// what is outstanding; returns what it actually moves.
-    pub fn refund(&mut self, amount: Money, units: &Units, at: Millis) -> GiveBack {
-        let out = self.units_out();
-        let units: Units = units
-            .iter()
-            .map(|(p, n)| (*p, (*n).min(out.get(p).copied().unwrap_or(0))))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let money = Money(amount.0.clamp(0, self.outstanding().0));
-        self.refunded = Money(self.refunded.0 + money.0);
-        add_units(&mut self.items_returned, &units);
-        self.refunded_at = Some(at);
-        GiveBack { units, money }
-    }
-
-    /// For orders journaled before ledgers existed: a processed order was
-    /// charged its grand total and took its items; a cancelled one got
-    /// them back.
-    pub fn legacy(shop: &ShopOrder, stage: Stage) -> Ledger {
-        let mut ledger = Ledger::default();
-        if let Some(at) = shop.processed {
-            let mut units = Units::new();
-            for item in &shop.items {
-                *units.entry(item.product_id).or_default() += item.quantity;
-            }
-            ledger.charge(shop.totals.grand_total, units, at);
-            if stage == Stage::Cancelled {
-                ledger.give_back_all(at);
-            }
-        }
-        ledger
-    }
-}
-
-fn add_units(to: &mut Units, units: &Units) {
-    for (p, n) in units {
-        let slot = to.entry(*p).or_default();
-        *slot = slot.saturating_add(*n);
-    }
-}
-
-/// Units as a list of `{product_id, quantity}` (JSON maps have text keys).
-mod units_list {
-    use super::{ProductId, ReturnItem, Units};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(units: &Units, s: S) -> Result<S::Ok, S::Error> {
-        let list: Vec<ReturnItem> = units
-            .iter()
-            .map(|(p, q)| ReturnItem {
-                product_id: *p,
-                quantity: *q,
-            })
-            .collect();
-        list.serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Units, D::Error> {
-        let list = Vec::<ReturnItem>::deserialize(d)?;
-        let mut units = Units::new();
-        for item in list {
-            let slot: &mut u64 = units.entry(ProductId(item.product_id.0)).or_default();
-            *slot = slot.saturating_add(item.quantity);
-        }
-        Ok(units)
-    }
-}
-
-/// The one table of moves a shop order may make, whichever API asks: the
-/// stage it is in, to the stage a change would give it (`reworded`: the
-/// change gives it another status word). A cancelled order and a refunded
-/// one are final; a completed order keeps its status and may only be
-/// cancelled (which gives back what it was charged) — feedback and returns
-/// change it without a new word; a scheduled one only becomes new at its
-/// time or is cancelled; nothing goes back to scheduled.
-pub fn check_move(shop: &ShopOrder, from: Stage, to: Stage, reworded: bool) -> Result<(), String> {
-    if from == Stage::Cancelled {
-        return Err("order is cancelled; it is final".into());
-    }
-    if shop
-        .return_request
-        .as_ref()
-        .is_some_and(|r| r.status == ReturnStatus::Refunded)
-    {
-        return Err("order was refunded; it is final".into());
-    }
-    let allowed = match from {
-        Stage::Scheduled => matches!(to, Stage::Scheduled | Stage::New | Stage::Cancelled),
-        Stage::New | Stage::InProgress => to != Stage::Scheduled,
-        Stage::Completed => to == Stage::Cancelled || (to == Stage::Completed && !reworded),
-        Stage::Cancelled => false,
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(format!("order is {from}; it cannot become {to}"))
     }
 }
 
@@ -868,8 +678,32 @@ impl fmt::Display for Shortage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A shop order with nothing in it, for rules that look at its state.
+    pub(crate) fn empty_shop() -> ShopOrder {
+        ShopOrder {
+            number: String::new(),
+            customer_id: None,
+            items: Vec::new(),
+            notes: String::new(),
+            table_number: None,
+            channel: String::new(),
+            payment_status: PaymentStatus::Unpaid,
+            payment_method: None,
+            totals: Totals::default(),
+            processed: None,
+            history: Vec::new(),
+            scheduled_for: None,
+            delivery: None,
+            return_request: None,
+            feedback: None,
+            delivery_location: None,
+            ledger: Ledger::default(),
+            details: Vec::new(),
+        }
+    }
 
     fn item(product: u64, quantity: u64, cents: i64) -> Item {
         Item {
