@@ -112,6 +112,7 @@ impl Analytics {
     /// nothing else writes (before the broker is ready); the seq to follow from.
     pub fn rebuild(&self, broker: &Broker) -> Seq {
         let last = broker.last_seq();
+        let _pin = broker.pin();
         let orders = broker.all_orders();
         let symbols = broker.symbols();
         let mut tables = self.tables.lock();
@@ -128,13 +129,16 @@ impl Analytics {
     pub async fn follow(self: Arc<Self>, broker: Broker, from: Seq) {
         let mut feed = broker.subscribe(from);
         loop {
-            match feed.recv().await {
-                Ok(events) if events.is_empty() => return,
-                Ok(events) => self.fold(&broker, &events),
-                Err(lagged) => {
-                    self.tables.lock().missed += 1;
-                    feed = broker.subscribe(lagged.oldest);
-                }
+            if !feed.ready().await {
+                return;
+            }
+            let taken = {
+                let pin = broker.pin();
+                feed.take(&pin).map(|events| self.fold(&broker, &events))
+            };
+            if let Err(lagged) = taken {
+                self.tables.lock().missed += 1;
+                feed = broker.subscribe(lagged.oldest);
             }
             tokio::time::sleep(FOLD_EVERY).await;
         }

@@ -377,6 +377,7 @@ impl Cpee {
     }
 
     pub fn order_json(&self, id: OrderId) -> Bytes {
+        let _pin = self.broker.pin();
         match self.broker.get(id) {
             Some(order) => crate::http::order_json(&self.broker, id, &order),
             None => Bytes::from_static(b"null"),
@@ -430,6 +431,7 @@ impl Cpee {
         removed
     }
 
+    /// The caller holds a pin since it read `order`.
     pub fn reached(&self, order: &Order, target: &Target) -> bool {
         match target {
             Target::Stage(stage) => order.stage == *stage,
@@ -444,7 +446,11 @@ impl Cpee {
             let from = self.demand.wanted().await;
             let mut feed = self.broker.subscribe(from);
             while self.wait_count.load(Ordering::Acquire) > 0 {
-                let Ok(events) = feed.recv().await else {
+                if !feed.ready().await {
+                    return;
+                }
+                let pin = self.broker.pin();
+                let Ok(events) = feed.take(&pin) else {
                     // Fell behind: re-check every wait against the current state.
                     feed = self
                         .broker

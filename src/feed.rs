@@ -86,6 +86,11 @@ impl History {
         self.events.push_back(event);
     }
 
+    /// Every event held, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter()
+    }
+
     /// Up to `max` events with `seq >= from`. `last` is the newest seq issued.
     pub(crate) fn since(&self, from: Seq, last: Seq, max: usize) -> Result<Vec<Event>, Lagged> {
         if from > last {

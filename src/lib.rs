@@ -5,7 +5,9 @@
 //! - [`model`]: domain types (`OrderId`, `Seq`, `Version`, `Stage`) and the
 //!   compact `Order` record the maps hold.
 //! - [`symbols`]: the interned texts (status words, orderbot ids) that keep an
-//!   order at 40 bytes.
+//!   order at 40 bytes, the pins every reader of an order holds, and the
+//!   sweep that frees words nothing uses (the broker's marking is in
+//!   `broker/reclaim.rs`, the task that runs it in `server.rs`).
 //! - [`money`]: integer-cent amounts and rates, read and written exactly,
 //!   with their hard bounds.
 //! - [`catalog`]: products, customers and templates, each record behind its
@@ -25,7 +27,8 @@
 //!   bulk changes and the gate that makes them atomic (`broker/bulk.rs`),
 //!   scheduled orders (`broker/schedule.rs`), returns (`broker/returns.rs`),
 //!   snapshot dumps and recovery (`broker/persist.rs`), eviction of finished
-//!   orders (`broker/evict.rs`).
+//!   orders (`broker/evict.rs`), reclaiming unused words
+//!   (`broker/reclaim.rs`).
 //! - [`journal`]: durability: the writer thread (group commit, fsync
 //!   policy, read-back check), snapshots (a consistent cut), the archive of
 //!   evicted orders, `CURRENT`, and recovery at start (torn tails, damage);

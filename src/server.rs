@@ -57,6 +57,7 @@ pub async fn serve(
     }
     let watcher = tokio::spawn(app.cpee.clone().watch());
     let housekeeping = tokio::spawn(housekeeping(app.clone(), config.limits.clone()));
+    let reclaimer = tokio::spawn(reclaim_symbols(app.clone()));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
@@ -118,6 +119,7 @@ pub async fn serve(
         analytics.abort();
     }
     housekeeping.abort();
+    reclaimer.abort();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     info!(
         open = graceful.count(),
@@ -187,6 +189,35 @@ async fn housekeeping(app: Arc<App>, limits: Limits) {
                 .evicted
                 .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             info!(orders = n, "evicted finished orders from memory");
+        }
+    }
+}
+
+/// Frees interned words no order uses any more whenever the table is
+/// half full and has grown since the last sweep, or refused a word (see
+/// `crate::symbols`); off the async threads, at most one sweep at a time.
+async fn reclaim_symbols(app: Arc<App>) {
+    loop {
+        tokio::select! {
+            _ = app.broker().symbols_due_changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let broker = app.broker().clone();
+        if !app.ready.load(std::sync::atomic::Ordering::Acquire) || !broker.symbols_due() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let Ok(freed) = tokio::task::spawn_blocking(move || broker.reclaim_symbols()).await else {
+            continue;
+        };
+        app.metrics
+            .symbols_reclaimed
+            .fetch_add(freed as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(freed, took = ?started.elapsed(), "symbol sweep");
+        // A sweep that found little to free is not repeated at once: the
+        // words in use are what fills the table.
+        if freed < app.broker().symbol_limit() / 16 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

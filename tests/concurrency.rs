@@ -56,6 +56,7 @@ async fn overlapping_writers_lose_nothing() {
         assert_eq!(event.seq, Seq(i as u64 + 1));
     }
     let last_event = {
+        let _pin = server.broker.pin();
         let symbols = server.broker.symbols();
         let mut last_event: HashMap<u64, String> = HashMap::new();
         let mut seen_versions: HashMap<u64, u32> = HashMap::new();
@@ -90,6 +91,7 @@ async fn overlapping_writers_lose_nothing() {
             .unwrap()
             .iter()
             .filter_map(|e| {
+                let _pin = server.broker.pin();
                 let s = server
                     .broker
                     .symbols()
@@ -156,10 +158,15 @@ async fn overlapping_writers_lose_nothing() {
 async fn subscribers_see_every_change_live_in_order() {
     let server = TestServer::start().await;
     let mut subscription = server.broker.subscribe(Seq(1));
+    let broker = server.broker.clone();
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
         while seqs.len() < 400 {
-            let batch = subscription.recv().await.unwrap();
+            assert!(subscription.ready().await);
+            let batch = {
+                let pin = broker.pin();
+                subscription.take(&pin).unwrap()
+            };
             seqs.extend(batch.iter().map(|e| e.seq.0));
         }
         seqs

@@ -69,6 +69,7 @@ impl Broker {
         policy: ErrorPolicy,
     ) -> Vec<(OrderId, BulkResult)> {
         // Texts first: interning never happens under an order's lock.
+        let _pin = self.pin();
         let interned = match action {
             BulkAction::Assign(p) => self
                 .check_len("partner_id", p)

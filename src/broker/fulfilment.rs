@@ -34,6 +34,7 @@ impl Broker {
         expected: Option<Version>,
     ) -> Result<Event, BrokerError> {
         self.check_len("partner_id", partner)?;
+        let _pin = self.pin();
         let partner = self.inner.symbols.intern(partner)?;
         self.apply(id, super::Mode::Update, expected, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
@@ -57,6 +58,7 @@ impl Broker {
         // Symbols before the order's lock (never the other way round).
         let word = self.inner.symbols.reserve(to.word());
         let flow = self.flow_words();
+        let _pin = self.pin();
         let partner = partner.map(|p| self.inner.symbols.lookup(p));
         self.apply(id, super::Mode::Update, expected, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
@@ -81,6 +83,7 @@ impl Broker {
         location: Location,
         partner: Option<&str>,
     ) -> Result<Event, BrokerError> {
+        let _pin = self.pin();
         let partner = partner.map(|p| self.inner.symbols.lookup(p));
         self.apply(id, super::Mode::Update, None, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
@@ -246,7 +249,7 @@ impl Broker {
             Fulfilment::OutForDelivery,
         ]
         .into_iter()
-        .filter_map(|f| Some((self.inner.symbols.lookup(f.word())?, f)))
+        .map(|f| (self.inner.symbols.reserve(f.word()), f))
         .collect()
     }
 }

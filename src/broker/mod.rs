@@ -26,6 +26,7 @@ mod catalog;
 mod evict;
 mod fulfilment;
 mod persist;
+mod reclaim;
 mod returns;
 mod schedule;
 mod shop;
@@ -49,7 +50,7 @@ use crate::feed::{Change, Event, History, Lagged, Notifier};
 use crate::model::{Millis, Order, OrderId, OrderView, Seq, Stage, Stamp, Version};
 use crate::money::{Money, Rate};
 use crate::shop::{Lifecycle, Shortage};
-use crate::symbols::{Sym, Symbols, SymbolsFull, SymbolsReader};
+use crate::symbols::{Pin, Sym, Symbols, SymbolsFull, SymbolsReader};
 
 pub use bulk::{BulkAction, BulkResult, ErrorPolicy};
 pub use catalog::{CustomerFields, ProductFields};
@@ -139,8 +140,9 @@ impl fmt::Display for BrokerError {
             }
             BrokerError::TooManySymbols { limit } => write!(
                 f,
-                "too many distinct status words and orderbot ids (limit {limit}); \
-                 reuse an existing one or raise limits.max_symbols"
+                "too many distinct status words and orderbot ids in use (limit {limit}); \
+                 words no order uses any more are reclaimed within seconds, so retry \
+                 then, reuse an existing one, or raise limits.max_symbols"
             ),
             BrokerError::VersionExhausted => f.write_str("this record cannot change any more"),
             BrokerError::OrderNotFound => f.write_str("Order not found"),
@@ -467,6 +469,7 @@ impl Broker {
             self.check_len("orderbot_id", bot)?;
         }
         let word = status;
+        let _pin = self.pin();
         let status = self.inner.symbols.intern(status)?;
         let orderbot_id = orderbot_id
             .map(|b| self.inner.symbols.intern(b))
@@ -504,6 +507,7 @@ impl Broker {
     /// Assigns an order to an orderbot, keeping its status.
     pub fn set_orderbot(&self, id: OrderId, orderbot_id: &str) -> Result<Event, BrokerError> {
         self.check_len("orderbot_id", orderbot_id)?;
+        let _pin = self.pin();
         let bot = self.inner.symbols.intern(orderbot_id)?;
         self.apply(id, Mode::Update, None, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
@@ -666,11 +670,20 @@ impl Broker {
 
     /// The order with its texts, or None if unknown.
     pub fn view(&self, id: OrderId) -> Option<OrderView> {
+        let _pin = self.pin();
         let order = self.get(id)?;
         Some(self.resolve(id, &order, &self.symbols()))
     }
 
-    /// Texts for many orders: take the reader once, resolve each order with it.
+    /// Held from before reading an order (from the map or an event) until
+    /// its texts are resolved: no symbol it uses is reclaimed meanwhile
+    /// (see [`crate::symbols`]). Not across `.await`.
+    pub fn pin(&self) -> Pin<'_> {
+        self.inner.symbols.pin()
+    }
+
+    /// Texts for many orders: take the reader once, resolve each order with
+    /// it; under a pin taken before the orders were read.
     pub fn symbols(&self) -> SymbolsReader<'_> {
         self.inner.symbols.reader()
     }
@@ -911,22 +924,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next batch of events (at most 1024), waiting if there is none yet.
-    pub async fn recv(&mut self) -> Result<Vec<Event>, Lagged> {
+    /// Waits until the feed has changes past the cursor; false once the
+    /// broker is gone. Then [`Subscription::take`] them under a pin.
+    pub async fn ready(&mut self) -> bool {
         loop {
-            // Mark the current value seen before reading, so a publish that
-            // lands after the read wakes the wait below.
-            self.watch.borrow_and_update();
-            let batch = self.broker.events_since(self.next, 1024)?;
-            if let Some(last) = batch.last() {
-                self.next = Seq(last.seq.0 + 1);
-                return Ok(batch);
+            // Mark the current value seen before comparing, so a publish
+            // that lands after the check wakes the wait below.
+            if *self.watch.borrow_and_update() >= self.next {
+                return true;
             }
-            // The sender lives as long as the broker, which `self` keeps alive.
             if self.watch.changed().await.is_err() {
-                return Ok(Vec::new());
+                return false;
             }
         }
+    }
+
+    /// The next batch of events (at most 1024; empty if there is none
+    /// yet), read under `pin`: resolve their texts before it drops.
+    pub fn take(&mut self, _pin: &Pin<'_>) -> Result<Vec<Event>, Lagged> {
+        let batch = self.broker.events_since(self.next, 1024)?;
+        if let Some(last) = batch.last() {
+            self.next = Seq(last.seq.0 + 1);
+        }
+        Ok(batch)
     }
 }
 

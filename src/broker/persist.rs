@@ -55,6 +55,9 @@ impl Broker {
     /// and fails after [`CUT_ATTEMPTS`] (the journal is kept).
     pub(crate) fn dump(&self, mut out: impl FnMut(&Record) -> io::Result<()>) -> io::Result<Seq> {
         let inner = &self.inner;
+        // The copy is resolved record by record below: no word it uses is
+        // reclaimed until it is written out.
+        let _pin = self.pin();
         let mut attempt = 0;
         let (seq, orders, products, customers, templates) = loop {
             attempt += 1;

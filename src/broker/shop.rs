@@ -191,6 +191,7 @@ impl Broker {
                 });
             }
         }
+        let _pin = self.pin();
         let status_sym = self.inner.symbols.intern(status)?;
         let now = Millis::now();
         let shop = ShopOrder {
@@ -354,6 +355,7 @@ impl Broker {
 
     /// One page of orders matching `filter`, ascending by id, and the cursor
     /// for the next page (None when this page is the last).
+    /// The caller holds a pin (it resolves the orders).
     pub fn list_orders(&self, filter: &OrderFilter) -> (Vec<(OrderId, Order)>, Option<OrderId>) {
         let limit = filter.limit.max(1);
         let status = match &filter.status {
@@ -420,6 +422,7 @@ impl Broker {
         expected: Option<Version>,
     ) -> Result<Event, BrokerError> {
         self.check_len("status", status)?;
+        let _pin = self.pin();
         let sym = self.inner.symbols.intern(status)?;
         self.apply(id, super::Mode::Update, expected, |current| {
             // Which moves a shop order may make is `apply`'s (one table).
@@ -728,7 +731,7 @@ impl Broker {
             .numbers
             .get(number)
             .ok_or(BrokerError::OrderNotFound)?;
-        let words = Lifecycle::WORDS.map(|(w, _)| self.inner.symbols.lookup(w));
+        let words = Lifecycle::WORDS.map(|(w, _)| Some(self.inner.symbols.reserve(w)));
         self.apply(id, super::Mode::Update, expected, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
             let shop = current.shop.as_ref().ok_or(BrokerError::OrderNotFound)?;

@@ -183,6 +183,7 @@ pub async fn wait(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         }
     };
     let updates = text(&fields, "updates").is_some_and(|u| u == "true" || u == "1");
+    let _pin = app.broker().pin();
     let order = app
         .broker()
         .get(id)

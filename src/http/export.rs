@@ -100,12 +100,18 @@ impl Export {
     ) -> Option<(Result<Frame<Bytes>, std::convert::Infallible>, Export)> {
         let mut filter = self.filter.take()?;
         // Reading a page is quick and never waits, so it runs inline.
-        let (page, next) = self.broker.list_orders(&filter);
-        let mut out = Vec::with_capacity(page.len() * 256 + 64);
-        if self.first {
-            self.start(&mut out);
-        }
-        self.write_page(&page, &mut out);
+        let mut out = Vec::new();
+        let next = {
+            let broker = self.broker.clone();
+            let _pin = broker.pin();
+            let (page, next) = self.broker.list_orders(&filter);
+            out.reserve(page.len() * 256 + 64);
+            if self.first {
+                self.start(&mut out);
+            }
+            self.write_page(&page, &mut out);
+            next
+        };
         match next {
             Some(after) => {
                 filter.after = Some(after);

@@ -207,6 +207,7 @@ fn bulk(app: &App, body: &BulkIn, action: BulkAction<'_>) -> Result<Response<Bod
         )));
     }
     let ids: Vec<OrderId> = body.order_ids.iter().map(|id| OrderId(*id)).collect();
+    let _pin = app.broker().pin();
     let results = app.broker().bulk(&ids, action, policy);
     let symbols = app.broker().symbols();
     let mut applied = 0;

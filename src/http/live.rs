@@ -112,11 +112,15 @@ impl Live {
             };
             let mut feed = broker.subscribe(from);
             while self.open_streams() > 0 {
-                let batch = tokio::select! {
-                    batch = feed.recv() => batch,
+                let ready = tokio::select! {
+                    ready = feed.ready() => ready,
                     _ = closing.wait_for(|c| *c) => return,
                 };
-                let Ok(events) = batch else {
+                if !ready {
+                    return;
+                }
+                let pin = broker.pin();
+                let Ok(events) = feed.take(&pin) else {
                     // The renderer fell behind the history: go on from now and
                     // tell every stream, so each catches up or resyncs.
                     feed = broker.subscribe(Seq(broker.last_seq().0 + 1));
@@ -590,6 +594,8 @@ impl Stream {
     /// rest for after this chunk was taken (returns false), so a stream
     /// that catches up, or does not read, holds one chunk, never its backlog.
     fn fill(&mut self, until: Option<Seq>) -> bool {
+        let broker = self.broker.clone();
+        let _pin = broker.pin();
         loop {
             if self.out.len() >= MAX_CHUNK {
                 self.replay = true;
@@ -635,6 +641,7 @@ pub fn views(app: &App, viewer: Viewer) -> Response<Body> {
         completed: Vec<OrderBody<'a>>,
     }
     let broker = app.broker();
+    let _pin = broker.pin();
     let stages = [Stage::New, Stage::InProgress, Stage::Completed];
     let (seq, ids) = broker.snapshot(&stages);
     let orders: Vec<Vec<_>> = ids

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub connections: AtomicUsize,
     /// Finished orders evicted from memory since start.
     pub evicted: AtomicU64,
+    /// Interned words freed by sweeps since start.
+    pub symbols_reclaimed: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -63,6 +65,7 @@ impl Default for Metrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             connections: AtomicUsize::new(0),
             evicted: AtomicU64::new(0),
+            symbols_reclaimed: AtomicU64::new(0),
         }
     }
 }
@@ -198,7 +201,19 @@ pub fn render(app: &App) -> Response<Body> {
             counts[stage.index()]
         );
     }
-    let gauges: [(&str, &str, &str, f64); 7] = [
+    let gauges: [(&str, &str, &str, f64); 9] = [
+        (
+            "order_broker_symbols",
+            "gauge",
+            "Interned status words and orderbot ids that count against limits.max_symbols.",
+            broker.symbol_count() as f64,
+        ),
+        (
+            "order_broker_symbols_reclaimed_total",
+            "counter",
+            "Interned words freed because no order used them any more.",
+            m.symbols_reclaimed.load(Ordering::Relaxed) as f64,
+        ),
         (
             "order_broker_evicted_orders_total",
             "counter",

@@ -595,12 +595,35 @@ impl App {
         req: &Req,
         caller: Option<&crate::auth::Caller>,
     ) -> Result<Response<Body>, ApiError> {
-        let read = req.method == Method::GET || req.method == Method::HEAD;
         let m = &req.method;
         match route {
             Route::Update if m == Method::PUT || m == Method::POST => {
-                order_store::update(self, req).await
+                return order_store::update(self, req).await;
             }
+            Route::Intake if m == Method::POST => return cpee::intake(self, req).await,
+            Route::NextOrder if m == Method::GET || m == Method::HEAD || m == Method::POST => {
+                return cpee::next_order(self, req).await;
+            }
+            Route::CpeeWait if m == Method::POST => return cpee::wait(self, req).await,
+            _ => {}
+        }
+        // Every other handler runs to its answer without waiting, under one
+        // pin: no word an order it reads uses is reclaimed meanwhile (see
+        // `crate::symbols`). Those above take their own pins.
+        let _pin = self.broker.pin();
+        self.answer_now(route, req, caller)
+    }
+
+    /// The handlers that answer at once (see [`App::handler`]).
+    fn answer_now(
+        &self,
+        route: Route,
+        req: &Req,
+        caller: Option<&crate::auth::Caller>,
+    ) -> Result<Response<Body>, ApiError> {
+        let read = req.method == Method::GET || req.method == Method::HEAD;
+        let m = &req.method;
+        match route {
             Route::GetAll if read => Ok(order_store::get_all(self)),
             Route::GetCurrentOrder if read => Ok(order_store::get_current_order(self)),
             Route::GetCompletedOrders if read => Ok(order_store::get_completed_orders(self)),
@@ -664,9 +687,6 @@ impl App {
             }
             Route::Views if read => Ok(live::views(self, access::viewer(self, route, caller))),
             Route::Board if read => Ok(live::board(self)),
-            Route::Intake if m == Method::POST => cpee::intake(self, req).await,
-            Route::NextOrder if read || m == Method::POST => cpee::next_order(self, req).await,
-            Route::CpeeWait if m == Method::POST => cpee::wait(self, req).await,
             Route::CpeeCallbacks if read => cpee::callbacks(self, req),
             Route::CpeeCallback if m == Method::DELETE => cpee::callbacks(self, req),
             _ => Err(ApiError::method_not_allowed(route.allow())),

@@ -157,6 +157,7 @@ pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiErro
     let id = id
         .and_then(|t| parse_order_id(Field::Text(t)).ok())
         .ok_or_else(not_found)?;
+    let _pin = app.broker().pin();
     let order = app.broker().get(id).ok_or_else(not_found)?;
     let symbols = app.broker().symbols();
     let mut response = json_response(
@@ -186,6 +187,7 @@ pub fn get_all(app: &App) -> Response<Body> {
         orderbot_id: Option<&'a str>,
     }
     app.views.serve(app, View::All, |broker| {
+        let _pin = broker.pin();
         let orders = broker.all_orders();
         let symbols = broker.symbols();
         let rows: Vec<Row<'_>> = orders
@@ -209,6 +211,7 @@ pub fn get_current_order(app: &App) -> Response<Body> {
         status: &'a str,
     }
     app.views.serve(app, View::Current, |broker| {
+        let _pin = broker.pin();
         let orders = broker.stage_orders(Stage::InProgress);
         let symbols = broker.symbols();
         let rows: Vec<Row<'_>> = orders

@@ -456,6 +456,10 @@ impl Writer {
         let mut good = 0;
         let mut unreadable = None;
         'chunks: for chunk in batch.chunks(256) {
+            // The events were read from the feed long ago; a sweep waits for
+            // `written_seq` to pass them before it frees a word (the pin
+            // only makes the reader's rule visible here).
+            let _pin = self.broker.pin();
             let symbols = self.broker.symbols();
             for unit in chunk {
                 let record = unit.record(&symbols);
@@ -510,7 +514,7 @@ impl Writer {
             self.written = batch.last().expect("not empty").last_seq();
             self.stats
                 .written_seq
-                .store(self.written.0, Ordering::Relaxed);
+                .store(self.written.0, Ordering::Release);
             self.dirty = true;
         }
         if self.buf.capacity() > 1 << 22 {
