@@ -369,7 +369,8 @@ pub struct CpeeConfig {
     /// Hosts (`host` or `host:port`) callbacks may go to; empty: any (then
     /// whoever may call `/cpee/wait` makes the broker PUT to any address).
     pub callback_allow: Vec<String>,
-    /// Callback deliveries in flight at once (each holds one connection).
+    /// Callback deliveries in flight at once, and the connections open for
+    /// them (in flight or idle, to every host together).
     pub max_deliveries: usize,
     /// Milliseconds one callback PUT may take.
     pub callback_timeout_ms: u64,

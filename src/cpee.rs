@@ -12,6 +12,7 @@
 //! - answers are PUT by a retrying client (backoff on connection errors and
 //!   5xx, stop on 404/503, which CPEE answers for a closed callback); a work
 //!   answer that cannot be delivered puts its order back at the queue's head;
+//!   the sockets they go out on are bounded in all (`pool`);
 //! - a re-sent call (same instance UUID and callback id) gets the first
 //!   call's answer and takes nothing twice.
 
@@ -25,9 +26,6 @@ use dashmap::DashMap;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -37,6 +35,8 @@ use crate::broker::Broker;
 use crate::config::CpeeConfig;
 use crate::feed::Demand;
 use crate::model::{Millis, Order, OrderId, Stage};
+
+mod pool;
 
 /// The CPEE headers of a call.
 #[derive(Debug, Clone, Default)]
@@ -149,9 +149,10 @@ pub struct Cpee {
     next_id: AtomicU64,
     /// Answers of calls with a resend key, and when they were given.
     resent: DashMap<String, (Instant, Answer)>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Connections for deliveries: at most `cpee.max_deliveries` open.
+    pool: Arc<pool::Pool>,
     /// Deliveries in flight at once (`cpee.max_deliveries`): they share
-    /// the client's pool, so N pending callbacks never open N sockets.
+    /// the pool, so N pending callbacks never open N sockets.
     deliveries: Arc<tokio::sync::Semaphore>,
 }
 
@@ -181,11 +182,10 @@ impl std::fmt::Display for CpeeError {
 
 impl Cpee {
     pub fn new(broker: Broker, config: CpeeConfig) -> Arc<Cpee> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.callback_timeout_ms)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.max_deliveries)
-            .build(connector);
+        let pool = pool::Pool::new(
+            config.max_deliveries,
+            Duration::from_millis(config.callback_timeout_ms),
+        );
         let deliveries = Arc::new(tokio::sync::Semaphore::new(config.max_deliveries));
         Arc::new(Cpee {
             broker,
@@ -197,7 +197,7 @@ impl Cpee {
             pending: DashMap::new(),
             next_id: AtomicU64::new(1),
             resent: DashMap::new(),
-            client,
+            pool,
             deliveries,
         })
     }
@@ -539,21 +539,25 @@ impl Cpee {
                     let Ok(_slot) = self.deliveries.acquire().await else {
                         return;
                     };
-                    tokio::time::timeout(timeout, self.client.request(request)).await
+                    tokio::time::timeout(timeout, self.pool.send(request)).await
                 };
                 let retry = match outcome {
-                    Ok(Ok(response)) if response.status().is_success() => {
+                    Ok(Ok(status)) if status.is_success() => {
                         if !update {
                             self.pending.remove(&callback);
                         }
                         return;
                     }
-                    Ok(Ok(response)) if matches!(response.status().as_u16(), 404 | 503 | 508) => {
-                        debug!(callback, status = %response.status(), "callback closed by CPEE");
+                    Ok(Ok(status)) if matches!(status.as_u16(), 404 | 503 | 508) => {
+                        debug!(callback, %status, "callback closed by CPEE");
                         return self.give_up(callback, order);
                     }
-                    Ok(Ok(response)) => response.status().is_server_error(),
-                    Ok(Err(_)) | Err(_) => true,
+                    Ok(Ok(status)) => status.is_server_error(),
+                    Ok(Err(e)) => {
+                        debug!(callback, error = %e.0, "callback not delivered");
+                        true
+                    }
+                    Err(_) => true,
                 };
                 if !retry || attempts >= self.config.callback_retries {
                     warn!(callback, attempts, "giving up on a callback");
