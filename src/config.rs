@@ -374,7 +374,7 @@ pub struct CpeeConfig {
     pub max_deliveries: usize,
     /// Milliseconds one callback PUT may take.
     pub callback_timeout_ms: u64,
-    /// Attempts before a callback is given up.
+    /// Failed attempts at one answer before its callback is given up.
     pub callback_retries: u32,
     /// Milliseconds before the first retry; doubles each time, up to 10 s.
     pub callback_backoff_ms: u64,
@@ -382,6 +382,9 @@ pub struct CpeeConfig {
     pub max_wait_secs: u64,
     /// Most callbacks pending (and re-send answers kept) at once.
     pub max_pending: usize,
+    /// Least milliseconds between two `CPEE-UPDATE` PUTs to one callback;
+    /// changes meanwhile are coalesced into the newest. 0: no pause.
+    pub min_update_interval_ms: u64,
     /// Seconds a call's answer is kept to answer a re-sent call the same.
     pub resend_memory_secs: u64,
     /// Status of an order taken in by `POST /orders/intake`.
@@ -398,6 +401,7 @@ impl Default for CpeeConfig {
             callback_backoff_ms: 200,
             max_wait_secs: 60,
             max_pending: 10_000,
+            min_update_interval_ms: 50,
             resend_memory_secs: 3600,
             intake_status: "Order Initiated".into(),
         }
@@ -813,6 +817,7 @@ mod tests {
                     r#"["Order Initiated", "Queued"]"#,
                 ),
                 ("ORDER_BROKER_ORDER_STORE_URL_GET_ALL", "/all"),
+                ("ORDER_BROKER_CPEE_MIN_UPDATE_INTERVAL_MS", "0"),
                 ("PATH", "/usr/bin"),
             ]))
             .unwrap();
@@ -820,6 +825,7 @@ mod tests {
         assert_eq!(config.limits.max_body_bytes, 1000);
         assert_eq!(config.stages.new, ["Order Initiated", "Queued"]);
         assert_eq!(config.order_store.url_get_all, "/all");
+        assert_eq!(config.cpee.min_update_interval_ms, 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! CPEE callbacks under a hostile load, against the real binary and a real
-//! (slow) callback server that records every PUT and every connection:
-//! thousands of callbacks owed at once.
+//! CPEE callbacks under a hostile load, against the real binary with its
+//! memory watched and a real (slow) callback server that records every PUT
+//! and every connection: a writer changing one order thousands of times
+//! under many `updates=true` waits, and thousands of callbacks owed at once.
 //!
 //! Set `OB_TEST_BROKER_BIN` to run them against another build.
 
@@ -25,6 +26,16 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
 
 fn start(dir: &std::path::Path, env: &[(&'static str, &str)]) -> Broker {
     let mut start = Start::new(dir).env("ORDER_BROKER_PERSISTENCE_MODE", "memory");
@@ -68,6 +79,14 @@ impl Seen {
         self.puts.lock().len()
     }
 
+    fn by_path(&self) -> HashMap<String, Vec<Put>> {
+        let mut out: HashMap<String, Vec<Put>> = HashMap::new();
+        for put in self.puts.lock().iter() {
+            out.entry(put.path.clone()).or_default().push(put.clone());
+        }
+        out
+    }
+
     /// Connections the broker has not closed: the kernel has no end of
     /// stream for them. (Our own count of served connections runs ahead of
     /// this for a moment when the broker closes one and opens the next
@@ -105,6 +124,11 @@ async fn callback_servers(servers: usize, delay: Duration) -> (Vec<SocketAddr>, 
         tokio::spawn(serve(listener, delay, seen.clone()));
     }
     (addrs, seen)
+}
+
+async fn callback_server(delay: Duration) -> (SocketAddr, Arc<Seen>) {
+    let (addrs, seen) = callback_servers(1, delay).await;
+    (addrs[0], seen)
 }
 
 async fn serve(listener: TcpListener, delay: Duration, seen: Arc<Seen>) {
@@ -179,6 +203,13 @@ async fn wait(client: &mut Client, order: u64, url: &str, updates: bool) -> comm
         .await
 }
 
+async fn version(client: &mut Client, order: u64) -> u64 {
+    let reply = client
+        .send(Method::GET, &format!("/get_status/{order}"), &[], "")
+        .await;
+    reply.json()["version"].as_u64().unwrap()
+}
+
 async fn pending(client: &mut Client) -> usize {
     let reply = client.send(Method::GET, "/cpee/callbacks", &[], "").await;
     reply.json().as_array().unwrap().len()
@@ -194,6 +225,101 @@ async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     done()
+}
+
+/// 64 `updates=true` waits on one order, 5,000 changes to it as fast as one
+/// writer makes them, and a CPEE that takes 20 ms per PUT. Each callback has
+/// at most one PUT in flight and gets only the newest state when it is
+/// free, so deliveries stay far below waits × changes, memory stays flat,
+/// versions only rise, each callback's last update is the order's last
+/// state, and the final answer comes last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_writer_under_many_update_waits_gets_coalesced_deliveries() {
+    const WAITS: usize = 64;
+    const CHANGES: usize = 5_000;
+    const DELAY: Duration = Duration::from_millis(20);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &[]);
+    let (cpee, seen) = callback_server(DELAY).await;
+    let mut writer = client(&broker).await;
+    update(&mut writer, 1, "Order Initiated").await;
+    for i in 0..WAITS {
+        let reply = wait(&mut writer, 1, &format!("http://{cpee}/cb/{i}"), true).await;
+        assert_eq!(reply.header("cpee-callback"), Some("true"), "wait {i}");
+    }
+    let before = rss_mb(broker.pid);
+    let mut peak = before;
+    let started = Instant::now();
+    for n in 0..CHANGES {
+        update(&mut writer, 1, ["Mixing", "Pouring"][n % 2]).await;
+        if n % 250 == 0 {
+            peak = peak.max(rss_mb(broker.pid));
+        }
+    }
+    let last = version(&mut writer, 1).await;
+    // Every callback's newest update reaches the order's last state.
+    let caught_up = eventually(Duration::from_secs(10), || {
+        let by_path = seen.by_path();
+        by_path.len() == WAITS
+            && by_path
+                .values()
+                .all(|puts| puts.last().is_some_and(|p| p.version == last))
+    })
+    .await;
+    let took = started.elapsed();
+    peak = peak.max(rss_mb(broker.pid));
+    let growth = peak - before;
+    let delivered = seen.count();
+    assert!(
+        caught_up,
+        "after {took:?} not every callback got version {last}: {delivered} PUTs so far, \
+         RSS grew {growth:.1} MB"
+    );
+    // One PUT in flight per callback at a time: each gets at most one per
+    // DELAY while the writer runs, however many changes there were.
+    let per_callback = (took.as_millis() / DELAY.as_millis()) as usize + 2;
+    for (path, puts) in seen.by_path() {
+        assert!(puts.len() <= per_callback, "{path}: {} PUTs", puts.len());
+        assert!(puts.iter().all(|p| p.update), "{path}: only updates so far");
+        assert!(
+            puts.windows(2).all(|w| w[0].version < w[1].version),
+            "{path}: versions out of order: {:?}",
+            puts.iter().map(|p| p.version).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(seen.max_in_flight_per_path.load(Ordering::SeqCst), 1);
+    assert!(
+        delivered < WAITS * CHANGES / 10,
+        "{delivered} PUTs for {WAITS} waits × {CHANGES} changes"
+    );
+    assert!(
+        growth < 40.0,
+        "RSS grew {growth:.1} MB over {CHANGES} changes under {WAITS} waits"
+    );
+
+    // The target state: each callback's final answer, last, once.
+    update(&mut writer, 1, "Order Served").await;
+    let finished = eventually(Duration::from_secs(5), || {
+        seen.by_path()
+            .values()
+            .filter(|puts| puts.last().is_some_and(|p| !p.update))
+            .count()
+            == WAITS
+    })
+    .await;
+    assert!(finished, "not every callback got its final answer");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (path, puts) in seen.by_path() {
+        let finals: Vec<&Put> = puts.iter().filter(|p| !p.update).collect();
+        assert_eq!(finals.len(), 1, "{path}");
+        let end = puts.last().unwrap();
+        assert!(!end.update, "{path}: an update after the final answer");
+        assert_eq!(
+            (end.status.as_str(), end.version),
+            ("Order Served", last + 1)
+        );
+    }
+    assert_eq!(pending(&mut writer).await, 0);
 }
 
 /// 2,000 callbacks owed at once (50 waits on each of 40 orders, all
