@@ -382,6 +382,8 @@ pub struct CpeeConfig {
     pub max_wait_secs: u64,
     /// Most callbacks pending (and re-send answers kept) at once.
     pub max_pending: usize,
+    /// Most state waits (`/cpee/wait` callbacks) pending on one order.
+    pub max_waits_per_order: usize,
     /// Least milliseconds between two `CPEE-UPDATE` PUTs to one callback;
     /// changes meanwhile are coalesced into the newest. 0: no pause.
     pub min_update_interval_ms: u64,
@@ -401,6 +403,7 @@ impl Default for CpeeConfig {
             callback_backoff_ms: 200,
             max_wait_secs: 60,
             max_pending: 10_000,
+            max_waits_per_order: 64,
             min_update_interval_ms: 50,
             resend_memory_secs: 3600,
             intake_status: "Order Initiated".into(),
@@ -718,6 +721,7 @@ impl Config {
             ("cpee.callback_retries", self.cpee.callback_retries as usize),
             ("cpee.max_deliveries", self.cpee.max_deliveries),
             ("cpee.max_pending", self.cpee.max_pending),
+            ("cpee.max_waits_per_order", self.cpee.max_waits_per_order),
             (
                 "http.idempotency_ttl_secs",
                 self.http.idempotency_ttl_secs as usize,
@@ -817,6 +821,7 @@ mod tests {
                     r#"["Order Initiated", "Queued"]"#,
                 ),
                 ("ORDER_BROKER_ORDER_STORE_URL_GET_ALL", "/all"),
+                ("ORDER_BROKER_CPEE_MAX_WAITS_PER_ORDER", "8"),
                 ("ORDER_BROKER_CPEE_MIN_UPDATE_INTERVAL_MS", "0"),
                 ("PATH", "/usr/bin"),
             ]))
@@ -825,6 +830,7 @@ mod tests {
         assert_eq!(config.limits.max_body_bytes, 1000);
         assert_eq!(config.stages.new, ["Order Initiated", "Queued"]);
         assert_eq!(config.order_store.url_get_all, "/all");
+        assert_eq!(config.cpee.max_waits_per_order, 8);
         assert_eq!(config.cpee.min_update_interval_ms, 0);
     }
 
@@ -856,6 +862,10 @@ mod tests {
                 "Order Initiated",
             ),
             ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes"),
+            (
+                "[cpee]\nmax_waits_per_order = 0\n",
+                "cpee.max_waits_per_order",
+            ),
             ("[limits]\nmax_quantity = 0\n", "max_quantity"),
             (
                 "[limits]\nmax_quantity = 1000000000000000\n",

@@ -205,6 +205,7 @@ pub enum CpeeError {
     CallbackNotAllowed(String),
     BadCallback(String),
     TooManyCallbacks,
+    TooManyWaits { order: OrderId, max: usize },
 }
 
 impl std::fmt::Display for CpeeError {
@@ -214,7 +215,13 @@ impl std::fmt::Display for CpeeError {
                 write!(f, "callback host {host} is not in cpee.callback_allow")
             }
             CpeeError::BadCallback(url) => write!(f, "CPEE-CALLBACK {url:?} is not an http:// URL"),
-            CpeeError::TooManyCallbacks => f.write_str("too many pending callbacks; retry later"),
+            CpeeError::TooManyCallbacks => {
+                f.write_str("too many pending callbacks (cpee.max_pending); retry later")
+            }
+            CpeeError::TooManyWaits { order, max } => write!(
+                f,
+                "order {order} already has {max} callbacks waiting on it (cpee.max_waits_per_order); retry later"
+            ),
         }
     }
 }
@@ -433,32 +440,50 @@ impl Cpee {
 
     /// Registers a state wait, or answers at once: Some(order) if the order is
     /// already there. The wait is registered before the check, so no change
-    /// can slip between them.
+    /// can slip between them. Refused past `cpee.max_waits_per_order`.
     pub fn wait_for_state(
         self: &Arc<Self>,
         call: &CpeeCall,
         order: OrderId,
         target: Target,
         updates: bool,
-    ) -> Option<Order> {
+    ) -> Result<Option<Order>, CpeeError> {
+        let max = self.config.max_waits_per_order;
+        let full = |waits: &HashMap<OrderId, Vec<StateWait>>| {
+            waits.get(&order).is_some_and(|list| list.len() >= max)
+        };
+        if full(&self.waits.lock()) {
+            return Err(CpeeError::TooManyWaits { order, max });
+        }
         // Every change from now on must be checked against this wait: note
         // where "now" is, count the wait, then wake the feed task from there.
         let from = crate::model::Seq(self.broker.last_seq().0 + 1);
         let id = self.register("wait", call, Some(order), None);
-        self.waits.lock().entry(order).or_default().push(StateWait {
-            callback: id,
-            target: target.clone(),
-            updates,
-        });
+        {
+            let mut waits = self.waits.lock();
+            // Checked again where it counts: two waits may race for the last place.
+            if full(&waits) {
+                drop(waits);
+                self.pending.remove(&id);
+                return Err(CpeeError::TooManyWaits { order, max });
+            }
+            waits.entry(order).or_default().push(StateWait {
+                callback: id,
+                target: target.clone(),
+                updates,
+            });
+        }
         self.wait_count.fetch_add(1, Ordering::AcqRel);
         self.demand.want(from);
-        let current = self.broker.get(order)?;
+        let Some(current) = self.broker.get(order) else {
+            return Ok(None);
+        };
         if self.reached(&current, &target) && self.drop_wait(order, id) {
             self.pending.remove(&id);
             self.outbox.remove(&id);
-            return Some(current);
+            return Ok(Some(current));
         }
-        None
+        Ok(None)
     }
 
     /// Removes a wait; true if this call removed it (so it owns the answer).

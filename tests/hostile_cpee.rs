@@ -1,7 +1,8 @@
 //! CPEE callbacks under a hostile load, against the real binary with its
 //! memory watched and a real (slow) callback server that records every PUT
 //! and every connection: a writer changing one order thousands of times
-//! under many `updates=true` waits, and thousands of callbacks owed at once.
+//! under many `updates=true` waits, too many waits on one order, and
+//! thousands of callbacks owed at once.
 //!
 //! Set `OB_TEST_BROKER_BIN` to run them against another build.
 
@@ -320,6 +321,66 @@ async fn a_hostile_writer_under_many_update_waits_gets_coalesced_deliveries() {
         );
     }
     assert_eq!(pending(&mut writer).await, 0);
+}
+
+/// `cpee.max_waits_per_order` (64 by default) bounds the callbacks one order
+/// holds: the next wait is refused like one past `cpee.max_pending` (503,
+/// naming the key), other orders still take waits, and a wait that ends
+/// makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_past_max_waits_per_order_are_refused() {
+    const MAX: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &[]);
+    let (cpee, _seen) = callback_server(Duration::ZERO).await;
+    let mut c = client(&broker).await;
+    update(&mut c, 1, "Order Initiated").await;
+    update(&mut c, 2, "Order Initiated").await;
+    for i in 0..MAX {
+        let reply = wait(&mut c, 1, &format!("http://{cpee}/cb/{i}"), i % 2 == 0).await;
+        assert_eq!(reply.header("cpee-callback"), Some("true"), "wait {i}");
+    }
+    let reply = wait(&mut c, 1, &format!("http://{cpee}/cb/extra"), true).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert!(
+        reply.error().contains("cpee.max_waits_per_order"),
+        "{:?}",
+        reply.error()
+    );
+    assert_eq!(reply.header("cpee-callback"), None);
+    assert_eq!(
+        pending(&mut c).await,
+        MAX,
+        "the refused wait is not pending"
+    );
+    // Another order is not affected.
+    let reply = wait(&mut c, 2, &format!("http://{cpee}/cb/other"), true).await;
+    assert_eq!(reply.header("cpee-callback"), Some("true"));
+    // Cancelling one of order 1's waits makes room for one more.
+    let callbacks = c.send(Method::GET, "/cpee/callbacks", &[], "").await.json();
+    let first = callbacks[0]["id"].as_u64().unwrap();
+    let reply = c
+        .send(Method::DELETE, &format!("/cpee/callbacks/{first}"), &[], "")
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = wait(&mut c, 1, &format!("http://{cpee}/cb/again"), false).await;
+    assert_eq!(reply.header("cpee-callback"), Some("true"));
+    let reply = wait(&mut c, 1, &format!("http://{cpee}/cb/again2"), false).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Once the order gets there, its waits are answered and room is back.
+    update(&mut c, 1, "Order Served").await;
+    let mut answered = false;
+    for _ in 0..250 {
+        if pending(&mut c).await == 1 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "order 1's waits were answered");
+    update(&mut c, 1, "Mixing").await;
+    let reply = wait(&mut c, 1, &format!("http://{cpee}/cb/later"), false).await;
+    assert_eq!(reply.header("cpee-callback"), Some("true"));
 }
 
 /// 2,000 callbacks owed at once (50 waits on each of 40 orders, all
