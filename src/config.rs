@@ -369,11 +369,12 @@ pub struct CpeeConfig {
     /// Hosts (`host` or `host:port`) callbacks may go to; empty: any (then
     /// whoever may call `/cpee/wait` makes the broker PUT to any address).
     pub callback_allow: Vec<String>,
-    /// Callback deliveries in flight at once (each holds one connection).
+    /// Callback deliveries in flight at once, and the connections open for
+    /// them (in flight or idle, to every host together).
     pub max_deliveries: usize,
     /// Milliseconds one callback PUT may take.
     pub callback_timeout_ms: u64,
-    /// Attempts before a callback is given up.
+    /// Failed attempts at one answer before its callback is given up.
     pub callback_retries: u32,
     /// Milliseconds before the first retry; doubles each time, up to 10 s.
     pub callback_backoff_ms: u64,
@@ -381,6 +382,11 @@ pub struct CpeeConfig {
     pub max_wait_secs: u64,
     /// Most callbacks pending (and re-send answers kept) at once.
     pub max_pending: usize,
+    /// Most state waits (`/cpee/wait` callbacks) pending on one order.
+    pub max_waits_per_order: usize,
+    /// Least milliseconds between two `CPEE-UPDATE` PUTs to one callback;
+    /// changes meanwhile are coalesced into the newest. 0: no pause.
+    pub min_update_interval_ms: u64,
     /// Seconds a call's answer is kept to answer a re-sent call the same.
     pub resend_memory_secs: u64,
     /// Status of an order taken in by `POST /orders/intake`.
@@ -397,6 +403,8 @@ impl Default for CpeeConfig {
             callback_backoff_ms: 200,
             max_wait_secs: 60,
             max_pending: 10_000,
+            max_waits_per_order: 64,
+            min_update_interval_ms: 50,
             resend_memory_secs: 3600,
             intake_status: "Order Initiated".into(),
         }
@@ -713,6 +721,7 @@ impl Config {
             ("cpee.callback_retries", self.cpee.callback_retries as usize),
             ("cpee.max_deliveries", self.cpee.max_deliveries),
             ("cpee.max_pending", self.cpee.max_pending),
+            ("cpee.max_waits_per_order", self.cpee.max_waits_per_order),
             (
                 "http.idempotency_ttl_secs",
                 self.http.idempotency_ttl_secs as usize,
@@ -812,6 +821,8 @@ mod tests {
                     r#"["Order Initiated", "Queued"]"#,
                 ),
                 ("ORDER_BROKER_ORDER_STORE_URL_GET_ALL", "/all"),
+                ("ORDER_BROKER_CPEE_MAX_WAITS_PER_ORDER", "8"),
+                ("ORDER_BROKER_CPEE_MIN_UPDATE_INTERVAL_MS", "0"),
                 ("PATH", "/usr/bin"),
             ]))
             .unwrap();
@@ -819,6 +830,8 @@ mod tests {
         assert_eq!(config.limits.max_body_bytes, 1000);
         assert_eq!(config.stages.new, ["Order Initiated", "Queued"]);
         assert_eq!(config.order_store.url_get_all, "/all");
+        assert_eq!(config.cpee.max_waits_per_order, 8);
+        assert_eq!(config.cpee.min_update_interval_ms, 0);
     }
 
     #[test]
@@ -849,6 +862,10 @@ mod tests {
                 "Order Initiated",
             ),
             ("[limits]\nmax_body_bytes = 0\n", "max_body_bytes"),
+            (
+                "[cpee]\nmax_waits_per_order = 0\n",
+                "cpee.max_waits_per_order",
+            ),
             ("[limits]\nmax_quantity = 0\n", "max_quantity"),
             (
                 "[limits]\nmax_quantity = 1000000000000000\n",

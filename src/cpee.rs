@@ -12,6 +12,12 @@
 //! - answers are PUT by a retrying client (backoff on connection errors and
 //!   5xx, stop on 404/503, which CPEE answers for a closed callback); a work
 //!   answer that cannot be delivered puts its order back at the queue's head;
+//! - each callback has at most one delivery task and one answer waiting
+//!   behind it: a newer state replaces a waiting update, a final answer
+//!   replaces it and ends the callback, so a writer changing an order fast
+//!   costs each wait its newest state, at most once per
+//!   `cpee.min_update_interval_ms`; the sockets they go out on are bounded
+//!   in all (`pool`);
 //! - a re-sent call (same instance UUID and callback id) gets the first
 //!   call's answer and takes nothing twice.
 
@@ -25,18 +31,17 @@ use dashmap::DashMap;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, warn};
 
 use crate::broker::Broker;
 use crate::config::CpeeConfig;
 use crate::feed::Demand;
-use crate::model::{Millis, Order, OrderId, Stage};
+use crate::model::{Millis, Order, OrderId, Stage, Version};
+
+mod pool;
 
 /// The CPEE headers of a call.
 #[derive(Debug, Clone, Default)]
@@ -134,6 +139,37 @@ struct StateWait {
     updates: bool,
 }
 
+/// Which state of an order an update shows, oldest first: an order made
+/// again under its id starts later.
+type Mark = (Millis, Version);
+
+/// An answer owed to a callback.
+struct Owed {
+    body: Bytes,
+    /// An intermediate state (`CPEE-UPDATE: true`) with its mark; None for
+    /// the final answer, which ends the callback.
+    update: Option<Mark>,
+    /// A work answer's order, put back in the queue if it is not delivered.
+    order: Option<OrderId>,
+}
+
+/// A callback's deliveries: at most one task sends them, one at a time.
+#[derive(Default)]
+struct Outbox {
+    /// The answer to send next; a newer one replaces it.
+    next: Option<Owed>,
+    /// The newest state queued so far: an older one is never sent after it.
+    newest: Option<Mark>,
+    /// A final answer was queued: nothing comes after it.
+    finished: bool,
+    /// A task is delivering this callback's answers.
+    running: bool,
+    /// When the last update went out (for `min_update_interval_ms`).
+    last_update: Option<tokio::time::Instant>,
+    /// Wakes the task out of that pause when a final answer comes.
+    wake: Arc<Notify>,
+}
+
 pub struct Cpee {
     broker: Broker,
     config: CpeeConfig,
@@ -146,12 +182,16 @@ pub struct Cpee {
     demand: Demand,
     /// Callbacks not yet delivered, by id.
     pending: DashMap<u64, Pending>,
+    /// Answers owed to callbacks and whether a task delivers them, by id;
+    /// an entry lives as long as its callback is pending.
+    outbox: DashMap<u64, Outbox>,
     next_id: AtomicU64,
     /// Answers of calls with a resend key, and when they were given.
     resent: DashMap<String, (Instant, Answer)>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Connections for deliveries: at most `cpee.max_deliveries` open.
+    pool: Arc<pool::Pool>,
     /// Deliveries in flight at once (`cpee.max_deliveries`): they share
-    /// the client's pool, so N pending callbacks never open N sockets.
+    /// the pool, so N pending callbacks never open N sockets.
     deliveries: Arc<tokio::sync::Semaphore>,
 }
 
@@ -165,6 +205,7 @@ pub enum CpeeError {
     CallbackNotAllowed(String),
     BadCallback(String),
     TooManyCallbacks,
+    TooManyWaits { order: OrderId, max: usize },
 }
 
 impl std::fmt::Display for CpeeError {
@@ -174,18 +215,23 @@ impl std::fmt::Display for CpeeError {
                 write!(f, "callback host {host} is not in cpee.callback_allow")
             }
             CpeeError::BadCallback(url) => write!(f, "CPEE-CALLBACK {url:?} is not an http:// URL"),
-            CpeeError::TooManyCallbacks => f.write_str("too many pending callbacks; retry later"),
+            CpeeError::TooManyCallbacks => {
+                f.write_str("too many pending callbacks (cpee.max_pending); retry later")
+            }
+            CpeeError::TooManyWaits { order, max } => write!(
+                f,
+                "order {order} already has {max} callbacks waiting on it (cpee.max_waits_per_order); retry later"
+            ),
         }
     }
 }
 
 impl Cpee {
     pub fn new(broker: Broker, config: CpeeConfig) -> Arc<Cpee> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.callback_timeout_ms)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.max_deliveries)
-            .build(connector);
+        let pool = pool::Pool::new(
+            config.max_deliveries,
+            Duration::from_millis(config.callback_timeout_ms),
+        );
         let deliveries = Arc::new(tokio::sync::Semaphore::new(config.max_deliveries));
         Arc::new(Cpee {
             broker,
@@ -195,9 +241,10 @@ impl Cpee {
             wait_count: AtomicUsize::new(0),
             demand: Demand::default(),
             pending: DashMap::new(),
+            outbox: DashMap::new(),
             next_id: AtomicU64::new(1),
             resent: DashMap::new(),
-            client,
+            pool,
             deliveries,
         })
     }
@@ -277,6 +324,7 @@ impl Cpee {
         let Some((_, pending)) = self.pending.remove(&id) else {
             return false;
         };
+        self.outbox.remove(&id);
         match pending.kind {
             "next-order" => self
                 .dispatch
@@ -364,7 +412,14 @@ impl Cpee {
                         p.order_id = Some(order);
                     }
                     let body = self.order_json(order);
-                    self.clone().deliver(id, body, false, Some(order));
+                    self.owe(
+                        id,
+                        Owed {
+                            body,
+                            update: None,
+                            order: Some(order),
+                        },
+                    );
                 }
             }
         }
@@ -386,31 +441,50 @@ impl Cpee {
 
     /// Registers a state wait, or answers at once: Some(order) if the order is
     /// already there. The wait is registered before the check, so no change
-    /// can slip between them.
+    /// can slip between them. Refused past `cpee.max_waits_per_order`.
     pub fn wait_for_state(
         self: &Arc<Self>,
         call: &CpeeCall,
         order: OrderId,
         target: Target,
         updates: bool,
-    ) -> Option<Order> {
+    ) -> Result<Option<Order>, CpeeError> {
+        let max = self.config.max_waits_per_order;
+        let full = |waits: &HashMap<OrderId, Vec<StateWait>>| {
+            waits.get(&order).is_some_and(|list| list.len() >= max)
+        };
+        if full(&self.waits.lock()) {
+            return Err(CpeeError::TooManyWaits { order, max });
+        }
         // Every change from now on must be checked against this wait: note
         // where "now" is, count the wait, then wake the feed task from there.
         let from = crate::model::Seq(self.broker.last_seq().0 + 1);
         let id = self.register("wait", call, Some(order), None);
-        self.waits.lock().entry(order).or_default().push(StateWait {
-            callback: id,
-            target: target.clone(),
-            updates,
-        });
+        {
+            let mut waits = self.waits.lock();
+            // Checked again where it counts: two waits may race for the last place.
+            if full(&waits) {
+                drop(waits);
+                self.pending.remove(&id);
+                return Err(CpeeError::TooManyWaits { order, max });
+            }
+            waits.entry(order).or_default().push(StateWait {
+                callback: id,
+                target: target.clone(),
+                updates,
+            });
+        }
         self.wait_count.fetch_add(1, Ordering::AcqRel);
         self.demand.want(from);
-        let current = self.broker.get(order)?;
+        let Some(current) = self.broker.get(order) else {
+            return Ok(None);
+        };
         if self.reached(&current, &target) && self.drop_wait(order, id) {
             self.pending.remove(&id);
-            return Some(current);
+            self.outbox.remove(&id);
+            return Ok(Some(current));
         }
-        None
+        Ok(None)
     }
 
     /// Removes a wait; true if this call removed it (so it owns the answer).
@@ -498,80 +572,199 @@ impl Cpee {
         };
         self.wait_count.fetch_sub(done.len(), Ordering::Relaxed);
         let body = crate::http::order_json(&self.broker, id, order);
+        let mark = (order.created.get(), order.version);
         for callback in updates {
-            self.clone().deliver(callback, body.clone(), true, None);
+            let body = body.clone();
+            let update = Some(mark);
+            self.owe(
+                callback,
+                Owed {
+                    body,
+                    update,
+                    order: None,
+                },
+            );
         }
         for callback in done {
-            self.clone().deliver(callback, body.clone(), false, None);
+            let body = body.clone();
+            self.owe(
+                callback,
+                Owed {
+                    body,
+                    update: None,
+                    order: None,
+                },
+            );
         }
     }
 
-    /// PUTs `body` to a pending callback, retrying with backoff. `update`
-    /// marks an intermediate answer (`CPEE-UPDATE: true`) that keeps the
-    /// callback open. A work answer (`order`) that cannot be delivered puts
-    /// the order back at the head of the queue.
-    fn deliver(self: Arc<Self>, callback: u64, body: Bytes, update: bool, order: Option<OrderId>) {
-        tokio::spawn(async move {
+    /// Queues an answer for a callback, behind the one in flight: a newer
+    /// update replaces a waiting one, a final answer replaces any update,
+    /// and nothing follows a final answer. Starts the callback's delivery
+    /// task if none runs.
+    fn owe(self: &Arc<Self>, callback: u64, owed: Owed) {
+        let start = {
+            let mut outbox = self.outbox.entry(callback).or_default();
+            if outbox.finished {
+                return;
+            }
+            match owed.update {
+                Some(mark) => {
+                    if outbox.newest.is_some_and(|newest| newest >= mark) {
+                        return; // this state or a newer one is on its way
+                    }
+                    outbox.newest = Some(mark);
+                }
+                None => {
+                    outbox.finished = true;
+                    outbox.wake.notify_one();
+                }
+            }
+            outbox.next = Some(owed);
+            let idle = !outbox.running;
+            outbox.running = true;
+            idle
+        };
+        if start {
+            tokio::spawn(self.clone().deliver(callback));
+        }
+    }
+
+    /// A callback's delivery task: sends its answers one at a time, the
+    /// newest each time, until none is left or the callback ends.
+    async fn deliver(self: Arc<Self>, callback: u64) {
+        let interval = Duration::from_millis(self.config.min_update_interval_ms);
+        loop {
+            // An update waits out the interval since the last one (a newer
+            // one may replace it meanwhile); a final answer does not.
+            let pause = {
+                let Some(mut outbox) = self.outbox.get_mut(&callback) else {
+                    return; // the callback ended
+                };
+                match &outbox.next {
+                    None => {
+                        outbox.running = false;
+                        return;
+                    }
+                    Some(owed) if owed.update.is_some() => outbox
+                        .last_update
+                        .map(|at| at + interval)
+                        .filter(|until| *until > tokio::time::Instant::now())
+                        .map(|until| (until, outbox.wake.clone())),
+                    Some(_) => None,
+                }
+            };
+            if let Some((until, wake)) = pause {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = wake.notified() => {}
+                }
+                continue;
+            }
+            let owed = {
+                let Some(mut outbox) = self.outbox.get_mut(&callback) else {
+                    return;
+                };
+                let Some(owed) = outbox.next.take() else {
+                    outbox.running = false;
+                    return;
+                };
+                if owed.update.is_some() {
+                    outbox.last_update = Some(tokio::time::Instant::now());
+                }
+                owed
+            };
+            if !self.send(callback, owed).await {
+                return;
+            }
+        }
+    }
+
+    /// PUTs one answer, retrying with backoff; true if the callback stays
+    /// open (an update was delivered). An update marks itself with
+    /// `CPEE-UPDATE: true`. A work answer (`order`) that cannot be
+    /// delivered puts the order back at the head of the queue. A newer
+    /// answer that comes while a retry waits is sent instead.
+    async fn send(self: &Arc<Self>, callback: u64, mut owed: Owed) -> bool {
+        let mut delay = Duration::from_millis(self.config.callback_backoff_ms);
+        let timeout = Duration::from_millis(self.config.callback_timeout_ms);
+        let mut failed = 0;
+        loop {
             // What a callback reports (an order handed out, a state reached)
             // is on disk before CPEE hears of it.
             if self.broker.durable().await.is_err() {
                 warn!(callback, "journal failed: the callback is not sent");
-                return self.give_up(callback, order);
+                self.give_up(callback, owed.order);
+                return false;
             }
-            let mut delay = Duration::from_millis(self.config.callback_backoff_ms);
-            let timeout = Duration::from_millis(self.config.callback_timeout_ms);
-            loop {
-                let Some(url) = self.pending.get_mut(&callback).map(|mut p| {
-                    p.attempts += 1;
-                    p.url.clone()
-                }) else {
-                    return; // cancelled
-                };
-                let attempts = self.pending.get(&callback).map_or(0, |p| p.attempts);
-                let mut request = Request::builder()
-                    .method(Method::PUT)
-                    .uri(&url)
-                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                    .header(LOOP_HEADER, HeaderValue::from_static("1"));
-                if update {
-                    request = request.header("cpee-update", "true");
-                }
-                let request = match request.body(Full::new(body.clone())) {
-                    Ok(r) => r,
-                    Err(_) => return self.give_up(callback, order),
-                };
-                let outcome = {
-                    // Closed only at shutdown; then the callback is not sent.
-                    let Ok(_slot) = self.deliveries.acquire().await else {
-                        return;
-                    };
-                    tokio::time::timeout(timeout, self.client.request(request)).await
-                };
-                let retry = match outcome {
-                    Ok(Ok(response)) if response.status().is_success() => {
-                        if !update {
-                            self.pending.remove(&callback);
-                        }
-                        return;
-                    }
-                    Ok(Ok(response)) if matches!(response.status().as_u16(), 404 | 503 | 508) => {
-                        debug!(callback, status = %response.status(), "callback closed by CPEE");
-                        return self.give_up(callback, order);
-                    }
-                    Ok(Ok(response)) => response.status().is_server_error(),
-                    Ok(Err(_)) | Err(_) => true,
-                };
-                if !retry || attempts >= self.config.callback_retries {
-                    warn!(callback, attempts, "giving up on a callback");
-                    return self.give_up(callback, order);
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+            let Some(url) = self.pending.get_mut(&callback).map(|mut p| {
+                p.attempts += 1;
+                p.url.clone()
+            }) else {
+                self.outbox.remove(&callback);
+                return false; // cancelled
+            };
+            failed += 1;
+            let mut request = Request::builder()
+                .method(Method::PUT)
+                .uri(&url)
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .header(LOOP_HEADER, HeaderValue::from_static("1"));
+            if owed.update.is_some() {
+                request = request.header("cpee-update", "true");
             }
-        });
+            let Ok(request) = request.body(Full::new(owed.body.clone())) else {
+                self.give_up(callback, owed.order);
+                return false;
+            };
+            let outcome = {
+                // Closed only at shutdown; then the callback is not sent.
+                let Ok(_slot) = self.deliveries.acquire().await else {
+                    return false;
+                };
+                tokio::time::timeout(timeout, self.pool.send(request)).await
+            };
+            let retry = match outcome {
+                Ok(Ok(status)) if status.is_success() => {
+                    if owed.update.is_none() {
+                        self.pending.remove(&callback);
+                        self.outbox.remove(&callback);
+                        return false;
+                    }
+                    return true;
+                }
+                Ok(Ok(status)) if matches!(status.as_u16(), 404 | 503 | 508) => {
+                    debug!(callback, %status, "callback closed by CPEE");
+                    self.give_up(callback, owed.order);
+                    return false;
+                }
+                Ok(Ok(status)) => status.is_server_error(),
+                Ok(Err(e)) => {
+                    debug!(callback, error = %e.0, "callback not delivered");
+                    true
+                }
+                Err(_) => true,
+            };
+            if !retry || failed >= self.config.callback_retries {
+                warn!(callback, attempts = failed, "giving up on a callback");
+                self.give_up(callback, owed.order);
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+            if let Some(mut outbox) = self.outbox.get_mut(&callback)
+                && let Some(newer) = outbox.next.take()
+            {
+                if newer.update.is_some() {
+                    outbox.last_update = Some(tokio::time::Instant::now());
+                }
+                owed = newer;
+            }
+        }
     }
 
     fn give_up(self: &Arc<Self>, callback: u64, order: Option<OrderId>) {
+        self.outbox.remove(&callback);
         if let Some((_, pending)) = self.pending.remove(&callback)
             && pending.kind == "wait"
             && let Some(order) = pending.order_id

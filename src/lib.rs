@@ -36,8 +36,10 @@
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.
 //! - [`cpee`]: CPEE's protocol: the dispatch queue and waiting orderbots,
-//!   waits for a state, pending callbacks and their retrying delivery, and
-//!   answers kept for re-sent calls.
+//!   waits for a state, pending callbacks and their retrying delivery (one
+//!   task per callback, its newest answer only), answers kept for re-sent
+//!   calls, and in `cpee/pool.rs` the connections deliveries go out on,
+//!   bounded in all.
 //! - [`analytics`]: aggregates kept from the change feed (revenue, spend,
 //!   delivery and stage times, cancellations) for `/analytics`.
 //! - [`auth`]: who is calling (static tokens, JWTs), their role, the strict

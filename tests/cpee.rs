@@ -367,6 +367,70 @@ async fn waiting_for_a_state_with_updates() {
     );
 }
 
+/// With `cpee.min_update_interval_ms`, a callback's next update goes no
+/// sooner than that after the last one, and changes meanwhile coalesce
+/// into the newest; a final answer that comes while an update waits
+/// replaces it and is not held back.
+#[tokio::test]
+async fn updates_are_coalesced_and_spaced_but_final_answers_are_not_held() {
+    const INTERVAL: Duration = Duration::from_millis(1000);
+    let mut config = fast_config();
+    config.cpee.min_update_interval_ms = INTERVAL.as_millis() as u64;
+    let server = TestServer::with_config(config).await;
+    let mut cpee = FakeCpee::start().await;
+    let set = |status: &str| format!(r#"{{"id": 7, "status": "{status}"}}"#);
+    server
+        .put_json("/update_order", &set("Order Initiated"))
+        .await;
+    let url = cpee.url("/wait/7");
+    let reply = post(
+        &server,
+        "/cpee/wait",
+        &[("cpee-callback", url.as_str())],
+        "order_id=7&status=Order+Served&updates=true",
+    )
+    .await;
+    assert_eq!(reply.header("cpee-callback"), Some("true"));
+
+    // The first update goes at once.
+    server.put_json("/update_order", &set("Mixing")).await;
+    let put = cpee.next_put().await;
+    let first = std::time::Instant::now();
+    assert_eq!(
+        (put.update, put.body["status"].as_str()),
+        (true, Some("Mixing"))
+    );
+    // Two more changes at once: one PUT, the newer, after the interval.
+    server.put_json("/update_order", &set("Pouring")).await;
+    server.put_json("/update_order", &set("Shaking")).await;
+    let put = cpee.next_put().await;
+    let second = std::time::Instant::now();
+    assert_eq!(
+        (put.update, put.body["status"].as_str()),
+        (true, Some("Shaking"))
+    );
+    assert!(
+        second - first >= INTERVAL - Duration::from_millis(100),
+        "the second update came {:?} after the first",
+        second - first
+    );
+    // An update that must wait, then the target: the final answer comes
+    // at once instead, and the update never.
+    server.put_json("/update_order", &set("Stirring")).await;
+    server.put_json("/update_order", &set("Order Served")).await;
+    let put = cpee.next_put().await;
+    assert!(
+        second.elapsed() < INTERVAL,
+        "the final answer waited for the update interval"
+    );
+    assert_eq!(
+        (put.update, put.body["status"].as_str()),
+        (false, Some("Order Served"))
+    );
+    assert!(cpee.no_put(INTERVAL + Duration::from_millis(200)).await);
+    assert_eq!(server.get("/cpee/callbacks").await.json(), json!([]));
+}
+
 #[tokio::test]
 async fn delivery_retries_server_errors_and_stops_on_a_closed_callback() {
     let server = TestServer::with_config(fast_config()).await;

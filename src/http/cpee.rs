@@ -21,7 +21,9 @@ impl From<CpeeError> for ApiError {
         let status = match e {
             CpeeError::CallbackNotAllowed(_) => StatusCode::FORBIDDEN,
             CpeeError::BadCallback(_) => StatusCode::BAD_REQUEST,
-            CpeeError::TooManyCallbacks => StatusCode::SERVICE_UNAVAILABLE,
+            CpeeError::TooManyCallbacks | CpeeError::TooManyWaits { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         ApiError::new(status, e.to_string())
     }
@@ -201,7 +203,7 @@ pub async fn wait(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         ));
     };
     app.cpee.check_callback(url)?;
-    match app.cpee.wait_for_state(&call, id, target, updates) {
+    match app.cpee.wait_for_state(&call, id, target, updates)? {
         Some(order) => Ok(json_bytes(
             StatusCode::OK,
             super::order_json(app.broker(), id, &order),
