@@ -39,6 +39,7 @@ use tracing::{debug, warn};
 use crate::broker::Broker;
 use crate::config::CpeeConfig;
 use crate::feed::Demand;
+use crate::http::access::Viewer;
 use crate::model::{Millis, Order, OrderId, Stage, Version};
 
 mod pool;
@@ -118,6 +119,7 @@ enum Waiter {
     Callback {
         id: u64,
         orderbot: String,
+        viewer: Viewer,
     },
     Poll {
         orderbot: String,
@@ -137,6 +139,8 @@ struct StateWait {
     callback: u64,
     target: Target,
     updates: bool,
+    /// What the caller that registered it may see of the order.
+    viewer: Viewer,
 }
 
 /// Which state of an order an update shows, oldest first: an order made
@@ -365,11 +369,12 @@ impl Cpee {
     }
 
     /// Waits for work with a callback: the order is PUT when one comes.
-    pub fn wait_for_work(self: &Arc<Self>, call: &CpeeCall, orderbot: &str) -> u64 {
+    pub fn wait_for_work(self: &Arc<Self>, call: &CpeeCall, orderbot: &str, viewer: Viewer) -> u64 {
         let id = self.register("next-order", call, None, Some(orderbot));
         self.dispatch.lock().waiters.push_back(Waiter::Callback {
             id,
             orderbot: orderbot.to_string(),
+            viewer,
         });
         self.dispatch_ready();
         id
@@ -406,12 +411,16 @@ impl Cpee {
                         self.dispatch.lock().orders.push_front(order);
                     }
                 }
-                Waiter::Callback { id, orderbot } => {
+                Waiter::Callback {
+                    id,
+                    orderbot,
+                    viewer,
+                } => {
                     self.assign(order, &orderbot);
                     if let Some(mut p) = self.pending.get_mut(&id) {
                         p.order_id = Some(order);
                     }
-                    let body = self.order_json(order);
+                    let body = self.order_json(order, viewer);
                     self.owe(
                         id,
                         Owed {
@@ -431,10 +440,11 @@ impl Cpee {
         }
     }
 
-    pub fn order_json(&self, id: OrderId) -> Bytes {
+    /// The order as `viewer` may see it (see [`crate::http::access::viewer`]).
+    pub fn order_json(&self, id: OrderId, viewer: Viewer) -> Bytes {
         let _pin = self.broker.pin();
         match self.broker.get(id) {
-            Some(order) => crate::http::order_json(&self.broker, id, &order),
+            Some(order) => crate::http::order_json(&self.broker, id, &order, viewer),
             None => Bytes::from_static(b"null"),
         }
     }
@@ -448,6 +458,7 @@ impl Cpee {
         order: OrderId,
         target: Target,
         updates: bool,
+        viewer: Viewer,
     ) -> Result<Option<Order>, CpeeError> {
         let max = self.config.max_waits_per_order;
         let full = |waits: &HashMap<OrderId, Vec<StateWait>>| {
@@ -472,6 +483,7 @@ impl Cpee {
                 callback: id,
                 target: target.clone(),
                 updates,
+                viewer,
             });
         }
         self.wait_count.fetch_add(1, Ordering::AcqRel);
@@ -547,7 +559,8 @@ impl Cpee {
     }
 
     fn changed(self: &Arc<Self>, id: OrderId, order: &Order) {
-        let (done, updates): (Vec<u64>, Vec<u64>) = {
+        type Due = Vec<(u64, Viewer)>;
+        let (done, updates): (Due, Due) = {
             let mut waits = self.waits.lock();
             let Some(list) = waits.get_mut(&id) else {
                 return;
@@ -556,11 +569,11 @@ impl Cpee {
             let mut updates = Vec::new();
             list.retain(|w| {
                 if self.reached(order, &w.target) {
-                    done.push(w.callback);
+                    done.push((w.callback, w.viewer));
                     false
                 } else {
                     if w.updates {
-                        updates.push(w.callback);
+                        updates.push((w.callback, w.viewer));
                     }
                     true
                 }
@@ -571,10 +584,19 @@ impl Cpee {
             (done, updates)
         };
         self.wait_count.fetch_sub(done.len(), Ordering::Relaxed);
-        let body = crate::http::order_json(&self.broker, id, order);
+        // One rendering per kind of viewer among the callbacks.
+        let mut bodies: Vec<(Viewer, Bytes)> = Vec::new();
+        let mut body_for = |viewer: Viewer| -> Bytes {
+            if let Some((_, body)) = bodies.iter().find(|(v, _)| *v == viewer) {
+                return body.clone();
+            }
+            let body = crate::http::order_json(&self.broker, id, order, viewer);
+            bodies.push((viewer, body.clone()));
+            body
+        };
         let mark = (order.created.get(), order.version);
-        for callback in updates {
-            let body = body.clone();
+        for (callback, viewer) in updates {
+            let body = body_for(viewer);
             let update = Some(mark);
             self.owe(
                 callback,
@@ -585,8 +607,8 @@ impl Cpee {
                 },
             );
         }
-        for callback in done {
-            let body = body.clone();
+        for (callback, viewer) in done {
+            let body = body_for(viewer);
             self.owe(
                 callback,
                 Owed {

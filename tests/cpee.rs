@@ -587,3 +587,154 @@ async fn a_callback_pointed_at_the_broker_itself_does_not_loop() {
         .await;
     assert_eq!(reply.status, StatusCode::LOOP_DETECTED);
 }
+
+/// A bar whose shop is protected and whose CPEE group is open to the
+/// engine's network (here, loopback), with a staff and two customer tokens.
+fn protected_bar() -> Config {
+    use order_broker::auth::Role;
+    use order_broker::auth::{Secret, StaticToken};
+    let mut config = fast_config();
+    let token = |token: &str, role, subject: &str| StaticToken {
+        token: Secret(token.into()),
+        role,
+        subject: Some(subject.into()),
+    };
+    config.auth.tokens = vec![
+        token("staff-t", Role::Staff, "sam"),
+        token("cust-5", Role::Customer, "5"),
+        token("cust-6", Role::Customer, "6"),
+    ];
+    config.auth.open = ["views", "ops", "seed_writes", "cpee"]
+        .iter()
+        .map(|g| serde_json::from_value(json!(g)).unwrap())
+        .collect();
+    config.auth.cpee_networks = vec!["127.0.0.0/8".into()];
+    config.validate().unwrap();
+    config
+}
+
+#[tokio::test]
+async fn cpee_answers_show_each_caller_only_what_it_may_see() {
+    let server = TestServer::with_config(protected_bar()).await;
+    let staff = ("authorization", "token staff-t");
+    let json = ("content-type", "application/json");
+    for (id, name) in [(5, "Five"), (6, "Six")] {
+        let body = json!({"id": id, "name": name, "balance": 100});
+        let reply = server
+            .send(
+                Method::POST,
+                "/customers",
+                &[staff, json],
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
+    let product = json!({"name": "Mojito", "price": 7.5, "stock": 10});
+    let reply = server
+        .send(
+            Method::POST,
+            "/products",
+            &[staff, json],
+            &product.to_string(),
+        )
+        .await;
+    let product = reply.json()["id"].as_u64().unwrap();
+    let order = json!({"customer_id": 5, "items": [{"product_id": product, "quantity": 1}],
+                       "notes": "ring twice, code 4711"});
+    let reply = server
+        .send(Method::POST, "/orders", &[staff, json], &order.to_string())
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let id = reply.json()["id"].as_u64().unwrap();
+    let wait = format!("order_id={id}&stage=new");
+
+    // The engine (no token, from its network) is trusted with whole orders.
+    let reply = post(&server, "/cpee/wait", &[], &wait).await;
+    assert_eq!(reply.json()["notes"], "ring twice, code 4711");
+    // The order's customer sees it all; another customer the board's fields.
+    let reply = post(
+        &server,
+        "/cpee/wait",
+        &[("authorization", "token cust-5")],
+        &wait,
+    )
+    .await;
+    assert_eq!(reply.json()["notes"], "ring twice, code 4711");
+    let reply = post(
+        &server,
+        "/cpee/wait",
+        &[("authorization", "token cust-6")],
+        &wait,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.json().get("notes").is_none(), "{:?}", reply.body);
+    assert!(!String::from_utf8_lossy(&reply.body).contains("4711"));
+
+    // The same for callbacks: each delivered as its caller may see it.
+    let mut cpee = FakeCpee::start().await;
+    let until = format!("order_id={id}&status=Order+Served&updates=true");
+    for who in ["cust-6", "cust-5"] {
+        let url = cpee.url(&format!("/{who}"));
+        let auth = format!("token {who}");
+        let headers = [
+            ("cpee-callback", url.as_str()),
+            ("authorization", auth.as_str()),
+        ];
+        let reply = post(&server, "/cpee/wait", &headers, &until).await;
+        assert_eq!(reply.header("cpee-callback"), Some("true"));
+    }
+    server
+        .put_json(
+            "/update_order",
+            &json!({"id": id, "status": "Mixing"}).to_string(),
+        )
+        .await;
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let put = cpee.next_put().await;
+        assert_eq!(put.body["status"], "Mixing");
+        seen.insert(put.path.clone(), put.body);
+    }
+    assert!(
+        seen["/cust-6"].get("notes").is_none(),
+        "{:?}",
+        seen["/cust-6"]
+    );
+    assert_eq!(seen["/cust-5"]["notes"], "ring twice, code 4711");
+}
+
+#[tokio::test]
+async fn outside_the_engine_networks_an_open_group_needs_the_usual_role() {
+    let mut config = protected_bar();
+    config.auth.cpee_networks = vec!["10.0.0.0/8".into()];
+    let server = TestServer::with_config(config).await;
+    let update = "order_id=1&status=Mixing&orderbot_id=bot-1";
+    let put = |token: &'static str| {
+        let server = &server;
+        async move {
+            let mut headers = vec![FORM];
+            if !token.is_empty() {
+                headers.push(("authorization", token));
+            }
+            server
+                .send(Method::PUT, "/update_order", &headers, update)
+                .await
+                .status
+        }
+    };
+    assert_eq!(put("").await, StatusCode::UNAUTHORIZED);
+    // A customer's token is valid, but outside the engine's networks it
+    // does not make the caller an engine.
+    assert_eq!(put("token cust-6").await, StatusCode::FORBIDDEN);
+    let reply = post(
+        &server,
+        "/cpee/next-order",
+        &[("authorization", "token cust-6")],
+        "orderbot_id=thief",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(put("token staff-t").await, StatusCode::OK);
+}

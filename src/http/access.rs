@@ -186,18 +186,17 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
     };
     let path_id = || req.param.as_deref().and_then(|p| p.parse::<u64>().ok());
     if let Some(group) = group(route).filter(|g| app.open_groups.contains(g)) {
-        // An open group needs no token; an anonymous process engine may be
-        // held to its networks.
-        let outside = caller.is_none()
-            && group.is_engine()
-            && !app.cpee_networks.is_empty()
-            && !req
+        // An open group needs no token. An engine group with networks is
+        // open only from them: elsewhere the usual rules apply, so a
+        // customer's token does not make its caller an engine.
+        let inside = !group.is_engine()
+            || app.cpee_networks.is_empty()
+            || req
                 .peer
                 .is_some_and(|ip| app.cpee_networks.iter().any(|n| n.contains(&ip)));
-        if outside {
-            return Err(unauthorized());
+        if inside {
+            return Ok(caller);
         }
-        return Ok(caller);
     }
     let need = need(route, &req.method, req.param.as_deref());
     if matches!(need, Need::Nobody) {

@@ -10,6 +10,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};
 use serde_json::Value;
 
+use super::access::Viewer;
 use super::body::{Fields, parse_fields};
 use super::error::ApiError;
 use super::{App, Body, Req, empty, json_bytes, json_response};
@@ -98,7 +99,7 @@ pub async fn intake(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 /// `POST|GET /cpee/next-order`: the oldest waiting order for this orderbot.
-pub async fn next_order(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>, ApiError> {
     let call = CpeeCall::from_headers(&req.headers);
     let key = call.resend_key("next-order");
     if let Some(answer) = key.as_deref().and_then(|k| app.cpee.resent(k)) {
@@ -116,13 +117,13 @@ pub async fn next_order(app: &App, req: &Req) -> Result<Response<Body>, ApiError
         ));
     }
     if let Some(order) = app.cpee.take_now(&orderbot) {
-        let body = app.cpee.order_json(order);
+        let body = app.cpee.order_json(order, viewer);
         app.cpee.remember(key, Answer::Now(body.clone()));
         return Ok(json_bytes(StatusCode::OK, body));
     }
     if let Some(url) = &call.callback {
         app.cpee.check_callback(url)?;
-        app.cpee.wait_for_work(&call, &orderbot);
+        app.cpee.wait_for_work(&call, &orderbot, viewer);
         app.cpee.remember(key, Answer::Later);
         return Ok(later());
     }
@@ -146,14 +147,14 @@ pub async fn next_order(app: &App, req: &Req) -> Result<Response<Body>, ApiError
         }
     };
     Ok(match order {
-        Some(order) => json_bytes(StatusCode::OK, app.cpee.order_json(order)),
+        Some(order) => json_bytes(StatusCode::OK, app.cpee.order_json(order, viewer)),
         None => empty(StatusCode::NO_CONTENT),
     })
 }
 
 /// `POST /cpee/wait`: `order_id` and a `status` or `stage`; `updates=true`
 /// also PUTs each change before it (with `CPEE-UPDATE: true`).
-pub async fn wait(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
+pub async fn wait(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>, ApiError> {
     let call = CpeeCall::from_headers(&req.headers);
     let key = call.resend_key("wait");
     if let Some(answer) = key.as_deref().and_then(|k| app.cpee.resent(k)) {
@@ -193,7 +194,7 @@ pub async fn wait(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     if app.cpee.reached(&order, &target) {
         return Ok(json_bytes(
             StatusCode::OK,
-            super::order_json(app.broker(), id, &order),
+            super::order_json(app.broker(), id, &order, viewer),
         ));
     }
     let Some(url) = &call.callback else {
@@ -203,10 +204,13 @@ pub async fn wait(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         ));
     };
     app.cpee.check_callback(url)?;
-    match app.cpee.wait_for_state(&call, id, target, updates)? {
+    match app
+        .cpee
+        .wait_for_state(&call, id, target, updates, viewer)?
+    {
         Some(order) => Ok(json_bytes(
             StatusCode::OK,
-            super::order_json(app.broker(), id, &order),
+            super::order_json(app.broker(), id, &order, viewer),
         )),
         None => {
             app.cpee.remember(key, Answer::Later);

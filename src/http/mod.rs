@@ -2,7 +2,7 @@
 //! each (route, method) to its handler, and the response helpers. Handlers
 //! live in one module per API group; errors become responses in `error`.
 
-mod access;
+pub(crate) mod access;
 mod analytics;
 pub mod body;
 mod catalog;
@@ -602,9 +602,13 @@ impl App {
             }
             Route::Intake if m == Method::POST => return cpee::intake(self, req).await,
             Route::NextOrder if m == Method::GET || m == Method::HEAD || m == Method::POST => {
-                return cpee::next_order(self, req).await;
+                let viewer = access::viewer(self, route, caller);
+                return cpee::next_order(self, req, viewer).await;
             }
-            Route::CpeeWait if m == Method::POST => return cpee::wait(self, req).await,
+            Route::CpeeWait if m == Method::POST => {
+                let viewer = access::viewer(self, route, caller);
+                return cpee::wait(self, req, viewer).await;
+            }
             _ => {}
         }
         // Every other handler runs to its answer without waiting, under one
@@ -770,9 +774,9 @@ pub fn order_json(
     broker: &Broker,
     id: crate::model::OrderId,
     order: &crate::model::Order,
+    viewer: access::Viewer,
 ) -> Bytes {
     let symbols = broker.symbols();
-    Bytes::from(
-        serde_json::to_vec(&orders::OrderBody::new(id, order, &symbols)).unwrap_or_default(),
-    )
+    let body = orders::OrderBody::seen_by(viewer, id, order, &symbols);
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
