@@ -1,0 +1,290 @@
+//! CPEE's side of the broker: work dispatch to waiting orderbots, waiting
+//! for an order to reach a state, and delivery of asynchronous answers.
+//!
+//! CPEE calls a service; a reply with `CPEE-CALLBACK: true` and no body means
+//! "I will answer later", and the answer is then a `PUT` to the URL CPEE gave
+//! in its `CPEE-CALLBACK` header. Here:
+//! - orders taken in by intake wait in a FIFO queue; orderbots asking for work
+//!   wait in another, oldest first. Both sit under one lock, so each order
+//!   goes to exactly one orderbot and no order waits while an orderbot does;
+//! - state waits are kept per order and checked against every change in the
+//!   feed by one task;
+//! - answers are PUT by a retrying client (backoff on connection errors and
+//!   5xx, stop on 404/503, which CPEE answers for a closed callback); a work
+//!   answer that cannot be delivered puts its order back at the queue's head;
+//! - each callback has at most one delivery task and one answer waiting
+//!   behind it: a newer state replaces a waiting update, a final answer
+//!   replaces it and ends the callback, so a writer changing an order fast
+//!   costs each wait its newest state, at most once per
+//!   `cpee.min_update_interval_ms`; the sockets they go out on are bounded
+//!   in all (`pool`);
+//! - a re-sent call (same instance UUID and callback id) gets the first
+//!   call's answer and takes nothing twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use hyper::Uri;
+use hyper::header::HeaderMap;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::broker::Broker;
+use crate::config::CpeeConfig;
+use crate::feed::Demand;
+use crate::model::{Millis, OrderId, Stage};
+
+mod deliver;
+mod dispatch;
+mod pool;
+mod waits;
+
+use deliver::Outbox;
+use dispatch::{Dispatch, Waiter};
+use waits::StateWait;
+
+/// The CPEE headers of a call.
+#[derive(Debug, Clone, Default)]
+pub struct CpeeCall {
+    pub callback: Option<String>,
+    pub callback_id: Option<String>,
+    pub instance: Option<String>,
+    pub instance_uuid: Option<String>,
+    pub label: Option<String>,
+}
+
+impl CpeeCall {
+    pub fn from_headers(headers: &HeaderMap) -> CpeeCall {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        CpeeCall {
+            callback: get("cpee-callback"),
+            callback_id: get("cpee-callback-id"),
+            instance: get("cpee-instance"),
+            instance_uuid: get("cpee-instance-uuid"),
+            label: get("cpee-label"),
+        }
+    }
+
+    /// What identifies a re-sent call, if CPEE said.
+    pub fn resend_key(&self, route: &str) -> Option<String> {
+        Some(format!(
+            "{route} {} {}",
+            self.instance_uuid.as_ref()?,
+            self.callback_id.as_ref()?
+        ))
+    }
+}
+
+/// What an order must reach for a state wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Status(String),
+    Stage(Stage),
+}
+
+/// A callback the broker owes CPEE, as `GET /cpee/callbacks` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub id: u64,
+    /// `next-order` or `wait`.
+    pub kind: &'static str,
+    pub url: String,
+    pub instance: Option<String>,
+    pub label: Option<String>,
+    pub order_id: Option<OrderId>,
+    pub orderbot_id: Option<String>,
+    pub created: Millis,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
+/// How a call was answered, remembered for re-sends.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Answered at once with this JSON.
+    Now(Bytes),
+    /// Answered `CPEE-CALLBACK: true`; the PUT comes later.
+    Later,
+}
+
+pub struct Cpee {
+    broker: Broker,
+    config: CpeeConfig,
+    /// The two dispatch queues, under one lock.
+    dispatch: Mutex<Dispatch>,
+    /// State waits by order; `wait_count` counts them, and `demand` wakes the
+    /// feed task when the first one comes.
+    waits: Mutex<HashMap<OrderId, Vec<StateWait>>>,
+    wait_count: AtomicUsize,
+    demand: Demand,
+    /// Callbacks not yet delivered, by id.
+    pending: DashMap<u64, Pending>,
+    /// Answers owed to callbacks and whether a task delivers them, by id;
+    /// an entry lives as long as its callback is pending.
+    outbox: DashMap<u64, Outbox>,
+    next_id: AtomicU64,
+    /// Answers of calls with a resend key, and when they were given.
+    resent: DashMap<String, (Instant, Answer)>,
+    /// Connections for deliveries: at most `cpee.max_deliveries` open.
+    pool: Arc<pool::Pool>,
+    /// Deliveries in flight at once (`cpee.max_deliveries`): they share
+    /// the pool, so N pending callbacks never open N sockets.
+    deliveries: Arc<tokio::sync::Semaphore>,
+}
+
+/// Marks every callback the broker sends; a request that carries it is a
+/// callback that came back to a broker (a loop) and is refused.
+pub const LOOP_HEADER: &str = "order-broker-callback";
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpeeError {
+    CallbackNotAllowed(String),
+    BadCallback(String),
+    TooManyCallbacks,
+    TooManyWaits { order: OrderId, max: usize },
+}
+
+impl std::fmt::Display for CpeeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CpeeError::CallbackNotAllowed(host) => {
+                write!(f, "callback host {host} is not in cpee.callback_allow")
+            }
+            CpeeError::BadCallback(url) => write!(f, "CPEE-CALLBACK {url:?} is not an http:// URL"),
+            CpeeError::TooManyCallbacks => {
+                f.write_str("too many pending callbacks (cpee.max_pending); retry later")
+            }
+            CpeeError::TooManyWaits { order, max } => write!(
+                f,
+                "order {order} already has {max} callbacks waiting on it (cpee.max_waits_per_order); retry later"
+            ),
+        }
+    }
+}
+
+impl Cpee {
+    pub fn new(broker: Broker, config: CpeeConfig) -> Arc<Cpee> {
+        let pool = pool::Pool::new(
+            config.max_deliveries,
+            Duration::from_millis(config.callback_timeout_ms),
+        );
+        let deliveries = Arc::new(tokio::sync::Semaphore::new(config.max_deliveries));
+        Arc::new(Cpee {
+            broker,
+            config,
+            dispatch: Mutex::default(),
+            waits: Mutex::default(),
+            wait_count: AtomicUsize::new(0),
+            demand: Demand::default(),
+            pending: DashMap::new(),
+            outbox: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            resent: DashMap::new(),
+            pool,
+            deliveries,
+        })
+    }
+
+    /// The answer a re-sent call already got.
+    pub fn resent(&self, key: &str) -> Option<Answer> {
+        let ttl = Duration::from_secs(self.config.resend_memory_secs);
+        let entry = self.resent.get(key)?;
+        (entry.0.elapsed() < ttl).then(|| entry.1.clone())
+    }
+
+    /// Remembers a call's answer for re-sends (bounded: old ones go first).
+    pub fn remember(&self, key: Option<String>, answer: Answer) {
+        let Some(key) = key else { return };
+        if self.resent.len() >= self.config.max_pending {
+            let ttl = Duration::from_secs(self.config.resend_memory_secs);
+            self.resent.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if self.resent.len() < self.config.max_pending {
+            self.resent.insert(key, (Instant::now(), answer));
+        }
+    }
+
+    /// Checks a callback URL against the config before anything is promised.
+    pub fn check_callback(&self, url: &str) -> Result<(), CpeeError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| CpeeError::BadCallback(url.into()))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(CpeeError::BadCallback(url.into()));
+        }
+        let host = uri.host().unwrap_or_default().to_string();
+        let host_port = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let allow = &self.config.callback_allow;
+        if !allow.is_empty() && !allow.iter().any(|a| *a == host || *a == host_port) {
+            return Err(CpeeError::CallbackNotAllowed(host_port));
+        }
+        if self.pending.len() >= self.config.max_pending {
+            return Err(CpeeError::TooManyCallbacks);
+        }
+        Ok(())
+    }
+
+    fn register(
+        &self,
+        kind: &'static str,
+        call: &CpeeCall,
+        order_id: Option<OrderId>,
+        orderbot: Option<&str>,
+    ) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.pending.insert(
+            id,
+            Pending {
+                id,
+                kind,
+                url: call.callback.clone().unwrap_or_default(),
+                instance: call.instance.clone(),
+                label: call.label.clone(),
+                order_id,
+                orderbot_id: orderbot.map(str::to_string),
+                created: Millis::now(),
+                attempts: 0,
+            },
+        );
+        id
+    }
+
+    pub fn pending(&self) -> Vec<Pending> {
+        let mut all: Vec<Pending> = self.pending.iter().map(|p| p.value().clone()).collect();
+        all.sort_by_key(|p| p.id);
+        all
+    }
+
+    /// Cancels a pending callback; false if there is none by that id.
+    pub fn cancel(&self, id: u64) -> bool {
+        let Some((_, pending)) = self.pending.remove(&id) else {
+            return false;
+        };
+        self.outbox.remove(&id);
+        match pending.kind {
+            "next-order" => self
+                .dispatch
+                .lock()
+                .waiters
+                .retain(|w| !matches!(w, Waiter::Callback { id: i, .. } if *i == id)),
+            _ => {
+                if let Some(order) = pending.order_id {
+                    self.drop_wait(order, id);
+                }
+            }
+        }
+        true
+    }
+}
