@@ -13,7 +13,7 @@ use hyper::{Method, Request};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::{Cpee, LOOP_HEADER};
+use super::{Cpee, LOOP_HEADER, pool};
 use crate::model::{Millis, OrderId, Version};
 
 /// Which state of an order an update shows, oldest first: an order made
@@ -175,7 +175,7 @@ impl Cpee {
                 tokio::time::timeout(timeout, self.pool.send(request)).await
             };
             let retry = match outcome {
-                Ok(Ok(status)) if status.is_success() => {
+                Ok(Ok(pool::Reply { status, .. })) if status.is_success() => {
                     if owed.update.is_none() {
                         self.pending.remove(&callback);
                         self.outbox.remove(&callback);
@@ -183,12 +183,17 @@ impl Cpee {
                     }
                     return true;
                 }
-                Ok(Ok(status)) if matches!(status.as_u16(), 404 | 503 | 508) => {
+                Ok(Ok(pool::Reply { status, .. }))
+                    if matches!(status.as_u16(), 404 | 503 | 508) =>
+                {
                     debug!(callback, %status, "callback closed by CPEE");
                     self.give_up(callback, owed.order);
                     return false;
                 }
-                Ok(Ok(status)) => status.is_server_error(),
+                Ok(Ok(pool::Reply { status, body })) => {
+                    debug!(callback, %status, answer = %String::from_utf8_lossy(&body[..body.len().min(256)]), "callback refused");
+                    status.is_server_error()
+                }
                 Ok(Err(e)) => {
                     debug!(callback, error = %e.0, "callback not delivered");
                     true

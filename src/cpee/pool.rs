@@ -34,6 +34,13 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct SendError(pub String);
 
+/// An answer: its status and (up to `MAX_ANSWER_BYTES` of) its body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
 pub struct Pool {
     /// One permit per open socket (`cpee.max_deliveries`).
     sockets: Arc<Semaphore>,
@@ -60,12 +67,12 @@ impl Pool {
         })
     }
 
-    /// Sends `request` (an absolute `http://` URI) and reads its answer;
-    /// its status. The caller bounds the time it may take.
+    /// Sends `request` (an absolute `http://` URI) and reads its answer.
+    /// The caller bounds the time it may take.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Full<Bytes>>,
-    ) -> Result<StatusCode, SendError> {
+    ) -> Result<Reply, SendError> {
         let uri = request.uri().clone();
         let host = uri
             .host()
@@ -107,10 +114,14 @@ impl Pool {
             let status = response.status();
             // Read the answer to its end, so the connection can be kept.
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES);
-            if body.collect().await.is_ok() {
-                self.put_idle(key, sender);
-            }
-            return Ok(status);
+            let body = match body.collect().await {
+                Ok(body) => {
+                    self.put_idle(key, sender);
+                    body.to_bytes()
+                }
+                Err(_) => Bytes::new(),
+            };
+            return Ok(Reply { status, body });
         }
     }
 
