@@ -387,6 +387,16 @@ pub struct CpeeConfig {
     /// Least milliseconds between two `CPEE-UPDATE` PUTs to one callback;
     /// changes meanwhile are coalesced into the newest. 0: no pause.
     pub min_update_interval_ms: u64,
+    /// Seconds a callback whose CPEE instance is stopped (its PUT answered
+    /// 503) is kept for delivery after the instance resumes.
+    pub stopped_give_up_secs: u64,
+    /// Longest pause, in seconds, between two checks whether a stopped
+    /// instance resumed (they back off from `callback_backoff_ms`).
+    pub stopped_retry_max_secs: u64,
+    /// Seconds between two checks of every pending callback's instance
+    /// (`<CPEE-INSTANCE-URL>properties/state/`): a callback whose instance
+    /// is gone, finished or abandoned is dropped. 0: never.
+    pub probe_interval_secs: u64,
     /// Seconds a call's answer is kept to answer a re-sent call the same.
     pub resend_memory_secs: u64,
     /// Status of an order taken in by `POST /orders/intake`.
@@ -405,6 +415,9 @@ impl Default for CpeeConfig {
             max_pending: 10_000,
             max_waits_per_order: 64,
             min_update_interval_ms: 50,
+            stopped_give_up_secs: 86_400,
+            stopped_retry_max_secs: 60,
+            probe_interval_secs: 60,
             resend_memory_secs: 3600,
             intake_status: "Order Initiated".into(),
         }
@@ -722,6 +735,10 @@ impl Config {
             ("cpee.max_deliveries", self.cpee.max_deliveries),
             ("cpee.max_pending", self.cpee.max_pending),
             ("cpee.max_waits_per_order", self.cpee.max_waits_per_order),
+            (
+                "cpee.stopped_retry_max_secs",
+                self.cpee.stopped_retry_max_secs as usize,
+            ),
             (
                 "http.idempotency_ttl_secs",
                 self.http.idempotency_ttl_secs as usize,

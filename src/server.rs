@@ -56,6 +56,7 @@ pub async fn serve(
         analytics = Some(open(&app));
     }
     let watcher = tokio::spawn(app.cpee.clone().watch());
+    let prober = tokio::spawn(app.cpee.clone().probe());
     let housekeeping = tokio::spawn(housekeeping(app.clone(), config.limits.clone()));
     let reclaimer = tokio::spawn(reclaim_symbols(app.clone()));
     let mut http = http1::Builder::new();
@@ -120,6 +121,7 @@ pub async fn serve(
     }
     housekeeping.abort();
     reclaimer.abort();
+    prober.abort();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     info!(
         open = graceful.count(),

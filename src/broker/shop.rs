@@ -175,6 +175,64 @@ impl Broker {
             .collect()
     }
 
+    /// Hands an order in the dispatch queue to `orderbot`, only while it is
+    /// still new and nobody has it: the one check, under the order's lock,
+    /// so an order served or cancelled meanwhile is never handed out.
+    /// None: it is not (or no longer) to be dispatched.
+    pub fn claim_for(&self, id: OrderId, orderbot: &str) -> Option<Event> {
+        self.check_len("orderbot_id", orderbot).ok()?;
+        let _pin = self.pin();
+        let bot = self.inner.symbols.intern(orderbot).ok()?;
+        self.apply(id, super::Mode::Update, None, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            if current.stage != Stage::New || current.orderbot_id.is_some() {
+                return Err(BrokerError::Conflict("not waiting for an orderbot".into()));
+            }
+            Ok(Order {
+                orderbot_id: Some(bot),
+                ..current.clone()
+            })
+        })
+        .ok()
+    }
+
+    /// Undoes `claim_for` when the order was not delivered to `orderbot`:
+    /// it has no orderbot again, if it is still new and still theirs.
+    /// Whether it may go back in the queue.
+    pub fn unclaim(&self, id: OrderId, orderbot: &str) -> bool {
+        let _pin = self.pin();
+        let Some(bot) = self.inner.symbols.lookup(orderbot) else {
+            return false;
+        };
+        self.apply(id, super::Mode::Update, None, |current| {
+            let current = current.ok_or(BrokerError::OrderNotFound)?;
+            if current.stage != Stage::New || current.orderbot_id != Some(bot) {
+                return Err(BrokerError::Conflict("no longer this orderbot's".into()));
+            }
+            Ok(Order {
+                orderbot_id: None,
+                ..current.clone()
+            })
+        })
+        .is_ok()
+    }
+
+    /// Whether the order is still waiting to be dispatched.
+    pub fn dispatchable(&self, id: OrderId) -> bool {
+        self.get(id)
+            .is_some_and(|o| o.stage == Stage::New && o.orderbot_id.is_none())
+    }
+
+    /// The stage a status word puts an order in (in progress unless it is
+    /// a configured or lifecycle word).
+    pub fn stage_of_word(&self, word: &str) -> Stage {
+        let _pin = self.pin();
+        self.inner
+            .symbols
+            .lookup(word)
+            .map_or(Stage::InProgress, |sym| self.stage_of(sym))
+    }
+
     /// Takes an order from a process engine's intake call: a fresh id and
     /// number, `status`, and the call's fields as free-form details.
     pub fn intake(

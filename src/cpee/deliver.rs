@@ -13,7 +13,9 @@ use hyper::{Method, Request};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use super::instances::InstanceState;
 use super::{Cpee, LOOP_HEADER, pool};
+use crate::http::access::Viewer;
 use crate::model::{Millis, OrderId, Version};
 
 /// Which state of an order an update shows, oldest first: an order made
@@ -26,8 +28,14 @@ pub(super) struct Owed {
     /// An intermediate state (`CPEE-UPDATE: true`) with its mark; None for
     /// the final answer, which ends the callback.
     pub(super) update: Option<Mark>,
-    /// A work answer's order, put back in the queue if it is not delivered.
-    pub(super) order: Option<OrderId>,
+    /// The order's status word, for an update's `CPEE-STATUS`.
+    pub(super) status: Option<String>,
+    /// A wait that can never be met: `CPEE-SALVAGE: true` sends the
+    /// activity to its rescue path.
+    pub(super) salvage: bool,
+    /// A work answer's order, with the orderbot and viewer it went to: put
+    /// back in the queue (its orderbot cleared) if it is not delivered.
+    pub(super) order: Option<(OrderId, String, Viewer)>,
 }
 
 /// A callback's deliveries: at most one task sends them, one at a time.
@@ -130,11 +138,21 @@ impl Cpee {
         }
     }
 
-    /// PUTs one answer, retrying with backoff; true if the callback stays
-    /// open (an update was delivered). An update marks itself with
-    /// `CPEE-UPDATE: true`. A work answer (`order`) that cannot be
-    /// delivered puts the order back at the head of the queue. A newer
-    /// answer that comes while a retry waits is sent instead.
+    /// PUTs one answer until it is delivered or the callback ends; true if
+    /// the callback stays open (an update was delivered).
+    ///
+    /// - 2xx: delivered. An update (`CPEE-UPDATE: true`, with the order's
+    ///   status in `CPEE-STATUS`) keeps the callback; a final answer ends it.
+    /// - 503: the instance is stopped (CPEE answers so until it resumes,
+    ///   then waits on the same callback). The callback is kept: a work
+    ///   answer's order goes back to the queue's head for other orderbots
+    ///   and the callback waits for work again once the instance resumes;
+    ///   any other answer is sent again then (see [`Cpee::until_resumed`]).
+    /// - 404 (the instance is gone), 508 (a loop), any other 4xx: given up.
+    /// - Connection errors and other 5xx: retried with backoff, up to
+    ///   `cpee.callback_retries` failed attempts.
+    ///
+    /// A newer answer that comes while a retry waits is sent instead.
     async fn send(self: &Arc<Self>, callback: u64, mut owed: Owed) -> bool {
         let mut delay = Duration::from_millis(self.config.callback_backoff_ms);
         let timeout = Duration::from_millis(self.config.callback_timeout_ms);
@@ -144,7 +162,7 @@ impl Cpee {
             // is on disk before CPEE hears of it.
             if self.broker.durable().await.is_err() {
                 warn!(callback, "journal failed: the callback is not sent");
-                self.give_up(callback, owed.order);
+                self.give_up(callback, owed.order.take());
                 return false;
             }
             let Some(url) = self.pending.get_mut(&callback).map(|mut p| {
@@ -152,19 +170,14 @@ impl Cpee {
                 p.url.clone()
             }) else {
                 self.outbox.remove(&callback);
-                return false; // cancelled
+                if let Some((order, orderbot, _)) = owed.order.take() {
+                    self.put_back(order, &orderbot); // cancelled meanwhile
+                }
+                return false;
             };
             failed += 1;
-            let mut request = Request::builder()
-                .method(Method::PUT)
-                .uri(&url)
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .header(LOOP_HEADER, HeaderValue::from_static("1"));
-            if owed.update.is_some() {
-                request = request.header("cpee-update", "true");
-            }
-            let Ok(request) = request.body(Full::new(owed.body.clone())) else {
-                self.give_up(callback, owed.order);
+            let Some(request) = owed.request(&url) else {
+                self.give_up(callback, owed.order.take());
                 return false;
             };
             let outcome = {
@@ -176,6 +189,9 @@ impl Cpee {
             };
             let retry = match outcome {
                 Ok(Ok(pool::Reply { status, .. })) if status.is_success() => {
+                    if let Some(mut p) = self.pending.get_mut(&callback) {
+                        p.stopped_since = None;
+                    }
                     if owed.update.is_none() {
                         self.pending.remove(&callback);
                         self.outbox.remove(&callback);
@@ -183,11 +199,37 @@ impl Cpee {
                     }
                     return true;
                 }
-                Ok(Ok(pool::Reply { status, .. }))
-                    if matches!(status.as_u16(), 404 | 503 | 508) =>
+                Ok(Ok(pool::Reply { status, .. })) if status.as_u16() == 503 => {
+                    debug!(callback, "the callback's instance is stopped");
+                    if let Some((order, orderbot, viewer)) = owed.order.take() {
+                        // Others get the order meanwhile; this instance
+                        // waits for the next one once it resumes.
+                        self.put_back(order, &orderbot);
+                        if let Some(mut p) = self.pending.get_mut(&callback) {
+                            p.order_id = None;
+                        }
+                        self.outbox.remove(&callback);
+                        if self.until_resumed(callback).await {
+                            self.wait_again(callback, orderbot, viewer);
+                        } else {
+                            self.give_up(callback, None);
+                        }
+                        return false;
+                    }
+                    if !self.until_resumed(callback).await {
+                        self.give_up(callback, None);
+                        return false;
+                    }
+                    failed = 0;
+                    delay = Duration::from_millis(self.config.callback_backoff_ms);
+                    self.take_newer(callback, &mut owed);
+                    continue;
+                }
+                Ok(Ok(pool::Reply { status, body }))
+                    if status.is_client_error() || status.as_u16() == 508 =>
                 {
-                    debug!(callback, %status, "callback closed by CPEE");
-                    self.give_up(callback, owed.order);
+                    debug!(callback, %status, answer = %String::from_utf8_lossy(&body[..body.len().min(256)]), "callback closed by CPEE");
+                    self.give_up(callback, owed.order.take());
                     return false;
                 }
                 Ok(Ok(pool::Reply { status, body })) => {
@@ -202,23 +244,77 @@ impl Cpee {
             };
             if !retry || failed >= self.config.callback_retries {
                 warn!(callback, attempts = failed, "giving up on a callback");
-                self.give_up(callback, owed.order);
+                self.give_up(callback, owed.order.take());
                 return false;
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
-            if let Some(mut outbox) = self.outbox.get_mut(&callback)
-                && let Some(newer) = outbox.next.take()
-            {
-                if newer.update.is_some() {
-                    outbox.last_update = Some(tokio::time::Instant::now());
+            self.take_newer(callback, &mut owed);
+        }
+    }
+
+    /// Replaces `owed` with a newer answer queued meanwhile, if any.
+    fn take_newer(&self, callback: u64, owed: &mut Owed) {
+        if let Some(mut outbox) = self.outbox.get_mut(&callback)
+            && let Some(newer) = outbox.next.take()
+        {
+            if newer.update.is_some() {
+                outbox.last_update = Some(tokio::time::Instant::now());
+            }
+            *owed = newer;
+        }
+    }
+
+    /// Waits while the callback's instance is stopped; true once it may
+    /// have resumed, false when the callback should be given up: its
+    /// instance is gone or finished, or it has been stopped longer than
+    /// `cpee.stopped_give_up_secs`, or the callback was cancelled.
+    ///
+    /// With the call's `CPEE-INSTANCE-URL`, its `properties/state/` is
+    /// asked after each pause: `running` resumes, 404 (deleted),
+    /// `finished` and `abandoned` give up, anything else (`stopped`,
+    /// `stopping`, `ready`) waits on. Without it, each pause ends in another
+    /// try. The pauses back off from `callback_backoff_ms` to
+    /// `stopped_retry_max_secs`.
+    pub(super) async fn until_resumed(self: &Arc<Self>, callback: u64) -> bool {
+        let give_up_ms = self.config.stopped_give_up_secs.saturating_mul(1000);
+        let max = Duration::from_secs(self.config.stopped_retry_max_secs);
+        let mut pause = Duration::from_millis(self.config.callback_backoff_ms).min(max);
+        loop {
+            let (since, instance) = match self.pending.get_mut(&callback) {
+                None => return false,
+                Some(mut p) => {
+                    let since = *p.stopped_since.get_or_insert_with(Millis::now);
+                    (since, p.instance_url.clone())
                 }
-                owed = newer;
+            };
+            if Millis::now().0.saturating_sub(since.0) >= give_up_ms {
+                warn!(
+                    callback,
+                    "the callback's instance stayed stopped; giving up"
+                );
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(max);
+            let Some(instance) = instance else {
+                return self.pending.contains_key(&callback);
+            };
+            match self.instance_state(&instance).await {
+                InstanceState::Running => return self.pending.contains_key(&callback),
+                InstanceState::Over => return false,
+                InstanceState::Waiting => {}
             }
         }
     }
 
-    pub(super) fn give_up(self: &Arc<Self>, callback: u64, order: Option<OrderId>) {
+    /// Ends a callback that will not be delivered; a work answer's order
+    /// goes back to the head of the queue for other orderbots.
+    pub(super) fn give_up(
+        self: &Arc<Self>,
+        callback: u64,
+        order: Option<(OrderId, String, Viewer)>,
+    ) {
         self.outbox.remove(&callback);
         if let Some((_, pending)) = self.pending.remove(&callback)
             && pending.kind == "wait"
@@ -226,9 +322,35 @@ impl Cpee {
         {
             self.drop_wait(order, callback);
         }
-        if let Some(order) = order {
-            self.dispatch.lock().orders.push_front(order);
-            self.dispatch_ready();
+        if let Some((order, orderbot, _)) = order {
+            self.put_back(order, &orderbot);
         }
+    }
+}
+
+impl Owed {
+    /// The PUT that delivers it to `url`.
+    fn request(&self, url: &str) -> Option<Request<Full<Bytes>>> {
+        let mut request = Request::builder()
+            .method(Method::PUT)
+            .uri(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(LOOP_HEADER, HeaderValue::from_static("1"));
+        if self.update.is_some() {
+            request = request.header("cpee-update", "true");
+            // The cockpit shows it as the activity's status; a word that
+            // is no valid header value is left out.
+            if let Some(status) = self
+                .status
+                .as_deref()
+                .and_then(|s| HeaderValue::from_str(s).ok())
+            {
+                request = request.header("cpee-status", status);
+            }
+        }
+        if self.salvage {
+            request = request.header("cpee-salvage", "true");
+        }
+        request.body(Full::new(self.body.clone())).ok()
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
-use tracing::warn;
 
 use super::deliver::Owed;
 use super::{Cpee, CpeeCall};
@@ -52,11 +51,37 @@ impl Cpee {
         self.dispatch_ready();
     }
 
-    /// Asks for work: the oldest waiting order now, or None.
+    /// Asks for work: the oldest order still waiting now, or None. Orders
+    /// that left `new` (or got an orderbot) meanwhile are dropped.
     pub fn take_now(&self, orderbot: &str) -> Option<OrderId> {
-        let order = self.dispatch.lock().orders.pop_front()?;
-        self.assign(order, orderbot);
-        Some(order)
+        loop {
+            let order = self.dispatch.lock().orders.pop_front()?;
+            if self.broker.claim_for(order, orderbot).is_some() {
+                return Some(order);
+            }
+        }
+    }
+
+    /// Puts back an order that was claimed but not delivered to `orderbot`
+    /// (its orderbot is cleared first), at the head: it waited longest.
+    pub(super) fn put_back(self: &Arc<Self>, order: OrderId, orderbot: &str) {
+        if self.broker.unclaim(order, orderbot) {
+            self.dispatch.lock().orders.push_front(order);
+            self.dispatch_ready();
+        }
+    }
+
+    /// Drops queued orders that can no longer be dispatched (served,
+    /// cancelled, deleted, or taken by an orderbot some other way).
+    pub(super) fn purge_queue(&self) {
+        let queued: Vec<OrderId> = self.dispatch.lock().orders.iter().copied().collect();
+        let gone: std::collections::HashSet<OrderId> = queued
+            .into_iter()
+            .filter(|id| !self.broker.dispatchable(*id))
+            .collect();
+        if !gone.is_empty() {
+            self.dispatch.lock().orders.retain(|id| !gone.contains(id));
+        }
     }
 
     /// Waits for work with a callback: the order is PUT when one comes.
@@ -71,6 +96,20 @@ impl Cpee {
         id
     }
 
+    /// A work callback whose instance resumed waits for work again, ahead
+    /// of every other orderbot: it has waited longest.
+    pub(super) fn wait_again(self: &Arc<Self>, id: u64, orderbot: String, viewer: Viewer) {
+        if !self.pending.contains_key(&id) {
+            return;
+        }
+        self.dispatch.lock().waiters.push_front(Waiter::Callback {
+            id,
+            orderbot,
+            viewer,
+        });
+        self.dispatch_ready();
+    }
+
     /// Waits for work by long poll; the receiver gets the order.
     pub fn poll_for_work(self: &Arc<Self>, orderbot: &str) -> oneshot::Receiver<OrderId> {
         let (tx, rx) = oneshot::channel();
@@ -83,8 +122,12 @@ impl Cpee {
     }
 
     /// Pairs waiting orders with waiting orderbots, oldest with oldest.
+    /// Only an order still new and without an orderbot is handed out
+    /// (`Broker::claim_for`); any other is dropped from the queue.
     pub(super) fn dispatch_ready(self: &Arc<Self>) {
         loop {
+            // The claimed order is rendered below: no word it uses may go.
+            let _pin = self.broker.pin();
             let (order, waiter) = {
                 let mut d = self.dispatch.lock();
                 if d.orders.is_empty() || d.waiters.is_empty() {
@@ -94,12 +137,19 @@ impl Cpee {
                 let waiter = d.waiters.pop_front().expect("checked");
                 (order, waiter)
             };
+            let orderbot = match &waiter {
+                Waiter::Poll { orderbot, .. } | Waiter::Callback { orderbot, .. } => orderbot,
+            };
+            let Some(claimed) = self.broker.claim_for(order, orderbot) else {
+                // Served, cancelled or taken meanwhile: never handed out.
+                self.dispatch.lock().waiters.push_front(waiter);
+                continue;
+            };
             match waiter {
                 Waiter::Poll { orderbot, tx } => {
-                    self.assign(order, &orderbot);
                     if tx.send(order).is_err() {
                         // The poller left: the order goes back to the head.
-                        self.dispatch.lock().orders.push_front(order);
+                        self.put_back(order, &orderbot);
                     }
                 }
                 Waiter::Callback {
@@ -107,27 +157,27 @@ impl Cpee {
                     orderbot,
                     viewer,
                 } => {
-                    self.assign(order, &orderbot);
                     if let Some(mut p) = self.pending.get_mut(&id) {
                         p.order_id = Some(order);
+                    } else {
+                        // Cancelled meanwhile.
+                        self.put_back(order, &orderbot);
+                        continue;
                     }
-                    let body = self.order_json(order, viewer);
+                    let (_, claimed) = claimed.order().expect("a claim changes the order");
+                    let body = crate::http::order_json(&self.broker, order, claimed, viewer);
                     self.owe(
                         id,
                         Owed {
                             body,
                             update: None,
-                            order: Some(order),
+                            status: None,
+                            salvage: false,
+                            order: Some((order, orderbot, viewer)),
                         },
                     );
                 }
             }
-        }
-    }
-
-    fn assign(&self, order: OrderId, orderbot: &str) {
-        if let Err(e) = self.broker.set_orderbot(order, orderbot) {
-            warn!(%order, error = %e, "could not record the orderbot of a dispatched order");
         }
     }
 

@@ -40,12 +40,14 @@ use crate::model::{Millis, OrderId, Stage};
 
 mod deliver;
 mod dispatch;
+mod instances;
 mod pool;
 mod waits;
 
 use deliver::Outbox;
 use dispatch::{Dispatch, Waiter};
 use waits::StateWait;
+pub use waits::WaitAnswer;
 
 /// The CPEE headers of a call.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +55,8 @@ pub struct CpeeCall {
     pub callback: Option<String>,
     pub callback_id: Option<String>,
     pub instance: Option<String>,
+    /// `CPEE-INSTANCE-URL`: where the instance's state can be asked.
+    pub instance_url: Option<String>,
     pub instance_uuid: Option<String>,
     pub label: Option<String>,
 }
@@ -71,6 +75,7 @@ impl CpeeCall {
             callback: get("cpee-callback"),
             callback_id: get("cpee-callback-id"),
             instance: get("cpee-instance"),
+            instance_url: get("cpee-instance-url"),
             instance_uuid: get("cpee-instance-uuid"),
             label: get("cpee-label"),
         }
@@ -101,12 +106,16 @@ pub struct Pending {
     pub kind: &'static str,
     pub url: String,
     pub instance: Option<String>,
+    pub instance_url: Option<String>,
     pub label: Option<String>,
     pub order_id: Option<OrderId>,
     pub orderbot_id: Option<String>,
     pub created: Millis,
     /// Delivery attempts so far.
     pub attempts: u32,
+    /// Since when its instance is stopped (a PUT got 503); None while it
+    /// is not known to be.
+    pub stopped_since: Option<Millis>,
 }
 
 /// How a call was answered, remembered for re-sends.
@@ -251,11 +260,13 @@ impl Cpee {
                 kind,
                 url: call.callback.clone().unwrap_or_default(),
                 instance: call.instance.clone(),
+                instance_url: call.instance_url.clone(),
                 label: call.label.clone(),
                 order_id,
                 orderbot_id: orderbot.map(str::to_string),
                 created: Millis::now(),
                 attempts: 0,
+                stopped_since: None,
             },
         );
         id

@@ -9,8 +9,9 @@ use bytes::Bytes;
 
 use super::deliver::Owed;
 use super::{Cpee, CpeeCall, CpeeError, Target};
+use crate::feed::Change;
 use crate::http::access::Viewer;
-use crate::model::{Order, OrderId};
+use crate::model::{Order, OrderId, Stage};
 
 pub(super) struct StateWait {
     callback: u64,
@@ -21,9 +22,11 @@ pub(super) struct StateWait {
 }
 
 impl Cpee {
-    /// Registers a state wait, or answers at once: Some(order) if the order is
-    /// already there. The wait is registered before the check, so no change
-    /// can slip between them. Refused past `cpee.max_waits_per_order`.
+    /// Registers a state wait, or answers at once when the order is already
+    /// there or can never get there. The wait is registered before the
+    /// check, so no change can slip between them. Refused past
+    /// `cpee.max_waits_per_order`. The caller holds a pin (it renders the
+    /// order it gets back).
     pub fn wait_for_state(
         self: &Arc<Self>,
         call: &CpeeCall,
@@ -31,7 +34,7 @@ impl Cpee {
         target: Target,
         updates: bool,
         viewer: Viewer,
-    ) -> Result<Option<Order>, CpeeError> {
+    ) -> Result<WaitAnswer, CpeeError> {
         let max = self.config.max_waits_per_order;
         let full = |waits: &HashMap<OrderId, Vec<StateWait>>| {
             waits.get(&order).is_some_and(|list| list.len() >= max)
@@ -60,15 +63,37 @@ impl Cpee {
         }
         self.wait_count.fetch_add(1, Ordering::AcqRel);
         self.demand.want(from);
-        let Some(current) = self.broker.get(order) else {
-            return Ok(None);
+        let current = self.broker.get(order);
+        let answer = match &current {
+            Some(o) if self.reached(o, &target) => WaitAnswer::Reached(o.clone()),
+            Some(o) if !self.reachable(o, &target) => WaitAnswer::Never(Some(o.clone())),
+            Some(_) => return Ok(WaitAnswer::Later),
+            None => WaitAnswer::Never(None),
         };
-        if self.reached(&current, &target) && self.drop_wait(order, id) {
+        if self.drop_wait(order, id) {
             self.pending.remove(&id);
             self.outbox.remove(&id);
-            return Ok(Some(current));
+            return Ok(answer);
         }
-        Ok(None)
+        // The feed task answered it meanwhile.
+        Ok(WaitAnswer::Later)
+    }
+
+    /// Whether `order` can still reach `target` (when it has not yet): a
+    /// cancelled order never can, nor can a completed shop order go back
+    /// to new or in progress (the table of moves,
+    /// [`crate::shop::check_move`]). Orders without shop details move
+    /// freely, as the seed's do.
+    pub fn reachable(&self, order: &Order, target: &Target) -> bool {
+        let stage = match target {
+            Target::Stage(stage) => *stage,
+            Target::Status(word) => self.broker.stage_of_word(word),
+        };
+        match order.stage {
+            Stage::Cancelled => false,
+            Stage::Completed if order.shop.is_some() => stage == Stage::Cancelled,
+            _ => true,
+        }
     }
 
     /// Removes a wait; true if this call removed it (so it owns the answer).
@@ -115,15 +140,20 @@ impl Cpee {
                         .subscribe(crate::model::Seq(self.broker.last_seq().0 + 1));
                     let orders: Vec<OrderId> = self.waits.lock().keys().copied().collect();
                     for id in orders {
-                        if let Some(order) = self.broker.get(id) {
-                            self.changed(id, &order);
+                        match self.broker.get(id) {
+                            Some(order) => self.changed(id, &order),
+                            None => self.removed(id, None),
                         }
                     }
                     continue;
                 };
                 for event in &events {
-                    if let Some((id, order)) = event.order() {
-                        self.changed(id, order);
+                    match &event.change {
+                        Change::Order { id, order, .. } => self.changed(*id, order),
+                        Change::OrderRemoved { id, evicted, .. } => {
+                            self.removed(*id, evicted.as_ref())
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -132,16 +162,20 @@ impl Cpee {
 
     fn changed(self: &Arc<Self>, id: OrderId, order: &Order) {
         type Due = Vec<(u64, Viewer)>;
-        let (done, updates): (Due, Due) = {
+        let (done, never, updates): (Due, Due, Due) = {
             let mut waits = self.waits.lock();
             let Some(list) = waits.get_mut(&id) else {
                 return;
             };
             let mut done = Vec::new();
+            let mut never = Vec::new();
             let mut updates = Vec::new();
             list.retain(|w| {
                 if self.reached(order, &w.target) {
                     done.push((w.callback, w.viewer));
+                    false
+                } else if !self.reachable(order, &w.target) {
+                    never.push((w.callback, w.viewer));
                     false
                 } else {
                     if w.updates {
@@ -153,9 +187,11 @@ impl Cpee {
             if list.is_empty() {
                 waits.remove(&id);
             }
-            (done, updates)
+            (done, never, updates)
         };
-        self.wait_count.fetch_sub(done.len(), Ordering::Relaxed);
+        self.wait_count
+            .fetch_sub(done.len() + never.len(), Ordering::Relaxed);
+        let status = self.broker.symbols().text(order.status).to_string();
         // One rendering per kind of viewer among the callbacks.
         let mut bodies: Vec<(Viewer, Bytes)> = Vec::new();
         let mut body_for = |viewer: Viewer| -> Bytes {
@@ -169,26 +205,63 @@ impl Cpee {
         let mark = (order.created.get(), order.version);
         for (callback, viewer) in updates {
             let body = body_for(viewer);
-            let update = Some(mark);
             self.owe(
                 callback,
                 Owed {
                     body,
-                    update,
+                    update: Some(mark),
+                    status: Some(status.clone()),
+                    salvage: false,
                     order: None,
                 },
             );
         }
-        for (callback, viewer) in done {
-            let body = body_for(viewer);
-            self.owe(
-                callback,
-                Owed {
+        for (salvage, due) in [(false, done), (true, never)] {
+            for (callback, viewer) in due {
+                let body = body_for(viewer);
+                let owed = Owed {
                     body,
                     update: None,
+                    status: None,
+                    salvage,
                     order: None,
-                },
-            );
+                };
+                self.owe(callback, owed);
+            }
         }
     }
+
+    /// An order with waits left the broker (deleted, or evicted: then its
+    /// final state comes along): no wait on it can be met any more, so each
+    /// is answered with `CPEE-SALVAGE: true`.
+    fn removed(self: &Arc<Self>, id: OrderId, evicted: Option<&Order>) {
+        let Some(list) = self.waits.lock().remove(&id) else {
+            return;
+        };
+        self.wait_count.fetch_sub(list.len(), Ordering::Relaxed);
+        for wait in list {
+            let body = match evicted {
+                Some(order) => crate::http::order_json(&self.broker, id, order, wait.viewer),
+                None => Bytes::from(serde_json::json!({"id": id, "removed": true}).to_string()),
+            };
+            let owed = Owed {
+                body,
+                update: None,
+                status: None,
+                salvage: true,
+                order: None,
+            };
+            self.owe(wait.callback, owed);
+        }
+    }
+}
+
+/// How a state wait was answered when it was registered.
+pub enum WaitAnswer {
+    /// The order is there already.
+    Reached(Order),
+    /// The order can never get there (cancelled, finished, or gone: None).
+    Never(Option<Order>),
+    /// A callback will say.
+    Later,
 }

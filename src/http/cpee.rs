@@ -14,7 +14,7 @@ use super::access::Viewer;
 use super::body::{Fields, parse_fields};
 use super::error::ApiError;
 use super::{App, Body, Req, empty, json_bytes, json_response};
-use crate::cpee::{Answer, CpeeCall, CpeeError, Target};
+use crate::cpee::{Answer, CpeeCall, CpeeError, Target, WaitAnswer};
 use crate::model::{OrderId, Stage};
 
 impl From<CpeeError> for ApiError {
@@ -197,6 +197,9 @@ pub async fn wait(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>
             super::order_json(app.broker(), id, &order, viewer),
         ));
     }
+    if !app.cpee.reachable(&order, &target) {
+        return Err(never(app, id, Some(&order), viewer));
+    }
     let Some(url) = &call.callback else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -208,15 +211,30 @@ pub async fn wait(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>
         .cpee
         .wait_for_state(&call, id, target, updates, viewer)?
     {
-        Some(order) => Ok(json_bytes(
+        WaitAnswer::Reached(order) => Ok(json_bytes(
             StatusCode::OK,
             super::order_json(app.broker(), id, &order, viewer),
         )),
-        None => {
+        WaitAnswer::Never(order) => Err(never(app, id, order.as_ref(), viewer)),
+        WaitAnswer::Later => {
             app.cpee.remember(key, Answer::Later);
             Ok(later())
         }
     }
+}
+
+/// 409 for a wait that can never be met (the order is cancelled, finished
+/// or gone), with the order as it is: CPEE sends an activity whose call
+/// fails to its rescue path (salvage), as it does for `CPEE-SALVAGE`.
+fn never(app: &App, id: OrderId, order: Option<&crate::model::Order>, viewer: Viewer) -> ApiError {
+    let state = order.map_or("gone".to_string(), |o| o.stage.to_string());
+    let body = order.map(|o| super::order_json(app.broker(), id, o, viewer));
+    let order: Value = body
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let message = format!("order {id} can never reach that state: it is {state}");
+    ApiError::new(StatusCode::CONFLICT, message.clone())
+        .with_body(serde_json::json!({"error": message, "order": order}))
 }
 
 /// `GET /cpee/callbacks` and `DELETE /cpee/callbacks/{id}`.
