@@ -35,11 +35,13 @@
 //!   the file format in `journal/record.rs`.
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.
-//! - [`cpee`]: CPEE's protocol: the dispatch queue and waiting orderbots,
-//!   waits for a state, pending callbacks and their retrying delivery (one
-//!   task per callback, its newest answer only), answers kept for re-sent
-//!   calls, and in `cpee/pool.rs` the connections deliveries go out on,
-//!   bounded in all.
+//! - [`cpee`]: CPEE's protocol: calls, pending callbacks and their checks
+//!   (`cpee/mod.rs`), the dispatch queue that hands only still-new orders
+//!   to waiting orderbots (`dispatch.rs`), waits for a state and salvage of
+//!   those that can never be met (`waits.rs`), one delivery task per
+//!   callback with stop/resume handling (`deliver.rs`), instance state
+//!   probes (`instances.rs`), the bounded connection pool (`pool.rs`), and
+//!   answers kept for re-sent calls.
 //! - [`analytics`]: aggregates kept from the change feed (revenue, spend,
 //!   delivery and stage times, cancellations) for `/analytics`.
 //! - [`auth`]: who is calling (static tokens, JWTs), their role, the strict
