@@ -448,3 +448,59 @@ async fn a_customer_cannot_cancel_after_preparation_through_the_lifecycle_api() 
     .await;
     assert_eq!(reply.status, StatusCode::OK, "staff still can");
 }
+
+#[tokio::test]
+async fn a_customer_cannot_delete_an_order_once_it_is_being_prepared() {
+    let server = secured().await;
+    order_of(&server, 1).await;
+    order_of(&server, 1).await;
+    let all = call(
+        &server,
+        Method::GET,
+        "/orders",
+        "token staff-t",
+        Value::Null,
+    )
+    .await;
+    let ids: Vec<u64> = all
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_u64().unwrap())
+        .collect();
+    let (early, late) = (ids[0], ids[1]);
+    // Not processed (nothing charged), but the bar started on it.
+    for step in ["confirmed", "preparing"] {
+        let reply = call(
+            &server,
+            Method::PUT,
+            &format!("/orders/{late}/status"),
+            "token staff-t",
+            json!({"status": step}),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{step}: {:?}", reply.body);
+    }
+    let delete = |id: u64, token: &'static str| {
+        let server = &server;
+        async move {
+            call(
+                server,
+                Method::DELETE,
+                &format!("/orders/{id}"),
+                token,
+                Value::Null,
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(
+        delete(late, "token cust-1").await,
+        StatusCode::CONFLICT,
+        "as late as for a cancel"
+    );
+    assert_eq!(delete(early, "token cust-1").await, StatusCode::NO_CONTENT);
+    assert_eq!(delete(late, "token staff-t").await, StatusCode::NO_CONTENT);
+}

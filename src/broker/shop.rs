@@ -78,10 +78,14 @@ pub enum Transition {
 /// Order numbers use letters and digits that cannot be mistaken for each other.
 const NUMBER_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 /// Why an order leaves the map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Removal {
-    /// A client deleted it (with an optional `If-Match` version).
-    Delete(Option<Version>),
+    /// A client deleted it (with an optional `If-Match` version); a
+    /// customer only while they may still cancel it (the flow words).
+    Delete {
+        expected: Option<Version>,
+        customer: Option<Vec<(crate::symbols::Sym, crate::shop::Fulfilment)>>,
+    },
     /// It is finished and old: it leaves memory for the archive.
     Evict,
 }
@@ -531,12 +535,18 @@ impl Broker {
     }
 
     /// Deletes an order unless it has been processed.
+    /// Deletes an order that was never processed; `customer`: the caller
+    /// is its customer, who may delete it only while they may still cancel
+    /// it (before preparation: the one rule, `customer_may_cancel`).
     pub fn delete_order(
         &self,
         id: OrderId,
         expected: Option<Version>,
+        customer: bool,
     ) -> Result<Order, BrokerError> {
-        self.remove_order(id, Removal::Delete(expected))
+        // Symbols before the order's lock.
+        let customer = customer.then(|| self.flow_words());
+        self.remove_order(id, Removal::Delete { expected, customer })
     }
 
     /// Takes an order out of the map and its indexes, committing its
@@ -546,9 +556,17 @@ impl Broker {
             return Err(BrokerError::OrderNotFound);
         };
         let order = entry.get();
-        match how {
-            Removal::Delete(expected) => {
-                check_version(order, expected)?;
+        match &how {
+            Removal::Delete { expected, customer } => {
+                check_version(order, *expected)?;
+                if let Some(flow) = customer {
+                    let state = super::fulfilment::flow_state(flow, order);
+                    if !super::fulfilment::customer_may_cancel(state) {
+                        return Err(BrokerError::Conflict(
+                            super::fulfilment::too_late_for_a_customer(state),
+                        ));
+                    }
+                }
                 if order.shop.as_ref().is_some_and(|s| s.processed.is_some()) {
                     return Err(BrokerError::Conflict(
                         "order is processed and cannot be deleted".into(),
@@ -1205,12 +1223,12 @@ mod tests {
 
         // A processed order cannot be deleted; an unprocessed one can.
         assert!(matches!(
-            broker.delete_order(id, None),
+            broker.delete_order(id, None, false),
             Err(BrokerError::Conflict(_))
         ));
         let fresh = order(&broker, 2, &[(2, 1)]);
         let number = broker.get(fresh).unwrap().shop.unwrap().number.clone();
-        broker.delete_order(fresh, None).unwrap();
+        broker.delete_order(fresh, None, false).unwrap();
         assert!(broker.get(fresh).is_none());
         assert!(broker.order_by_number(&number).is_none());
         assert!(

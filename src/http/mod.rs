@@ -662,7 +662,7 @@ impl App {
             }
             Route::Order | Route::ProcessOrder if read => orders::get(self, req),
             Route::Order if m == Method::PUT => orders::set_status(self, req),
-            Route::Order if m == Method::DELETE => orders::delete(self, req),
+            Route::Order if m == Method::DELETE => orders::delete(self, req, caller),
             Route::OrderItems if m == Method::PUT => orders::replace_items(self, req),
             Route::ProcessOrder if m == Method::PUT => orders::process(self, req),
             Route::Lifecycle if m == Method::POST => lifecycle::transition(self, req, caller),

@@ -393,8 +393,10 @@ pub fn replace_items(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 /// `DELETE /orders/{id}`: 409 once processed.
-pub fn delete(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
-    app.broker().delete_order(order_id(req)?, if_match(req)?)?;
+pub fn delete(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Response<Body>, ApiError> {
+    let customer = caller.is_some_and(|c| c.role == crate::auth::Role::Customer);
+    app.broker()
+        .delete_order(order_id(req)?, if_match(req)?, customer)?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
