@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::broker::Broker;
 use crate::config::{Config, Limits, Persistence, PersistenceMode};
 use crate::http::App;
+use crate::http::live::EventStream;
 use crate::journal::{Journal, JournalError};
 use crate::model::Millis;
 
@@ -97,11 +98,18 @@ pub async fn serve(
         let app = app.clone();
         let counted = ConnectionCount::new(app.clone());
         let peer = stream.peer_addr().ok().map(|a| a.ip());
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-        });
         let stream = crate::stall::Stalling::new(stream, write_stall);
+        let streaming = stream.streaming();
+        let service = service_fn(move |req| {
+            let (app, streaming) = (app.clone(), streaming.clone());
+            async move {
+                let response = app.handle(req, peer).await;
+                if response.extensions().get::<EventStream>().is_some() {
+                    streaming.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _held = (counted, place);

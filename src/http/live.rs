@@ -41,6 +41,11 @@ use crate::model::{OrderId, Seq, Stage};
 /// a stream holds beyond its cursor, whatever its backlog.
 const MAX_CHUNK: usize = 64 * 1024;
 
+/// Marks a response that is an event stream, so the connection under it
+/// bounds what the kernel holds for it (`stall::STREAM_SEND_BUFFER`).
+#[derive(Clone, Copy, Debug)]
+pub struct EventStream;
+
 /// One change, ready to send.
 #[derive(Debug)]
 pub struct Rendered {
@@ -429,6 +434,7 @@ fn stream(
     };
     let body = StreamBody::new(futures_util::stream::unfold(state, Stream::next_chunk));
     let mut response = Response::new(BodyExt::boxed_unsync(body));
+    response.extensions_mut().insert(EventStream);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
