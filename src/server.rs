@@ -22,6 +22,12 @@ use crate::http::live::EventStream;
 use crate::journal::{Journal, JournalError};
 use crate::model::Millis;
 
+/// hyper's buffer per connection: of a response, what it takes before it
+/// waits for the socket (one chunk more at most); of a request, the longest
+/// head (431 past it). With hyper's default, about 400 KiB, every silent
+/// event stream held that much of its backlog.
+pub const WRITE_BUFFER: usize = 16 * 1024;
+
 /// Serves a new broker built from `config` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -61,6 +67,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
+        .max_buf_size(WRITE_BUFFER)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let places = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));

@@ -144,6 +144,28 @@ fn a_body_sent_a_byte_at_a_time_costs_its_size_not_a_buffer_per_byte() {
 }
 
 #[test]
+fn a_request_head_past_16_kib_gets_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &[]);
+    let ask = |header_bytes: usize| {
+        let mut s = TcpStream::connect(&broker.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let big = "x".repeat(header_bytes);
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: {big}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.get(..12).unwrap_or_default().to_string()
+    };
+    assert_eq!(ask(15 * 1024), "HTTP/1.1 200");
+    assert_eq!(ask(17 * 1024), "HTTP/1.1 431");
+    assert_eq!(broker.request("GET", "/healthz", "").0, 200);
+}
+
+#[test]
 fn silent_event_streams_hold_bounded_memory_and_are_cut() {
     const STREAMS: usize = 100;
     const WRITES: usize = 20_000;

@@ -37,9 +37,10 @@ use crate::config::Events;
 use crate::feed::{Change, Demand, Event};
 use crate::model::{OrderId, Seq, Stage};
 
-/// Most bytes a stream renders ahead of what its client took: the memory
-/// a stream holds beyond its cursor, whatever its backlog.
-const MAX_CHUNK: usize = 64 * 1024;
+/// Most bytes of one chunk a stream hands hyper (plus at most one event
+/// past it): a stream that is behind, or resumes, sends its backlog in
+/// chunks this big, one at a time as its client takes them.
+pub const MAX_CHUNK: usize = 16 * 1024;
 
 /// Marks a response that is an event stream, so the connection under it
 /// bounds what the kernel holds for it (`stall::STREAM_SEND_BUFFER`).
@@ -609,6 +610,9 @@ impl Stream {
                 Ok(events) if events.is_empty() => return true,
                 Ok(events) => {
                     for event in &events {
+                        if self.out.len() >= MAX_CHUNK {
+                            break;
+                        }
                         let rendered = render(&self.broker, event);
                         self.push(&rendered);
                     }
