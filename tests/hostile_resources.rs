@@ -221,9 +221,18 @@ fn silent_event_streams_hold_bounded_memory_and_are_cut() {
         "RSS grew {growth:.1} MB with {STREAMS} silent streams over {WRITES} writes"
     );
     assert!(took < Duration::from_secs(60), "writes took {took:?}");
-    // A reader that took nothing for write_stall_secs is cut; when it
-    // comes back it resumes (and gets resync if it fell behind).
-    std::thread::sleep(Duration::from_secs(3));
+    // A reader that took nothing for write_stall_secs is cut (by the
+    // broker: reading here first would let a stream go on); when it comes
+    // back it resumes (and gets resync if it fell behind).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_streams(&broker.addr) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} silent streams still open 5 s after the writes",
+            open_streams(&broker.addr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut cut = 0;
     for s in silent.iter_mut() {
@@ -288,4 +297,24 @@ fn past_the_open_file_limit_new_connections_get_503_not_accept_errors() {
         "every connection past the limit got an answer ({refused} × 503, {answered} × 200)"
     );
     assert!(refused > 0);
+}
+
+/// `/healthz` on a fresh connection, its JSON (None: no 200 within 2 s).
+fn healthz(addr: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()
+}
+
+fn open_streams(addr: &str) -> u64 {
+    healthz(addr).expect("/healthz answers")["event_streams"]
+        .as_u64()
+        .unwrap()
 }
