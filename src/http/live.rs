@@ -31,6 +31,7 @@ use super::error::ApiError;
 use super::orders::OrderBody;
 use super::{App, Body, Req, json_response};
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use crate::broker::Broker;
 use crate::config::Events;
@@ -89,6 +90,10 @@ pub struct Live {
     closing: watch::Sender<bool>,
     heartbeat: Duration,
     retry_ms: u64,
+    /// The last `live_buffer` changes as rendered, by seq: a stream that
+    /// replays them (it resumed, or catches up) sends these, so a storm of
+    /// reconnecting boards costs copies, not a rendering per stream.
+    recent: Box<[Mutex<Option<Arc<Rendered>>>]>,
 }
 
 impl Live {
@@ -104,7 +109,32 @@ impl Live {
             closing: watch::Sender::new(false),
             heartbeat: Duration::from_secs(config.heartbeat_secs),
             retry_ms: config.retry_ms,
+            recent: (0..config.live_buffer.max(1))
+                .map(|_| Mutex::new(None))
+                .collect(),
         }
+    }
+
+    fn slot(&self, seq: Seq) -> &Mutex<Option<Arc<Rendered>>> {
+        &self.recent[(seq.0 % self.recent.len() as u64) as usize]
+    }
+
+    /// Keeps a rendered change for the streams that replay it, unless its
+    /// place holds a later one.
+    fn keep(&self, rendered: &Arc<Rendered>) {
+        let mut slot = self.slot(rendered.seq).lock();
+        if slot.as_ref().is_none_or(|r| r.seq < rendered.seq) {
+            *slot = Some(rendered.clone());
+        }
+    }
+
+    /// The change `seq` as rendered, if it is still kept.
+    fn rendered(&self, seq: Seq) -> Option<Arc<Rendered>> {
+        self.slot(seq)
+            .lock()
+            .as_ref()
+            .filter(|r| r.seq == seq)
+            .cloned()
     }
 
     /// Renders every change once, for all streams, until `close`. Sleeps
@@ -131,6 +161,7 @@ impl Live {
                 };
                 for event in &events {
                     let rendered = Arc::new(render(&broker, event));
+                    self.keep(&rendered);
                     if let Some((id, _, _)) = rendered.order
                         && let Some(routes) = self.routes.get(&id)
                     {
@@ -420,6 +451,7 @@ fn stream(
     let mut heartbeat = tokio::time::interval(live.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = Stream {
+        live: live.clone(),
         broker,
         epoch,
         filter,
@@ -501,6 +533,7 @@ impl Source {
 }
 
 struct Stream {
+    live: Arc<Live>,
     broker: Broker,
     epoch: u64,
     filter: Filter,
@@ -606,6 +639,10 @@ impl Stream {
             if want == 0 {
                 return true;
             }
+            if let Some(rendered) = self.live.rendered(self.next) {
+                self.push(&rendered);
+                continue;
+            }
             match self.broker.events_since(self.next, want) {
                 Ok(events) if events.is_empty() => return true,
                 Ok(events) => {
@@ -613,7 +650,8 @@ impl Stream {
                         if self.out.len() >= MAX_CHUNK {
                             break;
                         }
-                        let rendered = render(&self.broker, event);
+                        let rendered = Arc::new(render(&self.broker, event));
+                        self.live.keep(&rendered);
                         self.push(&rendered);
                     }
                 }
