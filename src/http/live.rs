@@ -8,7 +8,12 @@
 //! from the history, so a client that resumes gets every later event once.
 //! A stream that falls behind the history gets `event: resync` (reload
 //! `/views`) instead of a gap. Writers never wait for streams: a slow client
-//! only moves its own cursor back, and memory per stream is its cursor.
+//! only moves its own cursor back. A replay of the last `live_buffer`
+//! changes sends the frames rendered already (by the renderer, or the first
+//! stream that needed them), not a rendering of its own. What a stream
+//! holds beyond its cursor is one chunk (`MAX_CHUNK`), what hyper buffers
+//! (`server::WRITE_BUFFER`) and its socket's send buffer
+//! (`stall::STREAM_SEND_BUFFER`), whatever its backlog.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -526,6 +531,28 @@ impl Source {
         }
     }
 
+    /// What arrived already, without waiting (None: nothing yet).
+    fn try_recv(&mut self) -> Option<Received> {
+        match self {
+            Source::All(rx) => match rx.try_recv() {
+                Ok(r) => Some(Received::Event(r)),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => Some(Received::Lagged),
+                Err(broadcast::error::TryRecvError::Closed) => Some(Received::Closed),
+                Err(broadcast::error::TryRecvError::Empty) => None,
+            },
+            Source::One { rx, lagged, .. } => {
+                if lagged.swap(false, Ordering::AcqRel) {
+                    return Some(Received::Lagged);
+                }
+                match rx.try_recv() {
+                    Ok(r) => Some(Received::Event(r)),
+                    Err(mpsc::error::TryRecvError::Disconnected) => Some(Received::Closed),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                }
+            }
+        }
+    }
+
     /// Whether consecutive events arrive for every seq (so a jump is a gap).
     fn sees_every_seq(&self) -> bool {
         matches!(self, Source::All(_))
@@ -555,11 +582,11 @@ struct Stream {
 impl Stream {
     async fn next_chunk(mut self) -> Option<(Result<Frame<Bytes>, Infallible>, Self)> {
         loop {
-            if !self.out.is_empty() {
-                let chunk = self.out.split().freeze();
-                return Some((Ok(Frame::data(chunk)), self));
+            let closing = *self.closing.borrow();
+            if self.out.len() >= MAX_CHUNK || (closing && !self.out.is_empty()) {
+                return Some(self.chunk());
             }
-            if *self.closing.borrow() {
+            if closing {
                 return None;
             }
             // Replay what the history holds beyond the cursor first (resume).
@@ -575,10 +602,16 @@ impl Stream {
                 Tick,
                 Closing,
             }
-            let wake = tokio::select! {
-                received = self.source.recv() => Wake::Received(received),
-                _ = self.heartbeat.tick() => Wake::Tick,
-                _ = self.closing.wait_for(|c| *c) => Wake::Closing,
+            // What is already there goes into this chunk (up to MAX_CHUNK):
+            // a stream that is behind takes many events per wake, not one.
+            let wake = match self.source.try_recv() {
+                Some(received) => Wake::Received(received),
+                None if !self.out.is_empty() => return Some(self.chunk()),
+                None => tokio::select! {
+                    received = self.source.recv() => Wake::Received(received),
+                    _ = self.heartbeat.tick() => Wake::Tick,
+                    _ = self.closing.wait_for(|c| *c) => Wake::Closing,
+                },
             };
             match wake {
                 Wake::Received(Received::Event(rendered)) if rendered.gap => {
@@ -610,6 +643,11 @@ impl Stream {
                 }
             }
         }
+    }
+
+    fn chunk(mut self) -> (Result<Frame<Bytes>, Infallible>, Self) {
+        let chunk = self.out.split().freeze();
+        (Ok(Frame::data(chunk)), self)
     }
 
     fn push(&mut self, rendered: &Rendered) {
