@@ -56,7 +56,8 @@
 //!   `live` (event streams, `/views`, the board page from
 //!   `assets/board.html`), `cpee` (the CPEE endpoints), `openapi`
 //!   (`/openapi.json`), `metrics` (`/metrics`), `ops` (`/healthz`, `/readyz`).
-//! - [`stall`]: cuts a connection whose peer stops reading what it is sent.
+//! - [`stall`]: cuts a connection whose peer stops reading what it is sent,
+//!   and bounds what the kernel holds of an event stream's unsent bytes.
 //! - [`server`]: accept loop, connections, recovery before ready, the
 //!   housekeeping task (scheduled orders, eviction), graceful shutdown with
 //!   a journal flush (`run`, `serve`).

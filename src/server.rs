@@ -18,8 +18,15 @@ use tracing::{debug, info, warn};
 use crate::broker::Broker;
 use crate::config::{Config, Limits, Persistence, PersistenceMode};
 use crate::http::App;
+use crate::http::live::EventStream;
 use crate::journal::{Journal, JournalError};
 use crate::model::Millis;
+
+/// hyper's buffer per connection: of a response, what it takes before it
+/// waits for the socket (one chunk more at most); of a request, the longest
+/// head (431 past it). With hyper's default, about 400 KiB, every silent
+/// event stream held that much of its backlog.
+pub const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Serves a new broker built from `config` until `shutdown` resolves.
 pub async fn run(
@@ -62,6 +69,7 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(config.limits.header_read_timeout_secs))
+        .max_buf_size(WRITE_BUFFER)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let places = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
@@ -99,11 +107,18 @@ pub async fn serve(
         let app = app.clone();
         let counted = ConnectionCount::new(app.clone());
         let peer = stream.peer_addr().ok().map(|a| a.ip());
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-        });
         let stream = crate::stall::Stalling::new(stream, write_stall);
+        let streaming = stream.streaming();
+        let service = service_fn(move |req| {
+            let (app, streaming) = (app.clone(), streaming.clone());
+            async move {
+                let response = app.handle(req, peer).await;
+                if response.extensions().get::<EventStream>().is_some() {
+                    streaming.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _held = (counted, place);

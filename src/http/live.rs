@@ -8,7 +8,12 @@
 //! from the history, so a client that resumes gets every later event once.
 //! A stream that falls behind the history gets `event: resync` (reload
 //! `/views`) instead of a gap. Writers never wait for streams: a slow client
-//! only moves its own cursor back, and memory per stream is its cursor.
+//! only moves its own cursor back. A replay of the last `live_buffer`
+//! changes sends the frames rendered already (by the renderer, or the first
+//! stream that needed them), not a rendering of its own. What a stream
+//! holds beyond its cursor is one chunk (`MAX_CHUNK`), what hyper buffers
+//! (`server::WRITE_BUFFER`) and its socket's send buffer
+//! (`stall::STREAM_SEND_BUFFER`), whatever its backlog.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -31,15 +36,22 @@ use super::error::ApiError;
 use super::orders::OrderBody;
 use super::{App, Body, Req, json_response};
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use crate::broker::Broker;
 use crate::config::Events;
 use crate::feed::{Change, Demand, Event};
 use crate::model::{OrderId, Seq, Stage};
 
-/// Most bytes a stream renders ahead of what its client took: the memory
-/// a stream holds beyond its cursor, whatever its backlog.
-const MAX_CHUNK: usize = 64 * 1024;
+/// Most bytes of one chunk a stream hands hyper (plus at most one event
+/// past it): a stream that is behind, or resumes, sends its backlog in
+/// chunks this big, one at a time as its client takes them.
+pub const MAX_CHUNK: usize = 16 * 1024;
+
+/// Marks a response that is an event stream, so the connection under it
+/// bounds what the kernel holds for it (`stall::STREAM_SEND_BUFFER`).
+#[derive(Clone, Copy, Debug)]
+pub struct EventStream;
 
 /// One change, ready to send.
 #[derive(Debug)]
@@ -83,6 +95,10 @@ pub struct Live {
     closing: watch::Sender<bool>,
     heartbeat: Duration,
     retry_ms: u64,
+    /// The last `live_buffer` changes as rendered, by seq: a stream that
+    /// replays them (it resumed, or catches up) sends these, so a storm of
+    /// reconnecting boards costs copies, not a rendering per stream.
+    recent: Box<[Mutex<Option<Arc<Rendered>>>]>,
 }
 
 impl Live {
@@ -98,7 +114,32 @@ impl Live {
             closing: watch::Sender::new(false),
             heartbeat: Duration::from_secs(config.heartbeat_secs),
             retry_ms: config.retry_ms,
+            recent: (0..config.live_buffer.max(1))
+                .map(|_| Mutex::new(None))
+                .collect(),
         }
+    }
+
+    fn slot(&self, seq: Seq) -> &Mutex<Option<Arc<Rendered>>> {
+        &self.recent[(seq.0 % self.recent.len() as u64) as usize]
+    }
+
+    /// Keeps a rendered change for the streams that replay it, unless its
+    /// place holds a later one.
+    fn keep(&self, rendered: &Arc<Rendered>) {
+        let mut slot = self.slot(rendered.seq).lock();
+        if slot.as_ref().is_none_or(|r| r.seq < rendered.seq) {
+            *slot = Some(rendered.clone());
+        }
+    }
+
+    /// The change `seq` as rendered, if it is still kept.
+    fn rendered(&self, seq: Seq) -> Option<Arc<Rendered>> {
+        self.slot(seq)
+            .lock()
+            .as_ref()
+            .filter(|r| r.seq == seq)
+            .cloned()
     }
 
     /// Renders every change once, for all streams, until `close`. Sleeps
@@ -129,6 +170,7 @@ impl Live {
                 };
                 for event in &events {
                     let rendered = Arc::new(render(&broker, event));
+                    self.keep(&rendered);
                     if let Some((id, _, _)) = rendered.order
                         && let Some(routes) = self.routes.get(&id)
                     {
@@ -418,6 +460,7 @@ fn stream(
     let mut heartbeat = tokio::time::interval(live.heartbeat);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = Stream {
+        live: live.clone(),
         broker,
         epoch,
         filter,
@@ -433,6 +476,7 @@ fn stream(
     };
     let body = StreamBody::new(futures_util::stream::unfold(state, Stream::next_chunk));
     let mut response = Response::new(BodyExt::boxed_unsync(body));
+    response.extensions_mut().insert(EventStream);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -491,6 +535,28 @@ impl Source {
         }
     }
 
+    /// What arrived already, without waiting (None: nothing yet).
+    fn try_recv(&mut self) -> Option<Received> {
+        match self {
+            Source::All(rx) => match rx.try_recv() {
+                Ok(r) => Some(Received::Event(r)),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => Some(Received::Lagged),
+                Err(broadcast::error::TryRecvError::Closed) => Some(Received::Closed),
+                Err(broadcast::error::TryRecvError::Empty) => None,
+            },
+            Source::One { rx, lagged, .. } => {
+                if lagged.swap(false, Ordering::AcqRel) {
+                    return Some(Received::Lagged);
+                }
+                match rx.try_recv() {
+                    Ok(r) => Some(Received::Event(r)),
+                    Err(mpsc::error::TryRecvError::Disconnected) => Some(Received::Closed),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                }
+            }
+        }
+    }
+
     /// Whether consecutive events arrive for every seq (so a jump is a gap).
     fn sees_every_seq(&self) -> bool {
         matches!(self, Source::All(_))
@@ -498,6 +564,7 @@ impl Source {
 }
 
 struct Stream {
+    live: Arc<Live>,
     broker: Broker,
     epoch: u64,
     filter: Filter,
@@ -519,11 +586,11 @@ struct Stream {
 impl Stream {
     async fn next_chunk(mut self) -> Option<(Result<Frame<Bytes>, Infallible>, Self)> {
         loop {
-            if !self.out.is_empty() {
-                let chunk = self.out.split().freeze();
-                return Some((Ok(Frame::data(chunk)), self));
+            let closing = *self.closing.borrow();
+            if self.out.len() >= MAX_CHUNK || (closing && !self.out.is_empty()) {
+                return Some(self.chunk());
             }
-            if *self.closing.borrow() {
+            if closing {
                 return None;
             }
             // Replay what the history holds beyond the cursor first (resume).
@@ -539,10 +606,16 @@ impl Stream {
                 Tick,
                 Closing,
             }
-            let wake = tokio::select! {
-                received = self.source.recv() => Wake::Received(received),
-                _ = self.heartbeat.tick() => Wake::Tick,
-                _ = self.closing.wait_for(|c| *c) => Wake::Closing,
+            // What is already there goes into this chunk (up to MAX_CHUNK):
+            // a stream that is behind takes many events per wake, not one.
+            let wake = match self.source.try_recv() {
+                Some(received) => Wake::Received(received),
+                None if !self.out.is_empty() => return Some(self.chunk()),
+                None => tokio::select! {
+                    received = self.source.recv() => Wake::Received(received),
+                    _ = self.heartbeat.tick() => Wake::Tick,
+                    _ = self.closing.wait_for(|c| *c) => Wake::Closing,
+                },
             };
             match wake {
                 Wake::Received(Received::Event(rendered)) if rendered.gap => {
@@ -576,6 +649,11 @@ impl Stream {
         }
     }
 
+    fn chunk(mut self) -> (Result<Frame<Bytes>, Infallible>, Self) {
+        let chunk = self.out.split().freeze();
+        (Ok(Frame::data(chunk)), self)
+    }
+
     fn push(&mut self, rendered: &Rendered) {
         if self.filter.wants(rendered) {
             let frame = if self.viewer.sees_all_of_owner(rendered.owner) {
@@ -605,11 +683,19 @@ impl Stream {
             if want == 0 {
                 return true;
             }
+            if let Some(rendered) = self.live.rendered(self.next) {
+                self.push(&rendered);
+                continue;
+            }
             match self.broker.events_since(self.next, want) {
                 Ok(events) if events.is_empty() => return true,
                 Ok(events) => {
                     for event in &events {
-                        let rendered = render(&self.broker, event);
+                        if self.out.len() >= MAX_CHUNK {
+                            break;
+                        }
+                        let rendered = Arc::new(render(&self.broker, event));
+                        self.live.keep(&rendered);
                         self.push(&rendered);
                     }
                 }
