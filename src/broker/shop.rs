@@ -560,8 +560,11 @@ impl Broker {
             Removal::Delete { expected, customer } => {
                 check_version(order, *expected)?;
                 if let Some(flow) = customer {
+                    // Before preparation, as for a cancel; or once cancelled.
                     let state = super::fulfilment::flow_state(flow, order);
-                    if !super::fulfilment::customer_may_cancel(state) {
+                    if !super::fulfilment::customer_may_cancel(state)
+                        && order.stage != Stage::Cancelled
+                    {
                         return Err(BrokerError::Conflict(
                             super::fulfilment::too_late_for_a_customer(state),
                         ));
