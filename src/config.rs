@@ -369,6 +369,9 @@ pub struct CpeeConfig {
     /// Hosts (`host` or `host:port`) callbacks may go to; empty: any (then
     /// whoever may call `/cpee/wait` makes the broker PUT to any address).
     pub callback_allow: Vec<String>,
+    /// PEM file of CA certificates trusted for `https://` callbacks, besides
+    /// the system's; empty: the system's only.
+    pub callback_ca_file: PathBuf,
     /// Callback deliveries in flight at once, and the connections open for
     /// them (in flight or idle, to every host together).
     pub max_deliveries: usize,
@@ -397,6 +400,7 @@ impl Default for CpeeConfig {
     fn default() -> Self {
         CpeeConfig {
             callback_allow: Vec::new(),
+            callback_ca_file: PathBuf::new(),
             max_deliveries: 64,
             callback_timeout_ms: 5000,
             callback_retries: 8,

@@ -55,6 +55,9 @@
 //!   `assets/board.html`), `cpee` (the CPEE endpoints), `openapi`
 //!   (`/openapi.json`), `metrics` (`/metrics`), `ops` (`/healthz`, `/readyz`).
 //! - [`stall`]: cuts a connection whose peer stops reading what it is sent.
+//! - [`tls`]: the PEM files of the config, read and checked at start, and
+//!   the rustls config https callbacks go out with (the system's CA
+//!   certificates plus `cpee.callback_ca_file`).
 //! - [`server`]: accept loop, connections, recovery before ready, the
 //!   housekeeping task (scheduled orders, eviction), graceful shutdown with
 //!   a journal flush (`run`, `serve`).
@@ -77,6 +80,7 @@ pub mod server;
 pub mod shop;
 pub mod stall;
 pub mod symbols;
+pub mod tls;
 
 pub use broker::{Broker, BrokerError};
 pub use config::Config;

@@ -378,8 +378,9 @@ impl App {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let callbacks_tls = crate::tls::callback_connector(&config.cpee)?;
         Ok(App {
-            cpee: crate::cpee::Cpee::new(broker.clone(), config.cpee.clone()),
+            cpee: crate::cpee::Cpee::new(broker.clone(), config.cpee.clone(), callbacks_tls),
             broker,
             router,
             max_body_bytes: config.limits.max_body_bytes,
