@@ -1,5 +1,7 @@
-//! TLS, with rustls and its ring provider (passed to each config, so no
-//! process-wide default is installed):
+//! TLS in both directions, with rustls and its ring provider (passed to
+//! each config, so no process-wide default is installed):
+//! - [`acceptor`]: the listener's, from `http.tls_cert_file` and
+//!   `http.tls_key_file`, offering ALPN `http/1.1`;
 //! - [`callback_connector`]: what `https://` callbacks go out with: the
 //!   system's CA certificates (read once per process) plus those of
 //!   `cpee.callback_ca_file`.
@@ -11,18 +13,59 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::{ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{ConfigError, CpeeConfig};
+use crate::config::{ConfigError, CpeeConfig, HttpConfig};
 
-/// The only protocol the broker speaks (hyper's HTTP/1).
+/// The only protocol either side speaks (hyper's HTTP/1 is all the broker has).
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads and checks every TLS file the config names, as the server does
+/// when it starts (for the binary to refuse a bad file as a config error).
+pub fn check(config: &crate::Config) -> Result<(), ConfigError> {
+    acceptor(&config.http)?;
+    callback_connector(&config.cpee)?;
+    Ok(())
+}
+
+/// The acceptor the listener serves https with, if `http.tls_cert_file`
+/// is set (`Config::validate` made sure the key is set with it).
+pub fn acceptor(http: &HttpConfig) -> Result<Option<TlsAcceptor>, ConfigError> {
+    if !http.serves_https() {
+        return Ok(None);
+    }
+    let chain = certificates("http.tls_cert_file", &http.tls_cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&http.tls_key_file).map_err(|e| {
+        ConfigError::new(format!(
+            "http.tls_key_file: {}: {}",
+            http.tls_key_file.display(),
+            pem_problem(
+                &e,
+                "private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
+            )
+        ))
+    })?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            ConfigError::new(format!(
+                "http.tls_cert_file / http.tls_key_file ({} / {}): {e}",
+                http.tls_cert_file.display(),
+                http.tls_key_file.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// The connector `https://` callbacks use: certificates are verified
