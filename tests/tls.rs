@@ -1034,7 +1034,7 @@ fn the_binary_refuses_a_bad_pem_file_as_a_config_error() {
         ("ORDER_BROKER_CPEE_CALLBACK_CA_FILE", garbage.clone()),
         ("ORDER_BROKER_HTTP_TLS_KEY_FILE", garbage.clone()),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_order-broker"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_order-broker"))
             .args(["--listen", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
             .env("ORDER_BROKER_PERSISTENCE_MODE", "memory")
@@ -1047,8 +1047,20 @@ fn the_binary_refuses_a_bad_pem_file_as_a_config_error() {
                 ca.file("k.pem", &leaf.key_pem),
             )
             .env(key, value)
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{key}: the broker started with a bad file");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         let named = key
             .trim_start_matches("ORDER_BROKER_")
