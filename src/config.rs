@@ -253,6 +253,13 @@ impl Limits {
     }
 }
 
+impl HttpConfig {
+    /// Whether the listener serves https (`tls_cert_file` is set).
+    pub fn serves_https(&self) -> bool {
+        !self.tls_cert_file.as_os_str().is_empty()
+    }
+}
+
 /// `http.cors_allow_origin`: one origin (or `"*"`), or a list of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -285,6 +292,16 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     /// Seconds an `Idempotency-Key`'s first answer is kept for replays.
     pub idempotency_ttl_secs: u64,
+    /// PEM certificate chain (the server's certificate first) to serve https
+    /// with; set together with `tls_key_file`. Empty: plain http.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`'s certificate.
+    pub tls_key_file: PathBuf,
+    /// Whether only requests that came over TLS are answered (403 else, but
+    /// `/healthz` and `/readyz`); a trusted proxy's `X-Forwarded-Proto` counts.
+    pub require_https: bool,
+    /// Networks (CIDR) of the proxies whose `X-Forwarded-Proto` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -369,6 +386,9 @@ pub struct CpeeConfig {
     /// Hosts (`host` or `host:port`) callbacks may go to; empty: any (then
     /// whoever may call `/cpee/wait` makes the broker PUT to any address).
     pub callback_allow: Vec<String>,
+    /// PEM file of CA certificates trusted for `https://` callbacks, besides
+    /// the system's; empty: the system's only.
+    pub callback_ca_file: PathBuf,
     /// Callback deliveries in flight at once, and the connections open for
     /// them (in flight or idle, to every host together).
     pub max_deliveries: usize,
@@ -407,6 +427,7 @@ impl Default for CpeeConfig {
     fn default() -> Self {
         CpeeConfig {
             callback_allow: Vec::new(),
+            callback_ca_file: PathBuf::new(),
             max_deliveries: 64,
             callback_timeout_ms: 5000,
             callback_retries: 8,
@@ -518,6 +539,10 @@ impl Default for HttpConfig {
             cors_allow_origin: Origins::One("*".into()),
             shutdown_grace_secs: 10,
             idempotency_ttl_secs: 600,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            require_https: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -692,6 +717,31 @@ impl Config {
                     "auth.cpee_networks[{i}]: {net:?} is not a network like \"10.0.0.0/8\" or \"::1/128\""
                 ))
             })?;
+        }
+        let http = &self.http;
+        for (i, net) in http.trusted_proxies.iter().enumerate() {
+            net.parse::<ipnet::IpNet>().map_err(|_| {
+                ConfigError(format!(
+                    "http.trusted_proxies[{i}]: {net:?} is not a network like \"10.0.0.0/8\" or \"::1/128\""
+                ))
+            })?;
+        }
+        let tls = http.serves_https();
+        let key = !http.tls_key_file.as_os_str().is_empty();
+        if tls != key {
+            return Err(ConfigError(
+                "http.tls_cert_file and http.tls_key_file go together: set both to serve https, \
+                 or neither"
+                    .into(),
+            ));
+        }
+        if http.require_https && !tls && http.trusted_proxies.is_empty() {
+            return Err(ConfigError(
+                "http.require_https needs http.tls_cert_file and http.tls_key_file, or \
+                 http.trusted_proxies (a proxy that terminates TLS): else no request could \
+                 be answered"
+                    .into(),
+            ));
         }
         crate::shop::FeeRules::from_config(&self.delivery).map_err(ConfigError)?;
         let l = &self.limits;
@@ -893,6 +943,16 @@ mod tests {
             ("[limits]\nmax_amount = \"1.005\"\n", "max_amount"),
             ("[limits]\nmax_amount = \"10000000000000\"\n", "max_amount"),
             ("listen = \"nowhere\"\n", "listen"),
+            (
+                "[http]\ntls_cert_file = \"cert.pem\"\n",
+                "http.tls_key_file",
+            ),
+            ("[http]\ntls_key_file = \"key.pem\"\n", "http.tls_cert_file"),
+            ("[http]\nrequire_https = true\n", "http.require_https"),
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.1\"]\n",
+                "http.trusted_proxies[0]",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");

@@ -58,7 +58,12 @@
 //!   (`/openapi.json`), `metrics` (`/metrics`), `ops` (`/healthz`, `/readyz`).
 //! - [`stall`]: cuts a connection whose peer stops reading what it is sent,
 //!   and bounds what the kernel holds of an event stream's unsent bytes.
-//! - [`server`]: accept loop, connections, recovery before ready, the
+//! - [`tls`]: the PEM files of the config, read and checked at start, and
+//!   the rustls configs built from them: the listener's https
+//!   (`http.tls_cert_file`) and the one https callbacks go out with (the
+//!   system's CA certificates plus `cpee.callback_ca_file`).
+//! - [`server`]: accept loop, connections (TLS handshakes with their
+//!   deadline when serving https), recovery before ready, the
 //!   housekeeping task (scheduled orders, eviction), graceful shutdown with
 //!   a journal flush (`run`, `serve`).
 //!
@@ -80,6 +85,7 @@ pub mod server;
 pub mod shop;
 pub mod stall;
 pub mod symbols;
+pub mod tls;
 
 pub use broker::{Broker, BrokerError};
 pub use config::Config;

@@ -33,6 +33,11 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.listen = listen;
     }
+    // The PEM files the config names are part of it: a bad one is a config error.
+    if let Err(e) = order_broker::tls::check(&config) {
+        eprintln!("order-broker: config error: {e}");
+        return ExitCode::from(2);
+    }
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -69,7 +74,12 @@ fn main() -> ExitCode {
             }
         };
         let addr = listener.local_addr().map_or(config.listen, |a| a);
-        println!("order-broker listening on http://{addr}");
+        let scheme = if config.http.serves_https() {
+            "https"
+        } else {
+            "http"
+        };
+        println!("order-broker listening on {scheme}://{addr}");
         match server::run(listener, config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

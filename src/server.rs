@@ -1,6 +1,8 @@
 //! The server: accepts connections on an already-bound listener, serves each
 //! on its own task with hyper's HTTP/1 (keep-alive, header read timeout), and
-//! on shutdown stops accepting and lets requests in flight finish.
+//! on shutdown stops accepting and lets requests in flight finish. With
+//! `http.tls_cert_file` each connection first completes a TLS handshake
+//! (within `limits.header_read_timeout_secs`) on its counted place.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -49,6 +51,11 @@ pub async fn serve(
     let app = Arc::new(
         App::new(broker, config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
     );
+    let tls = crate::tls::acceptor(&config.http)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // A client that opens a connection and never says hello holds a
+    // place like one that never sends its headers: as long as that.
+    let handshake_deadline = Duration::from_secs(config.limits.header_read_timeout_secs);
     tokio::spawn(app.live.clone().render(app.broker().clone()));
     // Recovery reads files: off the async threads. Until it is done the
     // server answers, but only `/healthz`, `/readyz` and `/metrics` (503 else).
@@ -107,22 +114,50 @@ pub async fn serve(
         let app = app.clone();
         let counted = ConnectionCount::new(app.clone());
         let peer = stream.peer_addr().ok().map(|a| a.ip());
+        // Under TLS too: it is the socket that stops taking bytes.
         let stream = crate::stall::Stalling::new(stream, write_stall);
         let streaming = stream.streaming();
-        let service = service_fn(move |req| {
+        let service = move |tls: bool| {
             let (app, streaming) = (app.clone(), streaming.clone());
-            async move {
-                let response = app.handle(req, peer).await;
-                if response.extensions().get::<EventStream>().is_some() {
-                    streaming.store(true, std::sync::atomic::Ordering::Release);
+            service_fn(move |req| {
+                let (app, streaming) = (app.clone(), streaming.clone());
+                async move {
+                    let response = app.handle(req, peer, tls).await;
+                    if response.extensions().get::<EventStream>().is_some() {
+                        streaming.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    Ok::<_, Infallible>(response)
                 }
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            })
+        };
+        let (watcher, http, tls) = (graceful.watcher(), http.clone(), tls.clone());
         tokio::spawn(async move {
             let _held = (counted, place);
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => {
+                    let served = http.serve_connection(TokioIo::new(stream), service(false));
+                    watcher.watch(served).await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(handshake_deadline, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                debug!(?peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!(?peer, "TLS handshake not done in time; closed");
+                                return;
+                            }
+                        };
+                    let served = http.serve_connection(TokioIo::new(stream), service(true));
+                    watcher.watch(served).await
+                }
+            };
+            if let Err(e) = served {
                 debug!(error = %e, "connection ended with an error");
             }
         });

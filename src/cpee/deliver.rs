@@ -237,7 +237,7 @@ impl Cpee {
                     status.is_server_error()
                 }
                 Ok(Err(e)) => {
-                    debug!(callback, error = %e.0, "callback not delivered");
+                    self.send_failed(callback, &e);
                     true
                 }
                 Err(_) => true,

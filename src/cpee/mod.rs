@@ -116,6 +116,9 @@ pub struct Pending {
     /// Since when its instance is stopped (a PUT got 503); None while it
     /// is not known to be.
     pub stopped_since: Option<Millis>,
+    /// Why the last attempt that got no answer failed (a refused
+    /// connection, a certificate that did not verify); null until one did.
+    pub last_error: Option<String>,
 }
 
 /// How a call was answered, remembered for re-sends.
@@ -171,7 +174,9 @@ impl std::fmt::Display for CpeeError {
             CpeeError::CallbackNotAllowed(host) => {
                 write!(f, "callback host {host} is not in cpee.callback_allow")
             }
-            CpeeError::BadCallback(url) => write!(f, "CPEE-CALLBACK {url:?} is not an http:// URL"),
+            CpeeError::BadCallback(url) => {
+                write!(f, "CPEE-CALLBACK {url:?} is not an http:// or https:// URL")
+            }
             CpeeError::TooManyCallbacks => {
                 f.write_str("too many pending callbacks (cpee.max_pending); retry later")
             }
@@ -184,10 +189,13 @@ impl std::fmt::Display for CpeeError {
 }
 
 impl Cpee {
-    pub fn new(broker: Broker, config: CpeeConfig) -> Arc<Cpee> {
+    /// `tls` is what `https://` callbacks connect with
+    /// (`crate::tls::callback_connector`).
+    pub fn new(broker: Broker, config: CpeeConfig, tls: tokio_rustls::TlsConnector) -> Arc<Cpee> {
         let pool = pool::Pool::new(
             config.max_deliveries,
             Duration::from_millis(config.callback_timeout_ms),
+            tls,
         );
         let deliveries = Arc::new(tokio::sync::Semaphore::new(config.max_deliveries));
         Arc::new(Cpee {
@@ -230,11 +238,16 @@ impl Cpee {
         let uri: Uri = url
             .parse()
             .map_err(|_| CpeeError::BadCallback(url.into()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        let default_port = match uri.scheme_str() {
+            Some("http") => 80,
+            Some("https") => 443,
+            _ => return Err(CpeeError::BadCallback(url.into())),
+        };
+        if uri.host().is_none() {
             return Err(CpeeError::BadCallback(url.into()));
         }
         let host = uri.host().unwrap_or_default().to_string();
-        let host_port = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let host_port = format!("{host}:{}", uri.port_u16().unwrap_or(default_port));
         let allow = &self.config.callback_allow;
         if !allow.is_empty() && !allow.iter().any(|a| *a == host || *a == host_port) {
             return Err(CpeeError::CallbackNotAllowed(host_port));
@@ -267,9 +280,27 @@ impl Cpee {
                 created: Millis::now(),
                 attempts: 0,
                 stopped_since: None,
+                last_error: None,
             },
         );
         id
+    }
+
+    /// Records why an attempt at a callback got no answer. A TLS failure
+    /// (a certificate that does not verify) is a setup problem the
+    /// operator must see: it is logged as a warning, the others (an engine
+    /// restarting) at debug; either is retried.
+    fn send_failed(&self, callback: u64, e: &pool::SendError) {
+        let url = self.pending.get_mut(&callback).map(|mut p| {
+            p.last_error = Some(e.reason.clone());
+            p.url.clone()
+        });
+        let url = url.unwrap_or_default();
+        if e.tls {
+            tracing::warn!(callback, url, error = %e, "callback not delivered: TLS failed");
+        } else {
+            tracing::debug!(callback, url, error = %e, "callback not delivered");
+        }
     }
 
     pub fn pending(&self) -> Vec<Pending> {

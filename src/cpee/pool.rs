@@ -7,6 +7,11 @@
 //! is closed: the permit lives in the task that drives the connection. A
 //! request that finds no idle connection to its host and no free permit
 //! closes the oldest idle one to another host and waits for its permit.
+//!
+//! `https://` callbacks go over rustls (`crate::tls::callback_connector`),
+//! with the URL's host as the name verified and sent (SNI). Connections are
+//! kept by scheme, host and port: an http and an https callback to one
+//! `host:port` never share one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,6 +27,8 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tracing::debug;
 
 /// How long an idle connection is kept for the next callback to its host.
@@ -32,7 +39,40 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Why a request got no answer.
 #[derive(Debug)]
-pub struct SendError(pub String);
+pub struct SendError {
+    pub reason: String,
+    /// The TLS handshake failed (e.g. the certificate did not verify).
+    pub tls: bool,
+}
+
+impl SendError {
+    fn new(reason: impl Into<String>) -> Self {
+        SendError {
+            reason: reason.into(),
+            tls: false,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Where a connection goes: the scheme is part of the pool's key.
+struct Target {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn key(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+}
 
 /// An answer: its status and (up to `MAX_ANSWER_BYTES` of) its body.
 #[derive(Debug)]
@@ -44,12 +84,15 @@ pub struct Reply {
 pub struct Pool {
     /// One permit per open socket (`cpee.max_deliveries`).
     sockets: Arc<Semaphore>,
-    /// Idle connections by `host:port`, oldest first; the lock is never
-    /// held across `.await`.
+    /// Idle connections by `scheme://host:port`, oldest first; the lock is
+    /// never held across `.await`.
     idle: Mutex<HashMap<String, VecDeque<Idle>>>,
     /// Whether a task closes idle connections past `IDLE`.
     reaping: AtomicBool,
+    /// Bounds connecting, TLS handshake included.
     connect_timeout: Duration,
+    /// For `https://` callbacks.
+    tls: TlsConnector,
 }
 
 struct Idle {
@@ -58,30 +101,37 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(max_sockets: usize, connect_timeout: Duration) -> Arc<Pool> {
+    pub fn new(max_sockets: usize, connect_timeout: Duration, tls: TlsConnector) -> Arc<Pool> {
         Arc::new(Pool {
             sockets: Arc::new(Semaphore::new(max_sockets)),
             idle: Mutex::default(),
             reaping: AtomicBool::new(false),
             connect_timeout,
+            tls,
         })
     }
 
-    /// Sends `request` (an absolute `http://` URI) and reads its answer.
-    /// The caller bounds the time it may take.
+    /// Sends `request` (an absolute `http://` or `https://` URI) and reads
+    /// its answer. The caller bounds the time it may take.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<Full<Bytes>>,
     ) -> Result<Reply, SendError> {
         let uri = request.uri().clone();
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(SendError::new("not an http:// or https:// URL")),
+        };
         let host = uri
             .host()
-            .ok_or_else(|| SendError("no host".into()))?
+            .ok_or_else(|| SendError::new("no host"))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let key = format!("{host}:{port}");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let target = Target { https, host, port };
+        let key = target.key();
         // As hyper's own client sends it: origin-form, and the host.
         let host_header = match (uri.host(), uri.port()) {
             (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -89,16 +139,16 @@ impl Pool {
             (None, _) => String::new(),
         };
         let host_header =
-            HeaderValue::from_str(&host_header).map_err(|e| SendError(e.to_string()))?;
+            HeaderValue::from_str(&host_header).map_err(|e| SendError::new(e.to_string()))?;
         request.headers_mut().insert(HOST, host_header);
         *request.uri_mut() = uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/")
             .parse::<Uri>()
-            .map_err(|e| SendError(e.to_string()))?;
+            .map_err(|e| SendError::new(e.to_string()))?;
         loop {
-            let (mut sender, reused) = self.checkout(&key, &host, port).await?;
+            let (mut sender, reused) = self.checkout(&key, &target).await?;
             let response = match sender.try_send_request(request).await {
                 Ok(response) => response,
                 Err(mut e) => match e.take_message() {
@@ -108,7 +158,7 @@ impl Pool {
                         request = again;
                         continue;
                     }
-                    _ => return Err(SendError(e.into_error().to_string())),
+                    _ => return Err(SendError::new(e.into_error().to_string())),
                 },
             };
             let status = response.status();
@@ -129,8 +179,7 @@ impl Pool {
     async fn checkout(
         self: &Arc<Self>,
         key: &str,
-        host: &str,
-        port: u16,
+        target: &Target,
     ) -> Result<(SendRequest<Full<Bytes>>, bool), SendError> {
         loop {
             if let Some(mut sender) = self.take_idle(key) {
@@ -141,7 +190,7 @@ impl Pool {
             }
             let permit = match self.sockets.clone().try_acquire_owned() {
                 Ok(permit) => permit,
-                Err(TryAcquireError::Closed) => return Err(SendError("closed".into())),
+                Err(TryAcquireError::Closed) => return Err(SendError::new("closed")),
                 Err(TryAcquireError::NoPermits) => {
                     // Every socket is busy or idle to another host: close
                     // one of those and wait for its permit. Re-check now
@@ -150,40 +199,49 @@ impl Pool {
                     let wait = self.sockets.clone().acquire_owned();
                     match tokio::time::timeout(Duration::from_millis(20), wait).await {
                         Ok(Ok(permit)) => permit,
-                        Ok(Err(_)) => return Err(SendError("closed".into())),
+                        Ok(Err(_)) => return Err(SendError::new("closed")),
                         Err(_) => continue,
                     }
                 }
             };
             return self
-                .connect(host, port, permit)
+                .connect(target, permit)
                 .await
                 .map(|sender| (sender, false));
         }
     }
 
+    /// A new connection (TCP, then TLS for https) within `connect_timeout`.
     async fn connect(
         &self,
-        host: &str,
-        port: u16,
+        target: &Target,
         permit: OwnedSemaphorePermit,
     ) -> Result<SendRequest<Full<Bytes>>, SendError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| SendError("connect timed out".into()))?
-            .map_err(|e| SendError(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError(e.to_string()))?;
-        tokio::spawn(async move {
-            // The socket counts until the connection is over and closed.
-            let _permit = permit;
-            if let Err(e) = connection.await {
-                debug!(error = %e, "callback connection ended");
+        let connecting = async {
+            let stream = TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| SendError::new(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            if !target.https {
+                return drive(stream, permit).await;
             }
-        });
-        Ok(sender)
+            let name = ServerName::try_from(target.host.clone()).map_err(|e| SendError {
+                reason: format!("{:?} is not a name TLS can verify: {e}", target.host),
+                tls: true,
+            })?;
+            let stream = self
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| SendError {
+                    reason: format!("TLS handshake with {} failed: {e}", target.host),
+                    tls: true,
+                })?;
+            drive(stream, permit).await
+        };
+        tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| SendError::new("connect timed out"))?
     }
 
     /// The newest idle connection to `key` that is still open.
@@ -249,4 +307,25 @@ impl Pool {
             }
         }
     }
+}
+
+/// Starts HTTP/1 on a connected socket, driven by a task of its own.
+async fn drive<T>(
+    io: T,
+    permit: OwnedSemaphorePermit,
+) -> Result<SendRequest<Full<Bytes>>, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| SendError::new(e.to_string()))?;
+    tokio::spawn(async move {
+        // The socket counts until the connection is over and closed.
+        let _permit = permit;
+        if let Err(e) = connection.await {
+            debug!(error = %e, "callback connection ended");
+        }
+    });
+    Ok(sender)
 }

@@ -318,6 +318,10 @@ pub struct App {
     open_groups: Vec<crate::auth::ApiGroup>,
     /// Where anonymous engine writes may come from (`auth.cpee_networks`).
     cpee_networks: Vec<ipnet::IpNet>,
+    /// `http.require_https`: only requests that came over TLS are answered.
+    require_https: bool,
+    /// Whose `X-Forwarded-Proto` is believed (`http.trusted_proxies`).
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Event streams: the shared renderer, limits, and the shutdown switch.
     pub live: std::sync::Arc<live::Live>,
     /// The board page, rendered once from its template.
@@ -378,8 +382,9 @@ impl App {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let callbacks_tls = crate::tls::callback_connector(&config.cpee)?;
         Ok(App {
-            cpee: crate::cpee::Cpee::new(broker.clone(), config.cpee.clone()),
+            cpee: crate::cpee::Cpee::new(broker.clone(), config.cpee.clone(), callbacks_tls),
             broker,
             router,
             max_body_bytes: config.limits.max_body_bytes,
@@ -398,6 +403,14 @@ impl App {
             cpee_networks: config
                 .auth
                 .cpee_networks
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+            require_https: config.http.require_https,
+            // Validated with the config.
+            trusted_proxies: config
+                .http
+                .trusted_proxies
                 .iter()
                 .filter_map(|n| n.parse().ok())
                 .collect(),
@@ -422,12 +435,13 @@ impl App {
         self.live.open_streams()
     }
 
-    /// Answers one request. Never fails: every error is a response.
-    /// Answers one request from `peer` (the connection's address).
+    /// Answers one request from `peer` (the connection's address), which
+    /// came over TLS if `tls`. Never fails: every error is a response.
     pub async fn handle(
         self: &std::sync::Arc<Self>,
         req: Request<Incoming>,
         peer: Option<std::net::IpAddr>,
+        tls: bool,
     ) -> Response<Body> {
         let started = std::time::Instant::now();
         let method = req.method().clone();
@@ -444,7 +458,7 @@ impl App {
         } else {
             None
         };
-        let mut response = match self.route(req, found, peer).await {
+        let mut response = match self.route(req, found, peer, tls).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
@@ -464,6 +478,42 @@ impl App {
         response
     }
 
+    /// Whether the client's request came over TLS: to the broker itself,
+    /// or, from a trusted proxy that says so, to that proxy. Of several
+    /// `X-Forwarded-Proto` values the last counts: the one the proxy that
+    /// connects to the broker set (a client may send its own before it).
+    fn came_over_https(
+        &self,
+        req: &Request<Incoming>,
+        peer: Option<std::net::IpAddr>,
+        tls: bool,
+    ) -> bool {
+        let trusted = peer
+            .map(|ip| ip.to_canonical())
+            .is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)));
+        if !trusted {
+            return tls;
+        }
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-proto")
+            .iter()
+            .next_back()
+            .map(|v| {
+                v.to_str()
+                    .unwrap_or_default()
+                    .rsplit(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+            });
+        match forwarded {
+            Some(proto) => proto.eq_ignore_ascii_case("https"),
+            // A proxy that passes TLS through says nothing: the connection does.
+            None => tls,
+        }
+    }
+
     /// The `Access-Control-Allow-Origin` for a request from `origin`: `*`
     /// when any origin is allowed, the origin itself when it is listed.
     fn cors_for(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
@@ -479,7 +529,14 @@ impl App {
         req: Request<Incoming>,
         found: Option<(Route, Option<String>)>,
         peer: Option<std::net::IpAddr>,
+        tls: bool,
     ) -> Result<Response<Body>, ApiError> {
+        // Load balancers probe over plain http; nothing else is answered
+        // over it with `http.require_https`, not even a 404.
+        let probe = matches!(found, Some((Route::Healthz | Route::Readyz, _)));
+        if self.require_https && !probe && !self.came_over_https(&req, peer, tls) {
+            return Ok(https_required(req.uri().path()));
+        }
         let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
         let ops = matches!(
             route,
@@ -696,6 +753,23 @@ impl App {
             _ => Err(ApiError::method_not_allowed(route.allow())),
         }
     }
+}
+
+/// 403 for a request that did not come over https (`http.require_https`):
+/// on the Order Status API the body its clients know, elsewhere the
+/// broker's usual error.
+fn https_required(path: &str) -> Response<Body> {
+    if path == "/api/store/orders" || path.starts_with("/api/store/orders/") {
+        return json_bytes(
+            StatusCode::FORBIDDEN,
+            r#"{"detail": "Please use https instead of http"}"#,
+        );
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "use https: this broker answers requests over plain http only on /healthz and /readyz",
+    )
+    .into_response()
 }
 
 /// `OPTIONS`: the methods the route takes, and CORS preflight answers.
