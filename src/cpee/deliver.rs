@@ -181,7 +181,7 @@ impl Cpee {
                 return false;
             };
             let outcome = {
-                // Closed only at shutdown; then the callback is not sent.
+                // The semaphore is never closed; if it were, nothing is sent.
                 let Ok(_slot) = self.deliveries.acquire().await else {
                     return false;
                 };
@@ -191,6 +191,7 @@ impl Cpee {
                 Ok(Ok(pool::Reply { status, .. })) if status.is_success() => {
                     if let Some(mut p) = self.pending.get_mut(&callback) {
                         p.stopped_since = None;
+                        p.last_error = None;
                     }
                     if owed.update.is_none() {
                         self.pending.remove(&callback);

@@ -117,7 +117,8 @@ pub struct Pending {
     /// is not known to be.
     pub stopped_since: Option<Millis>,
     /// Why the last attempt that got no answer failed (a refused
-    /// connection, a certificate that did not verify); null until one did.
+    /// connection, a certificate that did not verify); null until one did,
+    /// and again once one is delivered.
     pub last_error: Option<String>,
 }
 
