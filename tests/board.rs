@@ -7,125 +7,23 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
 use common::TestServer;
-use futures_util::{SinkExt, StreamExt};
+use common::browser::{self, Browser, DevToolsSocket, chromium};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|bin| {
-            Command::new(bin)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-}
-
-struct Browser {
-    child: Child,
-    profile: PathBuf,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-impl Browser {
-    fn launch(bin: &str, url: &str) -> Browser {
-        let profile =
-            std::env::temp_dir().join(format!("order-broker-chromium-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&profile);
-        let child = Command::new(bin)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--window-size=1280,800",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        Browser { child, profile }
-    }
-
-    /// The DevTools WebSocket of the page.
-    async fn page_socket(&self) -> String {
-        let port_file = self.profile.join("DevToolsActivePort");
-        for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(&port_file)
-                && let Some(port) = text.lines().next().and_then(|p| p.parse::<u16>().ok())
-                && let Some(url) = page_target(port).await
-            {
-                return url;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("chromium's DevTools did not come up");
-    }
-}
-
-/// The page's DevTools WebSocket, from `/json/list` (DevTools wants a Host
-/// of localhost or an IP).
-async fn page_target(port: u16) -> Option<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect(addr).await.ok()?;
-    let host = format!("127.0.0.1:{port}");
-    let reply = common::Client::connect(addr)
-        .await
-        .send(hyper::Method::GET, "/json/list", &[("host", &host)], "")
-        .await;
-    let targets: Value = serde_json::from_slice(&reply.body).ok()?;
-    targets
-        .as_array()?
-        .iter()
-        .find(|t| t["type"] == "page")
-        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-        .map(str::to_string)
-}
 
 struct DevTools {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    socket: DevToolsSocket,
     next_id: u64,
 }
 
 impl DevTools {
     async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
-        let id = self.next_id;
-        let message = json!({"id": id, "method": method, "params": params}).to_string();
-        self.socket.send(Message::text(message)).await.unwrap();
-        while let Some(message) = self.socket.next().await {
-            if let Ok(Message::Text(text)) = message {
-                let value: Value = serde_json::from_str(&text).unwrap();
-                if value["id"] == id {
-                    return value["result"].clone();
-                }
-            }
-        }
-        panic!("DevTools closed");
+        let wait = Duration::from_secs(10);
+        browser::call(&mut self.socket, self.next_id, method, params, wait).await
     }
 
     /// What the page shows: its connection state and the ids per column.
@@ -186,9 +84,8 @@ async fn the_board_follows_orders_live_in_chromium() {
     set(&server, 2, "Mixing", "1").await;
     set(&server, 3, "Order Served", "2").await;
 
-    let browser = Browser::launch(bin, &format!("http://{}/", server.addr));
-    let url = browser.page_socket().await;
-    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let browser = Browser::launch(bin, &format!("http://{}/", server.addr), &[]);
+    let socket = browser.devtools().await;
     let mut page = DevTools { socket, next_id: 0 };
     page.wait_for(json!({"state": "live", "new": [1], "in_progress": [2], "completed": [3]}))
         .await;

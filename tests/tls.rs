@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::browser::{self, Browser, chromium};
 use common::{Reply, TestServer};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -848,126 +849,6 @@ async fn require_https_serves_requests_that_come_over_tls() {
 
 // ---- The board in headless Chromium, over https ----
 
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|bin| {
-            std::process::Command::new(bin)
-                .arg("--version")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-}
-
-struct Browser {
-    child: std::process::Child,
-    profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Browser {
-    /// Chromium trusting exactly the certificate whose key has `spki`.
-    fn launch(bin: &str, url: &str, spki: &[u8]) -> Browser {
-        use base64::Engine as _;
-        use sha2::Digest as _;
-        let pin = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki));
-        let profile = tempfile::tempdir().unwrap();
-        let child = std::process::Command::new(bin)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--window-size=1280,800",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--ignore-certificate-errors-spki-list={pin}"))
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(url)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        Browser { child, profile }
-    }
-
-    /// The page's DevTools WebSocket URL.
-    async fn page_socket(&self) -> String {
-        let port_file = self.profile.path().join("DevToolsActivePort");
-        let found = async {
-            loop {
-                if let Ok(text) = std::fs::read_to_string(&port_file)
-                    && let Some(port) = text.lines().next().and_then(|p| p.parse::<u16>().ok())
-                    && let Some(url) = page_target(port).await
-                {
-                    return url;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), found)
-            .await
-            .expect("chromium's DevTools did not come up")
-    }
-}
-
-async fn page_target(port: u16) -> Option<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut conn = Conn::over(TcpStream::connect(addr).await.ok()?).await;
-    let host = format!("127.0.0.1:{port}");
-    let reply = conn
-        .try_send(Method::GET, "/json/list", &[("host", &host)], "")
-        .await
-        .ok()?;
-    let targets: Value = serde_json::from_slice(&reply.body).ok()?;
-    targets
-        .as_array()?
-        .iter()
-        .find(|t| t["type"] == "page")
-        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-        .map(str::to_string)
-}
-
-/// Evaluates `expression` in the page and returns its value.
-async fn evaluate(
-    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    id: u64,
-    expression: &str,
-) -> Value {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let call = json!({"id": id, "method": "Runtime.evaluate",
-                      "params": {"expression": expression, "returnByValue": true}});
-    socket.send(Message::text(call.to_string())).await.unwrap();
-    let answer = async {
-        while let Some(message) = socket.next().await {
-            if let Ok(Message::Text(text)) = message {
-                let value: Value = serde_json::from_str(&text).unwrap();
-                if value["id"] == id {
-                    return value["result"]["result"]["value"].clone();
-                }
-            }
-        }
-        panic!("DevTools closed");
-    };
-    tokio::time::timeout(DEADLINE, answer)
-        .await
-        .expect("DevTools answered in time")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_board_loads_over_https_in_chromium() {
     let Some(bin) = chromium() else {
@@ -992,10 +873,18 @@ async fn the_board_loads_over_https_in_chromium() {
     assert_eq!(reply.status, StatusCode::OK);
 
     let url = format!("https://127.0.0.1:{}/", broker.addr.port());
-    let browser = Browser::launch(bin, &url, &leaf.spki);
-    let (mut socket, _) = tokio_tungstenite::connect_async(browser.page_socket().await)
-        .await
-        .unwrap();
+    // Chromium trusts exactly the certificate whose key has this SPKI.
+    let pin = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&leaf.spki))
+    };
+    let browser = Browser::launch(
+        bin,
+        &url,
+        &[format!("--ignore-certificate-errors-spki-list={pin}")],
+    );
+    let mut socket = browser.devtools().await;
     let expression = r#"JSON.stringify({
         protocol: location.protocol,
         state: (document.getElementById('state') || {}).textContent,
@@ -1006,7 +895,7 @@ async fn the_board_loads_over_https_in_chromium() {
     let want = json!({"protocol": "https:", "state": "live", "in_progress": [5]});
     for id in 1.. {
         assert!(id < 150, "the board never showed {want}; it shows {shown}");
-        shown = evaluate(&mut socket, id, expression)
+        shown = browser::evaluate(&mut socket, id, expression, DEADLINE)
             .await
             .as_str()
             .and_then(|s| serde_json::from_str(s).ok())

@@ -2,6 +2,7 @@
 //! a small HTTP/1 client over a real socket.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod browser;
 pub mod process;
 
 use std::net::SocketAddr;
