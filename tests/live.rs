@@ -93,11 +93,7 @@ async fn stage_filters_see_orders_enter_and_leave() {
     update(&server, 1, "Shaking").await;
     update(&server, 2, "Order Served").await;
     assert_eq!(one.next().await.unwrap().json()["status"], "Order Served");
-    for bad in [
-        "/events?stage=done",
-        "/events?order_id=x",
-        "/events?since=nonsense",
-    ] {
+    for bad in ["/events?stage=done", "/events?order_id=x"] {
         assert_eq!(
             Sse::open(server.addr, bad, &[]).await.err().unwrap().status,
             StatusCode::BAD_REQUEST,
@@ -255,25 +251,32 @@ async fn heartbeats_keep_idle_streams_alive() {
 }
 
 #[tokio::test]
-async fn stream_limit_is_503_and_frees_on_close() {
+async fn stream_limit_says_come_back_and_frees_on_close() {
     let mut config = common::config();
     config.events.max_streams = 2;
     let server = TestServer::with_config(config).await;
     let a = Sse::open(server.addr, "/events", &[]).await.unwrap();
     let _b = Sse::open(server.addr, "/events", &[]).await.unwrap();
-    let refused = Sse::open(server.addr, "/events", &[]).await.err().unwrap();
-    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    // 200 with a retry hint and a `busy` event, then the end: an
+    // EventSource reconnects (a 503 would end it for good).
+    let mut refused = Sse::open(server.addr, "/events", &[]).await.unwrap();
+    assert_eq!(refused.next().await.unwrap().event, "busy");
     assert_eq!(server.get("/healthz").await.json()["event_streams"], 2);
     drop(a);
-    let mut reopened = None;
+    let mut freed = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Ok(sse) = Sse::open(server.addr, "/events", &[]).await {
-            reopened = Some(sse);
+        if server.get("/healthz").await.json()["event_streams"] == 1 {
+            freed = true;
             break;
         }
     }
-    assert!(reopened.is_some(), "a closed stream frees its place");
+    assert!(freed, "a closed stream frees its place");
+    let mut reopened = Sse::open(server.addr, "/events", &[]).await.unwrap();
+    assert!(
+        reopened.quiet_for(Duration::from_millis(150)).await,
+        "a real stream, not busy"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,4 +421,39 @@ async fn streams_after_an_idle_spell_still_get_every_event() {
                 .unwrap();
         }
     }
+}
+
+/// EventSource (and the `eventsource` npm client) gives up for good on any
+/// answer but 200: a bad or future resume point is a resync, a full broker
+/// says "come back" with a 200.
+#[tokio::test]
+async fn event_streams_never_answer_what_ends_an_event_source() {
+    let mut config = common::config();
+    config.events.max_streams = 1;
+    let server = TestServer::with_config(config).await;
+    for n in 0..3 {
+        update(&server, n, "Mixing").await;
+    }
+    let epoch = server.broker.epoch();
+    for (resume, reason) in [
+        ("", "not one this broker sends"),
+        ("garbage", "not one this broker sends"),
+        (&*format!("{epoch}-999"), "ahead"),
+    ] {
+        let mut sse = Sse::open(server.addr, "/events", &[("last-event-id", resume)])
+            .await
+            .unwrap_or_else(|r| panic!("{resume:?}: {}", r.status));
+        let event = sse.next().await.unwrap();
+        assert_eq!(event.event, "resync", "{resume:?}");
+        assert!(event.data.contains(reason), "{resume:?}: {}", event.data);
+        drop(sse);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _held = Sse::open(server.addr, "/events", &[]).await.unwrap();
+    let mut busy = Sse::open(server.addr, "/events", &[])
+        .await
+        .unwrap_or_else(|r| panic!("past max_streams: {}", r.status));
+    let event = busy.next().await.unwrap();
+    assert_eq!(event.event, "busy");
+    assert!(event.data.contains("events.max_streams"), "{}", event.data);
 }

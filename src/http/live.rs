@@ -405,12 +405,9 @@ fn stream(
     viewer: Viewer,
 ) -> Result<Response<Body>, ApiError> {
     let live = &app.live;
-    let permit = live.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many event streams; retry later",
-        )
-    })?;
+    let Ok(permit) = live.streams.clone().try_acquire_owned() else {
+        return Ok(live.come_back("too many event streams (events.max_streams)"));
+    };
     let broker = app.broker().clone();
     let epoch = broker.epoch();
     // Subscribe before looking at the history, so nothing falls between.
@@ -440,6 +437,14 @@ fn stream(
                     Seq(s + 1)
                 }
                 Some((e, s)) if e == epoch && s + 1 == now.0 => now,
+                Some((e, _)) if e == epoch && text.trim() != "" && resume_ahead(&text, now) => {
+                    resync(
+                        &mut out,
+                        epoch,
+                        now,
+                        "the event id is ahead of this broker's events",
+                    )
+                }
                 Some((e, _)) if e == epoch => resync(
                     &mut out,
                     epoch,
@@ -447,11 +452,12 @@ fn stream(
                     "the history no longer reaches back that far",
                 ),
                 Some(_) => resync(&mut out, epoch, now, "the broker restarted (another epoch)"),
-                None => {
-                    return Err(ApiError::bad_request(
-                        "since / Last-Event-ID must be <epoch>-<seq> as sent in event ids",
-                    ));
-                }
+                None => resync(
+                    &mut out,
+                    epoch,
+                    now,
+                    "the event id is not one this broker sends (<epoch>-<seq>)",
+                ),
             }
         }
     };
@@ -482,6 +488,42 @@ fn stream(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Whether `<epoch>-<seq>` names an event after `now`'s predecessor.
+fn resume_ahead(text: &str, now: Seq) -> bool {
+    text.trim()
+        .split_once('-')
+        .and_then(|(_, s)| s.parse::<u64>().ok())
+        .is_some_and(|s| s >= now.0)
+}
+
+impl Live {
+    /// What an event stream that cannot be served now answers: 200 with a
+    /// `retry:` hint, a `busy` event saying why, and the end, so an
+    /// EventSource reconnects (it gives up for good on any other status).
+    pub fn come_back(&self, why: &str) -> Response<Body> {
+        let data = serde_json::json!({ "reason": why }).to_string();
+        let body = format!(
+            "retry: {}
+event: busy
+data: {data}
+
+",
+            self.retry_ms
+        );
+        let mut response = Response::new(super::full(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-store"),
+        );
+        response
+    }
 }
 
 /// Writes a `resync` event and returns the cursor to go on from (now).

@@ -543,6 +543,13 @@ impl App {
             Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi
         );
         if !ops && !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            // EventSource gives up for good on any answer but 200: tell it
+            // to come back instead.
+            if matches!(route, Route::Events | Route::TrackingStream) {
+                return Ok(self
+                    .live
+                    .come_back("starting: the state is being recovered"));
+            }
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "starting: the state is being recovered from the journal; retry shortly",
