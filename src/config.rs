@@ -782,6 +782,10 @@ impl Config {
                 self.cpee.callback_timeout_ms as usize,
             ),
             ("cpee.callback_retries", self.cpee.callback_retries as usize),
+            (
+                "cpee.callback_backoff_ms",
+                self.cpee.callback_backoff_ms as usize,
+            ),
             ("cpee.max_deliveries", self.cpee.max_deliveries),
             ("cpee.max_pending", self.cpee.max_pending),
             ("cpee.max_waits_per_order", self.cpee.max_waits_per_order),

@@ -738,3 +738,22 @@ async fn outside_the_engine_networks_an_open_group_needs_the_usual_role() {
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(put("token staff-t").await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_inside_the_engine_networks_does_not_make_everyone_an_engine() {
+    let mut config = protected_bar();
+    // The engine network and the proxy in front of the public share it.
+    config.http.trusted_proxies = vec!["127.0.0.0/8".into()];
+    let server = TestServer::with_config(config).await;
+    let reply = server
+        .send(
+            Method::PUT,
+            "/update_order",
+            &[FORM],
+            "order_id=1&status=Mixing",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{:?}", reply.body);
+    let reply = post(&server, "/cpee/next-order", &[], "orderbot_id=thief").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}

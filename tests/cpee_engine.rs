@@ -581,3 +581,51 @@ async fn callbacks_of_finished_instances_are_dropped_but_stopped_ones_kept() {
         .await;
     assert_eq!((got[0].instance, &got[0].body["id"]), (6, &json!(order)));
 }
+
+#[tokio::test]
+async fn long_polls_that_timed_out_take_nothing_when_work_comes() {
+    let server = TestServer::with_config(config()).await;
+    let polls: Vec<_> = (0..50)
+        .map(|n| {
+            let server = &server;
+            async move {
+                let body = format!("orderbot_id=idle-{n}");
+                call(server, "/cpee/next-order?wait=1", &[], &body)
+                    .await
+                    .status
+            }
+        })
+        .collect();
+    for status in futures_util::future::join_all(polls).await {
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let live = async { call(&server, "/cpee/next-order?wait=5", &[], "orderbot_id=live").await };
+    let order = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        intake(&server, "Aviation").await
+    };
+    let (got, order) = tokio::join!(live, order);
+    assert_eq!(got.json()["id"], order, "the live poller gets it");
+    let now = server.get(&format!("/orders/{order}")).await.json();
+    assert_eq!(now["orderbot_id"], "live");
+    assert_eq!(now["version"], 2, "taken once, not by 50 pollers that left");
+}
+
+#[tokio::test]
+async fn an_orderbot_that_cannot_be_recorded_does_not_drain_the_queue() {
+    let mut config = config();
+    config.limits.max_text_bytes = 20;
+    let server = TestServer::with_config(config).await;
+    let first = intake(&server, "One").await;
+    intake(&server, "Two").await;
+    let long = "orderbot_id=a-name-longer-than-twenty";
+    let reply = call(&server, "/cpee/next-order", &[], long).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        reply.body
+    );
+    let reply = call(&server, "/cpee/next-order", &[], "orderbot_id=short").await;
+    assert_eq!(reply.json()["id"], first, "the queue is intact");
+}

@@ -182,11 +182,12 @@ impl Broker {
     /// Hands an order in the dispatch queue to `orderbot`, only while it is
     /// still new and nobody has it: the one check, under the order's lock,
     /// so an order served or cancelled meanwhile is never handed out.
-    /// None: it is not (or no longer) to be dispatched.
-    pub fn claim_for(&self, id: OrderId, orderbot: &str) -> Option<Event> {
-        self.check_len("orderbot_id", orderbot).ok()?;
+    /// `Conflict` or `OrderNotFound`: it is not (or no longer) to be
+    /// dispatched; any other error says nothing of the order.
+    pub fn claim_for(&self, id: OrderId, orderbot: &str) -> Result<Event, BrokerError> {
+        self.check_len("orderbot_id", orderbot)?;
         let _pin = self.pin();
-        let bot = self.inner.symbols.intern(orderbot).ok()?;
+        let bot = self.inner.symbols.intern(orderbot)?;
         self.apply(id, super::Mode::Update, None, |current| {
             let current = current.ok_or(BrokerError::OrderNotFound)?;
             if current.stage != Stage::New || current.orderbot_id.is_some() {
@@ -197,7 +198,6 @@ impl Broker {
                 ..current.clone()
             })
         })
-        .ok()
     }
 
     /// Undoes `claim_for` when the order was not delivered to `orderbot`:

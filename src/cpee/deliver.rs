@@ -171,7 +171,7 @@ impl Cpee {
             }) else {
                 self.outbox.remove(&callback);
                 if let Some((order, orderbot, _)) = owed.order.take() {
-                    self.put_back(order, &orderbot); // cancelled meanwhile
+                    self.put_back_and_dispatch(order, &orderbot); // cancelled meanwhile
                 }
                 return false;
             };
@@ -191,6 +191,7 @@ impl Cpee {
                 Ok(Ok(pool::Reply { status, .. })) if status.is_success() => {
                     if let Some(mut p) = self.pending.get_mut(&callback) {
                         p.stopped_since = None;
+                        p.stopped_pause = None;
                         p.last_error = None;
                     }
                     if owed.update.is_none() {
@@ -205,7 +206,7 @@ impl Cpee {
                     if let Some((order, orderbot, viewer)) = owed.order.take() {
                         // Others get the order meanwhile; this instance
                         // waits for the next one once it resumes.
-                        self.put_back(order, &orderbot);
+                        self.put_back_and_dispatch(order, &orderbot);
                         if let Some(mut p) = self.pending.get_mut(&callback) {
                             p.order_id = None;
                         }
@@ -280,13 +281,17 @@ impl Cpee {
     pub(super) async fn until_resumed(self: &Arc<Self>, callback: u64) -> bool {
         let give_up_ms = self.config.stopped_give_up_secs.saturating_mul(1000);
         let max = Duration::from_secs(self.config.stopped_retry_max_secs);
-        let mut pause = Duration::from_millis(self.config.callback_backoff_ms).min(max);
+        let first = Duration::from_millis(self.config.callback_backoff_ms).min(max);
         loop {
-            let (since, instance) = match self.pending.get_mut(&callback) {
+            // The pause lives with the callback, so it keeps backing off
+            // across PUTs that find the instance stopped again.
+            let (since, instance, pause) = match self.pending.get_mut(&callback) {
                 None => return false,
                 Some(mut p) => {
                     let since = *p.stopped_since.get_or_insert_with(Millis::now);
-                    (since, p.instance_url.clone())
+                    let pause = p.stopped_pause.unwrap_or(first);
+                    p.stopped_pause = Some((pause * 2).min(max));
+                    (since, p.instance_url.clone(), pause)
                 }
             };
             if Millis::now().0.saturating_sub(since.0) >= give_up_ms {
@@ -297,7 +302,6 @@ impl Cpee {
                 return false;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(max);
             let Some(instance) = instance else {
                 return self.pending.contains_key(&callback);
             };
@@ -324,7 +328,7 @@ impl Cpee {
             self.drop_wait(order, callback);
         }
         if let Some((order, orderbot, _)) = order {
-            self.put_back(order, &orderbot);
+            self.put_back_and_dispatch(order, &orderbot);
         }
     }
 }

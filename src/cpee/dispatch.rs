@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
+use tracing::warn;
 
 use super::deliver::Owed;
 use super::{Cpee, CpeeCall};
+use crate::broker::BrokerError;
 use crate::http::access::Viewer;
 use crate::model::OrderId;
 
@@ -52,23 +54,38 @@ impl Cpee {
     }
 
     /// Asks for work: the oldest order still waiting now, or None. Orders
-    /// that left `new` (or got an orderbot) meanwhile are dropped.
-    pub fn take_now(&self, orderbot: &str) -> Option<OrderId> {
+    /// that left `new` (or got an orderbot) meanwhile are dropped; a claim
+    /// refused for another reason (the orderbot id is too long, the table
+    /// of words is full) leaves the order at the head and is the answer.
+    pub fn take_now(&self, orderbot: &str) -> Result<Option<OrderId>, BrokerError> {
         loop {
-            let order = self.dispatch.lock().orders.pop_front()?;
-            if self.broker.claim_for(order, orderbot).is_some() {
-                return Some(order);
+            let Some(order) = self.dispatch.lock().orders.pop_front() else {
+                return Ok(None);
+            };
+            match self.broker.claim_for(order, orderbot) {
+                Ok(_) => return Ok(Some(order)),
+                Err(e) if gone(&e) => continue,
+                Err(e) => {
+                    self.dispatch.lock().orders.push_front(order);
+                    return Err(e);
+                }
             }
         }
     }
 
     /// Puts back an order that was claimed but not delivered to `orderbot`
     /// (its orderbot is cleared first), at the head: it waited longest.
-    pub(super) fn put_back(self: &Arc<Self>, order: OrderId, orderbot: &str) {
+    /// Whoever calls it outside `dispatch_ready` calls that next.
+    pub(super) fn put_back(&self, order: OrderId, orderbot: &str) {
         if self.broker.unclaim(order, orderbot) {
             self.dispatch.lock().orders.push_front(order);
-            self.dispatch_ready();
         }
+    }
+
+    /// `put_back`, then hands the order to a waiting orderbot if one waits.
+    pub(super) fn put_back_and_dispatch(self: &Arc<Self>, order: OrderId, orderbot: &str) {
+        self.put_back(order, orderbot);
+        self.dispatch_ready();
     }
 
     /// Drops queued orders that can no longer be dispatched (served,
@@ -113,10 +130,16 @@ impl Cpee {
     /// Waits for work by long poll; the receiver gets the order.
     pub fn poll_for_work(self: &Arc<Self>, orderbot: &str) -> oneshot::Receiver<OrderId> {
         let (tx, rx) = oneshot::channel();
-        self.dispatch.lock().waiters.push_back(Waiter::Poll {
+        let mut dispatch = self.dispatch.lock();
+        // Pollers that timed out or left are not waiting any more.
+        dispatch
+            .waiters
+            .retain(|w| !matches!(w, Waiter::Poll { tx, .. } if tx.is_closed()));
+        dispatch.waiters.push_back(Waiter::Poll {
             orderbot: orderbot.to_string(),
             tx,
         });
+        drop(dispatch);
         self.dispatch_ready();
         rx
     }
@@ -130,6 +153,14 @@ impl Cpee {
             let _pin = self.broker.pin();
             let (order, waiter) = {
                 let mut d = self.dispatch.lock();
+                // A poller that timed out or left waits no more.
+                while d
+                    .waiters
+                    .front()
+                    .is_some_and(|w| matches!(w, Waiter::Poll { tx, .. } if tx.is_closed()))
+                {
+                    d.waiters.pop_front();
+                }
                 if d.orders.is_empty() || d.waiters.is_empty() {
                     return;
                 }
@@ -140,10 +171,23 @@ impl Cpee {
             let orderbot = match &waiter {
                 Waiter::Poll { orderbot, .. } | Waiter::Callback { orderbot, .. } => orderbot,
             };
-            let Some(claimed) = self.broker.claim_for(order, orderbot) else {
+            let claimed = match self.broker.claim_for(order, orderbot) {
+                Ok(claimed) => claimed,
                 // Served, cancelled or taken meanwhile: never handed out.
-                self.dispatch.lock().waiters.push_front(waiter);
-                continue;
+                Err(e) if gone(&e) => {
+                    self.dispatch.lock().waiters.push_front(waiter);
+                    continue;
+                }
+                // Nothing wrong with the order: it stays at the head, and
+                // this orderbot, which cannot be recorded, waits no more.
+                Err(e) => {
+                    warn!(%order, error = %e, "an orderbot could not be given work");
+                    self.dispatch.lock().orders.push_front(order);
+                    if let Waiter::Callback { id, .. } = waiter {
+                        self.give_up(id, None);
+                    }
+                    continue;
+                }
             };
             match waiter {
                 Waiter::Poll { orderbot, tx } => {
@@ -189,4 +233,9 @@ impl Cpee {
             None => Bytes::from_static(b"null"),
         }
     }
+}
+
+/// A claim refused because the order is not waiting any more.
+fn gone(e: &BrokerError) -> bool {
+    matches!(e, BrokerError::Conflict(_) | BrokerError::OrderNotFound)
 }

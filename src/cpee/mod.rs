@@ -116,6 +116,10 @@ pub struct Pending {
     /// Since when its instance is stopped (a PUT got 503); None while it
     /// is not known to be.
     pub stopped_since: Option<Millis>,
+    /// The next pause while it is stopped: it backs off across attempts,
+    /// and starts again once one is delivered.
+    #[serde(skip)]
+    pub stopped_pause: Option<Duration>,
     /// Why the last attempt that got no answer failed (a refused
     /// connection, a certificate that did not verify); null until one did,
     /// and again once one is delivered.
@@ -236,6 +240,17 @@ impl Cpee {
 
     /// Checks a callback URL against the config before anything is promised.
     pub fn check_callback(&self, url: &str) -> Result<(), CpeeError> {
+        self.check_url(url)?;
+        if self.pending.len() >= self.config.max_pending {
+            return Err(CpeeError::TooManyCallbacks);
+        }
+        Ok(())
+    }
+
+    /// An `http://` or `https://` URL whose host `cpee.callback_allow`
+    /// lets the broker call: callbacks, and the instances it asks for their
+    /// state.
+    fn check_url(&self, url: &str) -> Result<(), CpeeError> {
         let uri: Uri = url
             .parse()
             .map_err(|_| CpeeError::BadCallback(url.into()))?;
@@ -252,9 +267,6 @@ impl Cpee {
         let allow = &self.config.callback_allow;
         if !allow.is_empty() && !allow.iter().any(|a| *a == host || *a == host_port) {
             return Err(CpeeError::CallbackNotAllowed(host_port));
-        }
-        if self.pending.len() >= self.config.max_pending {
-            return Err(CpeeError::TooManyCallbacks);
         }
         Ok(())
     }
@@ -274,13 +286,18 @@ impl Cpee {
                 kind,
                 url: call.callback.clone().unwrap_or_default(),
                 instance: call.instance.clone(),
-                instance_url: call.instance_url.clone(),
+                // Asked for its state only where a callback may go too.
+                instance_url: call
+                    .instance_url
+                    .clone()
+                    .filter(|u| self.check_url(u).is_ok()),
                 label: call.label.clone(),
                 order_id,
                 orderbot_id: orderbot.map(str::to_string),
                 created: Millis::now(),
                 attempts: 0,
                 stopped_since: None,
+                stopped_pause: None,
                 last_error: None,
             },
         );

@@ -188,12 +188,13 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
     if let Some(group) = group(route).filter(|g| app.open_groups.contains(g)) {
         // An open group needs no token. An engine group with networks is
         // open only from them: elsewhere the usual rules apply, so a
-        // customer's token does not make its caller an engine.
+        // customer's token does not make its caller an engine. A trusted
+        // proxy is never the engine: it speaks for anyone behind it.
+        let peer = req.peer.map(|ip| ip.to_canonical());
         let inside = !group.is_engine()
             || app.cpee_networks.is_empty()
-            || req
-                .peer
-                .is_some_and(|ip| app.cpee_networks.iter().any(|n| n.contains(&ip)));
+            || (!app.is_trusted_proxy(peer)
+                && peer.is_some_and(|ip| app.cpee_networks.iter().any(|n| n.contains(&ip))));
         if inside {
             return Ok(caller);
         }

@@ -116,7 +116,7 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
             "orderbot_id is longer than 256 bytes",
         ));
     }
-    if let Some(order) = app.cpee.take_now(&orderbot) {
+    if let Some(order) = app.cpee.take_now(&orderbot)? {
         let body = app.cpee.order_json(order, viewer);
         app.cpee.remember(key, Answer::Now(body.clone()));
         return Ok(json_bytes(StatusCode::OK, body));

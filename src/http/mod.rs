@@ -482,16 +482,19 @@ impl App {
     /// or, from a trusted proxy that says so, to that proxy. Of several
     /// `X-Forwarded-Proto` values the last counts: the one the proxy that
     /// connects to the broker set (a client may send its own before it).
+    /// Whether the peer is one of `http.trusted_proxies`.
+    pub(crate) fn is_trusted_proxy(&self, peer: Option<std::net::IpAddr>) -> bool {
+        peer.map(|ip| ip.to_canonical())
+            .is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+
     fn came_over_https(
         &self,
         req: &Request<Incoming>,
         peer: Option<std::net::IpAddr>,
         tls: bool,
     ) -> bool {
-        let trusted = peer
-            .map(|ip| ip.to_canonical())
-            .is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)));
-        if !trusted {
+        if !self.is_trusted_proxy(peer) {
             return tls;
         }
         let forwarded = req
@@ -665,7 +668,8 @@ impl App {
                 return order_store::update(self, req).await;
             }
             Route::Intake if m == Method::POST => return cpee::intake(self, req).await,
-            Route::NextOrder if m == Method::GET || m == Method::HEAD || m == Method::POST => {
+            // Not HEAD: it would take an order and throw its answer away.
+            Route::NextOrder if m == Method::GET || m == Method::POST => {
                 let viewer = access::viewer(self, route, caller);
                 return cpee::next_order(self, req, viewer).await;
             }
