@@ -74,6 +74,28 @@ pub struct Durations {
     pub p90_secs: f64,
 }
 
+/// Most orderbots or delivery partners the tables name one by one; the
+/// rest are counted together under [`OTHERS`], so ever new ids cannot grow
+/// them without bound.
+pub const MAX_NAMED: usize = 10_000;
+
+/// The name the orderbots and partners past [`MAX_NAMED`] share.
+pub const OTHERS: &str = "(others)";
+
+/// `name` if the table knows it or has room for it, else [`OTHERS`].
+fn named<K: std::hash::Hash + Eq, V>(
+    table: &HashMap<K, V>,
+    key: impl Fn(String) -> K,
+    name: String,
+) -> K {
+    let wanted = key(name);
+    if table.len() < MAX_NAMED || table.contains_key(&wanted) {
+        wanted
+    } else {
+        key(OTHERS.to_string())
+    }
+}
+
 #[derive(Default)]
 struct Tables {
     /// Money the ledgers moved, by the hour it moved in: charges (processing)
@@ -254,9 +276,16 @@ impl Tables {
             return;
         };
         if from != order.stage {
-            let bot = order.orderbot_id.map(|b| symbols.text(b).to_string());
             let spent = order.updated.get().0.saturating_sub(from_since.0);
-            self.stages.entry((bot, from)).or_default().record(spent);
+            let key = match order.orderbot_id {
+                Some(b) => named(
+                    &self.stages,
+                    |n| (Some(n), from),
+                    symbols.text(b).to_string(),
+                ),
+                None => (None, from),
+            };
+            self.stages.entry(key).or_default().record(spent);
             match order.stage {
                 Stage::Cancelled => self.cancelled += 1,
                 Stage::Completed => self.completed_order(order, order.updated.get(), symbols),
@@ -276,8 +305,9 @@ impl Tables {
         }
         let confirmed = shop.history.iter().find(|h| h.status == "Confirmed");
         if let (Some(confirmed), Some(partner)) = (confirmed, order.orderbot_id) {
+            let key = named(&self.delivery, |n| n, symbols.text(partner).to_string());
             self.delivery
-                .entry(symbols.text(partner).to_string())
+                .entry(key)
                 .or_default()
                 .record(at.0.saturating_sub(confirmed.at.0));
         }
@@ -339,5 +369,36 @@ mod tests {
         }
         assert_eq!(h.summary().count, 1000);
         assert_eq!(Histogram::default().percentile(0.5), 0);
+    }
+
+    /// Ever new orderbot ids (which the table of words now lets in without
+    /// end) cannot grow the per-orderbot tables past `MAX_NAMED` names.
+    #[test]
+    fn ever_new_orderbots_are_counted_together_past_the_cap() {
+        let mut config = crate::Config::default();
+        config.events.history_size = 16;
+        let broker = Broker::new(&config);
+        let analytics = Analytics::default();
+        let from = analytics.rebuild(&broker);
+        let mut feed = broker.subscribe(from);
+        let id = OrderId(1);
+        for n in 0..(MAX_NAMED + 50) {
+            let bot = format!("bot-{n}");
+            broker.update_status(id, "Mixing", Some(&bot)).unwrap();
+            broker
+                .update_status(id, "Order Served", Some(&bot))
+                .unwrap();
+            let pin = broker.pin();
+            let events = feed.take(&pin).unwrap();
+            analytics.fold(&broker, &events);
+        }
+        let times = analytics.stage_times();
+        assert!(times.len() <= MAX_NAMED + Stage::COUNT, "{}", times.len());
+        let others: u64 = times
+            .iter()
+            .filter(|(bot, _, _)| bot.as_deref() == Some(OTHERS))
+            .map(|(_, _, d)| d.count)
+            .sum();
+        assert!(others >= 50, "the rest are counted together: {others}");
     }
 }
