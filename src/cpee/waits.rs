@@ -89,8 +89,15 @@ impl Cpee {
             Target::Stage(stage) => *stage,
             Target::Status(word) => self.broker.stage_of_word(word),
         };
+        // A refunded shop order is final too (the table of moves).
+        let refunded = order.shop.as_ref().is_some_and(|s| {
+            s.return_request
+                .as_ref()
+                .is_some_and(|r| r.status == crate::shop::ReturnStatus::Refunded)
+        });
         match order.stage {
             Stage::Cancelled => false,
+            Stage::Completed if refunded => false,
             Stage::Completed if order.shop.is_some() => stage == Stage::Cancelled,
             _ => true,
         }
