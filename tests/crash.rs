@@ -114,3 +114,49 @@ fn a_keyed_write_whose_client_went_away_during_the_fsync_is_not_run_twice() {
     assert_eq!(count, Some(1), "{orders}");
     broker.stop();
 }
+
+#[test]
+fn an_orderbot_that_left_while_its_work_was_made_durable_does_not_keep_it() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = Start::new(data.path())
+        .env("ORDER_BROKER_PERSISTENCE_FSYNC", "always")
+        .slow("fdatasync", 300_000)
+        .start()
+        .unwrap();
+    let (status, body) = broker.request("POST", "/orders/intake", r#"{"drink": "Mojito"}"#);
+    assert_eq!(status, 200, "{body}");
+    let order: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = order["order_id"].as_u64().unwrap();
+
+    // An orderbot asks for work and hangs up while the claim is fsynced.
+    let mut stream = TcpStream::connect(&broker.addr).unwrap();
+    send(
+        &mut stream,
+        "POST",
+        "/cpee/next-order",
+        "",
+        r#"{"orderbot_id": "gone"}"#,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    stream.shutdown(Shutdown::Both).unwrap();
+    drop(stream);
+
+    // The order goes back to the queue, without that orderbot: the next
+    // one to ask gets it.
+    let mut got = None;
+    for _ in 0..30 {
+        let (status, body) =
+            broker.request("POST", "/cpee/next-order", r#"{"orderbot_id": "kept"}"#);
+        if status == 200 {
+            got = Some(body);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got: serde_json::Value = serde_json::from_str(&got.expect("the order came back")).unwrap();
+    assert_eq!(
+        (got["id"].as_u64(), got["orderbot_id"].as_str()),
+        (Some(id), Some("kept"))
+    );
+    broker.stop();
+}

@@ -82,6 +82,19 @@ impl Cpee {
         }
     }
 
+    /// An order taken for an answer given at once: put back (see
+    /// `put_back`) unless [`Taken::keep`] is called once the answer is
+    /// durable and about to be sent, so a journal failure or a caller that
+    /// left never leaves it with an orderbot that did not get it.
+    pub fn taken(self: &Arc<Self>, order: OrderId, orderbot: &str) -> Taken {
+        Taken {
+            cpee: self.clone(),
+            order,
+            orderbot: orderbot.to_string(),
+            kept: false,
+        }
+    }
+
     /// `put_back`, then hands the order to a waiting orderbot if one waits.
     pub(super) fn put_back_and_dispatch(self: &Arc<Self>, order: OrderId, orderbot: &str) {
         self.put_back(order, orderbot);
@@ -238,4 +251,27 @@ impl Cpee {
 /// A claim refused because the order is not waiting any more.
 fn gone(e: &BrokerError) -> bool {
     matches!(e, BrokerError::Conflict(_) | BrokerError::OrderNotFound)
+}
+
+/// See [`Cpee::taken`].
+pub struct Taken {
+    cpee: Arc<Cpee>,
+    order: OrderId,
+    orderbot: String,
+    kept: bool,
+}
+
+impl Taken {
+    /// The answer goes out: the order stays with its orderbot.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.cpee.put_back_and_dispatch(self.order, &self.orderbot);
+        }
+    }
 }

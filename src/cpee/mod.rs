@@ -45,6 +45,7 @@ mod pool;
 mod waits;
 
 use deliver::Outbox;
+pub use dispatch::Taken;
 use dispatch::{Dispatch, Waiter};
 use waits::StateWait;
 pub use waits::WaitAnswer;

@@ -117,8 +117,11 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
         ));
     }
     if let Some(order) = app.cpee.take_now(&orderbot)? {
+        let taken = app.cpee.taken(order, &orderbot);
         let body = app.cpee.order_json(order, viewer);
+        durable(app).await?;
         app.cpee.remember(key, Answer::Now(body.clone()));
+        taken.keep();
         return Ok(json_bytes(StatusCode::OK, body));
     }
     if let Some(url) = &call.callback {
@@ -146,9 +149,25 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
             rx.try_recv().ok()
         }
     };
-    Ok(match order {
-        Some(order) => json_bytes(StatusCode::OK, app.cpee.order_json(order, viewer)),
-        None => empty(StatusCode::NO_CONTENT),
+    let Some(order) = order else {
+        return Ok(empty(StatusCode::NO_CONTENT));
+    };
+    let taken = app.cpee.taken(order, &orderbot);
+    let body = app.cpee.order_json(order, viewer);
+    durable(app).await?;
+    taken.keep();
+    Ok(json_bytes(StatusCode::OK, body))
+}
+
+/// Waits until the order just taken is on disk: a work answer is sent only
+/// then (if the journal fails, or the caller leaves meanwhile, the order
+/// goes back to the queue; see `Cpee::taken`).
+async fn durable(app: &App) -> Result<(), ApiError> {
+    app.broker().durable().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal cannot be written; the order stays in the queue",
+        )
     })
 }
 
