@@ -285,6 +285,9 @@ struct Sequencer {
     /// While an atomic change commits (see [`Sequencer::group`]): its events
     /// so far, sent to the journal as one group when it ends.
     group: Option<Vec<Event>>,
+    /// While a symbol sweep marks (see `broker/reclaim.rs`): the words of
+    /// every order state committed meanwhile.
+    marking: Option<Vec<(Sym, Option<Sym>)>>,
 }
 
 impl Sequencer {
@@ -304,6 +307,16 @@ impl Sequencer {
                 self.stages[from.index()].remove(id);
             }
             _ => {}
+        }
+        if let Some(marking) = &mut self.marking {
+            match &change {
+                Change::Order { order, .. }
+                | Change::OrderRemoved {
+                    evicted: Some(order),
+                    ..
+                } => marking.push((order.status, order.orderbot_id)),
+                _ => {}
+            }
         }
         self.last = Seq(self.last.0 + 1);
         let event = Event {
@@ -411,6 +424,7 @@ impl Broker {
                     history: History::new(config.events.history_size),
                     journal: None,
                     group: None,
+                    marking: None,
                 }),
                 notifier: Notifier::new(Seq(0)),
                 generations: Generations::default(),

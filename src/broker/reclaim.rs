@@ -20,21 +20,31 @@ impl Broker {
     /// how many. Blocking (it waits for pins and scans every order): run it
     /// off the async threads. Changes go on meanwhile.
     pub fn reclaim_symbols(&self) -> usize {
-        let mut sweep = self.inner.symbols.sweep();
+        // The map scan below is not one instant: every order state committed
+        // from now until it ends is recorded, so each order's words at its
+        // end are in the map as scanned or in the record.
+        self.sequencer().marking = Some(Vec::new());
+        /// Stops the record even if the sweep ends early (or panics).
+        struct Stop<'a>(&'a Broker);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.sequencer().marking = None;
+            }
+        }
+        let stop = Stop(self);
         // Every writer that interned a word before the sweep began has
-        // committed it by now. The map scan below is not one instant, so
-        // the history fills in what changed meanwhile: every order's state
-        // at `last` is in the map as scanned or in an event after `from`.
-        let from = self.last_seq();
+        // committed it once this returns.
+        let mut sweep = self.inner.symbols.sweep();
         for entry in self.inner.orders.iter() {
             mark_order(&mut sweep, entry.value());
         }
         let last = {
-            let seq = self.sequencer();
-            let oldest = seq.history.iter().next().map_or(seq.last, |e| e.seq);
-            if seq.last > from && oldest.0 > from.0 + 1 {
-                tracing::debug!("symbol sweep: the history moved past the scan; skipped");
-                return 0;
+            let mut seq = self.sequencer();
+            for (status, bot) in seq.marking.take().unwrap_or_default() {
+                sweep.mark(status);
+                if let Some(bot) = bot {
+                    sweep.mark(bot);
+                }
             }
             // The history may be replayed to a stream: its words stay too.
             for event in seq.history.iter() {
@@ -42,6 +52,7 @@ impl Broker {
             }
             seq.last
         };
+        drop(stop);
         // Changes handed to the journal writer are resolved when it writes
         // them; the oldest of them may have left the history already.
         if let Some(journal) = self.journal() {
@@ -206,6 +217,46 @@ mod tests {
             check(view.id, view.orderbot_id.as_deref());
         }
         assert!(!misread.load(Ordering::Relaxed));
+    }
+
+    /// Writes that go on during the map scan, far more than the history
+    /// holds, do not make the sweep give up (it used to, every time).
+    #[test]
+    fn a_sweep_under_writes_faster_than_the_history_still_frees() {
+        let mut config = Config::default();
+        config.limits.max_symbols = 1 << 20;
+        config.events.history_size = 1;
+        let broker = Broker::new(&config);
+        for n in 0..20_000u64 {
+            broker
+                .update_status(OrderId(n), "Mixing", Some(&format!("old-{n}")))
+                .unwrap();
+            broker
+                .update_status(OrderId(n), "Mixing", Some("bot"))
+                .unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        let freed = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    broker
+                        .update_status(OrderId(n % 100), "Mixing", Some("bot"))
+                        .unwrap();
+                }
+            });
+            let freed = broker.reclaim_symbols();
+            stop.store(true, Ordering::Relaxed);
+            freed
+        });
+        assert_eq!(freed, 20_000, "every old-N is free");
+        for n in [0, 99, 19_999] {
+            assert_eq!(
+                broker.view(OrderId(n)).unwrap().orderbot_id.as_deref(),
+                Some("bot")
+            );
+        }
     }
 
     #[test]
