@@ -409,25 +409,27 @@ async fn a_state_reached_while_stopped_is_delivered_after_resume() {
     until_no_pending(&server, "delivered").await;
 }
 
+/// An activity of a new instance waits for an order to complete; the
+/// instance is stopped, the order completes, and the broker's PUT has been
+/// refused (503).
+async fn reached_while_stopped(server: &TestServer, cpee: &Cpee, instance: u32) {
+    cpee.new_instance(instance);
+    let order = intake(server, "Sour").await;
+    let (headers, _) = cpee.call(instance, "wait");
+    let body = format!("order_id={order}&stage=completed");
+    call(server, "/cpee/wait", &headers, &body).await;
+    cpee.stop(instance);
+    update(server, order, "Order Served").await;
+    until_refused(cpee).await;
+}
+
 #[tokio::test]
 async fn a_callback_stopped_longer_than_the_give_up_time_is_dropped() {
     let mut config = config();
     config.cpee.stopped_give_up_secs = 1;
     let server = TestServer::with_config(config).await;
     let cpee = Cpee::start().await;
-    cpee.new_instance(3);
-    let order = intake(&server, "Sour").await;
-    let (headers, _) = cpee.call(3, "wait");
-    call(
-        &server,
-        "/cpee/wait",
-        &headers,
-        &format!("order_id={order}&stage=completed"),
-    )
-    .await;
-    cpee.stop(3);
-    update(&server, order, "Order Served").await;
-    until_refused(&cpee).await;
+    reached_while_stopped(&server, &cpee, 3).await;
     let stopped = Instant::now();
     assert_eq!(pending(&server).await.len(), 1, "kept while stopped");
     until_no_pending(&server, "given up after stopped_give_up_secs").await;
@@ -444,19 +446,7 @@ async fn a_callback_stopped_longer_than_the_give_up_time_is_dropped() {
 async fn a_stopped_instance_that_is_deleted_is_given_up() {
     let server = TestServer::with_config(config()).await;
     let cpee = Cpee::start().await;
-    cpee.new_instance(4);
-    let order = intake(&server, "Fizz").await;
-    let (headers, _) = cpee.call(4, "wait");
-    call(
-        &server,
-        "/cpee/wait",
-        &headers,
-        &format!("order_id={order}&stage=completed"),
-    )
-    .await;
-    cpee.stop(4);
-    update(&server, order, "Order Served").await;
-    until_refused(&cpee).await;
+    reached_while_stopped(&server, &cpee, 4).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(pending(&server).await.len(), 1, "kept while stopped");
     cpee.set_state(4, State::Deleted);

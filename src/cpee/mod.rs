@@ -7,11 +7,15 @@
 //! - orders taken in by intake wait in a FIFO queue; orderbots asking for work
 //!   wait in another, oldest first. Both sit under one lock, so each order
 //!   goes to exactly one orderbot and no order waits while an orderbot does;
+//!   only an order still new without an orderbot is handed out
+//!   (`dispatch.rs`);
 //! - state waits are kept per order and checked against every change in the
-//!   feed by one task;
+//!   feed by one task; one that can never be met is salvaged (`waits.rs`);
 //! - answers are PUT by a retrying client (backoff on connection errors and
-//!   5xx, stop on 404/503, which CPEE answers for a closed callback); a work
-//!   answer that cannot be delivered puts its order back at the queue's head;
+//!   other 5xx, stop on 404 and other 4xx); 503 means the instance is
+//!   stopped: the callback is kept until it resumes (`deliver.rs`,
+//!   `instances.rs`); a work answer that is not delivered puts its order
+//!   back at the queue's head without its orderbot;
 //! - each callback has at most one delivery task and one answer waiting
 //!   behind it: a newer state replaces a waiting update, a final answer
 //!   replaces it and ends the callback, so a writer changing an order fast
