@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use crate::catalog::{Customer, CustomerId, Product, ProductId, Template, TemplateId};
-use crate::model::{Order, OrderId, Seq, Stage, Stamp};
+use crate::model::{Millis, Order, OrderId, Seq, Stage, Stamp};
 
 /// One change, with its place in the global sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub enum Change {
     OrderRemoved {
         id: OrderId,
         from: Stage,
+        /// When it was created: its place in the stage's index.
+        created: Millis,
         evicted: Option<Order>,
     },
     Product(Arc<Product>),

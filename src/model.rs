@@ -79,6 +79,25 @@ impl From<Millis> for Stamp {
     }
 }
 
+/// An order's place in every list (the seed's views, `/orders`, a
+/// customer's orders, exports): when it first arrived, then its id. The
+/// seed service kept its orders in arrival order and the robot bar's
+/// website shows them so; ids break ties within one millisecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Arrival {
+    pub created: Millis,
+    pub id: OrderId,
+}
+
+impl Arrival {
+    pub fn of(id: OrderId, order: &Order) -> Arrival {
+        Arrival {
+            created: order.created.get(),
+            id,
+        }
+    }
+}
+
 /// Where an order stands, derived from its status word (never set directly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

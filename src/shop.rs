@@ -181,7 +181,45 @@ pub enum Fulfilment {
     Cancelled,
 }
 
+/// The Order Status API shows `channel`, `paymentMethod` and
+/// `deliveryStatus` as numbers. A number a client sends is kept as it came
+/// (as text: `"2"`); these words stand for numbers too (case does not
+/// matter). Any other word shows as null there and as itself elsewhere.
+pub const CHANNEL_CODES: [(&str, u64); 6] = [
+    ("web", 1),
+    ("app", 2),
+    ("pos", 3),
+    ("phone", 4),
+    ("cpee", 5),
+    ("template", 6),
+];
+pub const PAYMENT_METHOD_CODES: [(&str, u64); 3] = [("cash", 1), ("card", 2), ("online", 3)];
+
+/// The number `text` stands for: itself if it is one, else its word's.
+pub fn code_of(text: &str, words: &[(&str, u64)]) -> Option<u64> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    words
+        .iter()
+        .find(|(w, _)| w.eq_ignore_ascii_case(text))
+        .map(|(_, code)| *code)
+}
+
 impl Fulfilment {
+    /// `deliveryStatus` on the Order Status API: 1 pending (scheduled, new
+    /// or confirmed), 2 preparing, 3 out for delivery, 4 delivered, 5
+    /// cancelled.
+    pub fn delivery_code(self) -> u8 {
+        match self {
+            Fulfilment::Scheduled | Fulfilment::New | Fulfilment::Confirmed => 1,
+            Fulfilment::Preparing => 2,
+            Fulfilment::OutForDelivery => 3,
+            Fulfilment::Delivered => 4,
+            Fulfilment::Cancelled => 5,
+        }
+    }
+
     /// (API name, status word) of each state.
     const NAMES: [(&'static str, &'static str); 7] = [
         ("scheduled", "Scheduled"),

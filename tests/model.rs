@@ -1674,7 +1674,11 @@ impl Harness {
         };
         // The expectation, and the Order Status API error code predicted.
         let no = |code: &'static str, why: &str| (Expect::No(vec![400], why.into()), Some(code));
-        let (expect, code) = if o.cancelled() {
+        let (expect, code) = if o.cancelled() && action == "confirm" {
+            // The seed says which state a confirm meets: "Order has been
+            // cancelled".
+            no("invalid_status", "only New orders can be confirmed")
+        } else if o.cancelled() {
             no("order_already_canceled", "a cancelled order is final")
         } else if o.refunded() {
             // Reading: SEMANTICS.md makes a refunded order final ("cancel

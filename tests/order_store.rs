@@ -356,9 +356,17 @@ async fn oversized_bodies_are_413_declared_or_streamed() {
     assert!(server.broker.is_empty());
 }
 
+/// The seed service kept its orders in a dict, so every view lists them in
+/// the order they first arrived (the robot bar's website shows them so),
+/// not by id; ids break ties within one millisecond. The same after a
+/// restart, which rebuilds the views from the journal.
 #[tokio::test]
-async fn views_hold_the_right_ids_in_id_order() {
-    let server = TestServer::start().await;
+async fn views_list_orders_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config();
+    config.persistence.mode = order_broker::config::PersistenceMode::Journal;
+    config.persistence.dir = dir.path().to_path_buf();
+    let server = TestServer::with_config(config.clone()).await;
     let updates = [
         (30, "Order Initiated", "b3"),
         (4, "Mixing", "b1"),
@@ -374,40 +382,62 @@ async fn views_hold_the_right_ids_in_id_order() {
             server.put_json("/update_order", &body).await.status,
             StatusCode::OK
         );
+        // Arrival is the creation time: one order a millisecond or more.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
-    assert_eq!(
-        server.get("/get_new_orders").await.json(),
-        json!({"new_orders": [7, 30]})
-    );
-    assert_eq!(
-        server.get("/get_completed_orders").await.json(),
-        json!({"completed_orders": [12, 15]})
-    );
-    assert_eq!(
-        server.get("/get_current_order").await.json(),
-        json!({"incomplete_orders": [
-            {"id": 2, "orderbot_id": "b2", "status": "Pouring"},
-            {"id": 4, "orderbot_id": "b1", "status": "Mixing"},
-        ]})
-    );
-    let all = server.get("/get_all").await.json();
-    let ids: Vec<u64> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["order_id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        [2, 4, 7, 9, 12, 15, 30],
-        "cancelled orders are in get_all only"
-    );
-    assert_eq!(
-        all[3],
-        json!({"order_id": 9, "status": "Order Cancelled", "orderbot_id": "b3"})
-    );
+    async fn check(server: &TestServer) {
+        {
+            assert_eq!(
+                server.get("/get_new_orders").await.json(),
+                json!({"new_orders": [30, 7]})
+            );
+            assert_eq!(
+                server.get("/get_completed_orders").await.json(),
+                json!({"completed_orders": [12, 15]})
+            );
+            assert_eq!(
+                server.get("/get_current_order").await.json(),
+                json!({"incomplete_orders": [
+                    {"id": 4, "orderbot_id": "b1", "status": "Mixing"},
+                    {"id": 2, "orderbot_id": "b2", "status": "Pouring"},
+                ]})
+            );
+            let all = server.get("/get_all").await.json();
+            let ids: Vec<u64> = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["order_id"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                ids,
+                [30, 4, 12, 7, 2, 9, 15],
+                "cancelled orders are in get_all only"
+            );
+            assert_eq!(
+                all[5],
+                json!({"order_id": 9, "status": "Order Cancelled", "orderbot_id": "b3"})
+            );
+            let listed: Vec<u64> = server
+                .get("/orders")
+                .await
+                .json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_u64().unwrap())
+                .collect();
+            assert_eq!(listed, [30, 4, 12, 7, 2, 9, 15], "/orders too");
+        }
+    }
+    check(&server).await;
+    let addr = server.addr;
+    server.stop().await;
+    let server = TestServer::at(addr, config).await;
+    check(&server).await;
 
-    // Views follow changes (the cached renderings are refreshed).
+    // Views follow changes (the cached renderings are refreshed); a change
+    // never moves an order's place.
     server
         .put_json("/update_order", r#"{"id": 7, "status": "Mixing"}"#)
         .await;
@@ -425,18 +455,51 @@ async fn views_hold_the_right_ids_in_id_order() {
     assert_eq!(
         server.get("/get_current_order").await.json(),
         json!({"incomplete_orders": [
-            {"id": 2, "orderbot_id": "b2", "status": "Pouring"},
             {"id": 7, "orderbot_id": "b1", "status": "Mixing"},
+            {"id": 2, "orderbot_id": "b2", "status": "Pouring"},
         ]})
     );
     server
         .put_json("/update_order", r#"{"id": 2, "status": "Shaking"}"#)
         .await;
     assert_eq!(
-        server.get("/get_current_order").await.json()["incomplete_orders"][0]["status"],
+        server.get("/get_current_order").await.json()["incomplete_orders"][1]["status"],
         "Shaking"
     );
-    assert_eq!(server.get("/get_all").await.json()[0]["status"], "Shaking");
+    assert_eq!(server.get("/get_all").await.json()[4]["status"], "Shaking");
+}
+
+/// Orders created within one millisecond are listed by id.
+#[tokio::test]
+async fn ties_in_arrival_are_broken_by_id() {
+    let server = TestServer::start().await;
+    // Many orders a millisecond: most land on a shared millisecond.
+    let ids = [50u64, 40, 30, 20, 10, 45, 35, 25, 15, 5];
+    for id in ids {
+        let body = json!({"id": id, "status": "Order Initiated"}).to_string();
+        server.put_json("/update_order", &body).await;
+    }
+    let listed: Vec<u64> = server.get("/get_new_orders").await.json()["new_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let created = |id: u64| {
+        let server = &server;
+        async move {
+            server.get(&format!("/get_status/{id}")).await.json()["created"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let mut expected = Vec::new();
+    for id in ids {
+        expected.push((created(id).await, id));
+    }
+    expected.sort();
+    let expected: Vec<u64> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(listed, expected);
 }
 
 #[tokio::test]

@@ -161,6 +161,8 @@ impl Broker {
             table_number: None,
             channel: "template".into(),
             check_stock: true,
+            take_stock: false,
+            number: None,
             scheduled_for: None,
             delivery: None,
         })

@@ -211,18 +211,7 @@ impl Broker {
             product_slots.iter().map(|s| s.lock()).collect();
         let mut customer = customer_slot.as_ref().map(|s| s.lock());
 
-        let mut restocked = Vec::new();
-        for product in products.iter().filter_map(|g| g.as_ref()) {
-            let units = back.units.get(&product.id).copied().unwrap_or(0);
-            let stock = crate::money::add_units(product.stock, units).ok_or_else(|| {
-                BrokerError::Invalid(format!("stock of product {} would overflow", product.id.0))
-            })?;
-            restocked.push(Product {
-                stock,
-                version: next_version(product.version)?,
-                ..product.clone()
-            });
-        }
+        let restocked = restocked(&products, &back.units)?;
         let credited = match customer.as_ref().and_then(|c| c.as_ref()) {
             Some(c) => Some(Customer {
                 balance: c
@@ -238,7 +227,13 @@ impl Broker {
             (Some(slot), Some(credited)) => Some((slot, credited)),
             _ => None,
         };
-        Ok(self.commit_together(id, entry, next, &mut products, restocked, customer))
+        let from = Some((entry.stage, entry.stage_since));
+        Ok(self.commit_together(id, from, entry, next, &mut products, restocked, customer))
+    }
+
+    /// Where an order is in the delivery flow.
+    pub fn fulfilment_of(&self, order: &Order) -> Fulfilment {
+        flow_state(&self.flow_words(), order)
     }
 
     /// The status symbol of each flow word (all reserved at start).
@@ -353,6 +348,29 @@ pub(super) fn units_of(
         })?;
     }
     Ok(units)
+}
+
+/// The locked products with `units` back in their stock (a product not in
+/// `units` is left out).
+pub(super) fn restocked(
+    products: &[MutexGuard<'_, Option<Product>>],
+    units: &crate::shop::Units,
+) -> Result<Vec<Product>, BrokerError> {
+    let mut restocked = Vec::new();
+    for product in products.iter().filter_map(|g| g.as_ref()) {
+        let Some(&units) = units.get(&product.id) else {
+            continue;
+        };
+        let stock = crate::money::add_units(product.stock, units).ok_or_else(|| {
+            BrokerError::Invalid(format!("stock of product {} would overflow", product.id.0))
+        })?;
+        restocked.push(Product {
+            stock,
+            version: next_version(product.version)?,
+            ..product.clone()
+        });
+    }
+    Ok(restocked)
 }
 
 fn next_version(v: u32) -> Result<u32, BrokerError> {

@@ -26,6 +26,7 @@ mod catalog;
 mod evict;
 mod fulfilment;
 mod persist;
+mod process;
 mod reclaim;
 mod returns;
 mod schedule;
@@ -47,7 +48,7 @@ use tokio::sync::watch;
 use crate::catalog::{Customer, CustomerId, Product, Table};
 use crate::config::Config;
 use crate::feed::{Change, Event, History, Lagged, Notifier};
-use crate::model::{Millis, Order, OrderId, OrderView, Seq, Stage, Stamp, Version};
+use crate::model::{Arrival, Millis, Order, OrderId, OrderView, Seq, Stage, Stamp, Version};
 use crate::money::{Money, Rate};
 use crate::shop::{Lifecycle, Shortage};
 use crate::symbols::{Pin, Sym, Symbols, SymbolsFull, SymbolsReader};
@@ -276,8 +277,9 @@ struct Inner {
 
 struct Sequencer {
     last: Seq,
-    /// Ids by stage: the views. Kept in step with `orders` on every change.
-    stages: [BTreeSet<OrderId>; Stage::COUNT],
+    /// Orders by stage, in arrival order: the views. Kept in step with
+    /// `orders` on every change.
+    stages: [BTreeSet<Arrival>; Stage::COUNT],
     history: History,
     /// The journal writer, once recovery is done (`persistence.mode = "journal"`).
     /// Sent to under this lock, so it gets events in `seq` order.
@@ -298,13 +300,20 @@ impl Sequencer {
             Change::Order {
                 id, order, from, ..
             } => {
+                // `created` never changes, so the place is the same in both.
+                let place = Arrival::of(*id, order);
                 if let Some(from) = from.filter(|f| *f != order.stage) {
-                    self.stages[from.index()].remove(id);
+                    self.stages[from.index()].remove(&place);
                 }
-                self.stages[order.stage.index()].insert(*id);
+                self.stages[order.stage.index()].insert(place);
             }
-            Change::OrderRemoved { id, from, .. } => {
-                self.stages[from.index()].remove(id);
+            Change::OrderRemoved {
+                id, from, created, ..
+            } => {
+                self.stages[from.index()].remove(&Arrival {
+                    created: *created,
+                    id: *id,
+                });
             }
             _ => {}
         }
@@ -715,24 +724,25 @@ impl Broker {
         }
     }
 
-    /// The ids in one stage, ascending.
+    /// The ids in one stage, in arrival order.
     pub fn stage_ids(&self, stage: Stage) -> Vec<OrderId> {
         self.sequencer().stages[stage.index()]
             .iter()
-            .copied()
+            .map(|a| a.id)
             .collect()
     }
 
-    /// Up to `limit` ids after `after`, ascending, from the given stages.
+    /// Up to `limit` places after `after`, in arrival order, from the given
+    /// stages.
     pub fn ids_after(
         &self,
         stages: &[Stage],
-        after: Option<OrderId>,
+        after: Option<Arrival>,
         limit: usize,
-    ) -> Vec<OrderId> {
+    ) -> Vec<Arrival> {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         let seq = self.sequencer();
-        let mut ids: Vec<OrderId> = stages
+        let mut places: Vec<Arrival> = stages
             .iter()
             .flat_map(|s| {
                 seq.stages[s.index()]
@@ -742,17 +752,18 @@ impl Broker {
             .copied()
             .collect();
         drop(seq);
-        ids.sort_unstable();
-        ids.truncate(limit);
-        ids
+        places.sort_unstable();
+        places.truncate(limit);
+        places
     }
 
-    /// The ids of some stages and the seq they reflect, taken at one moment.
+    /// The ids of some stages (in arrival order) and the seq they reflect,
+    /// taken at one moment.
     pub fn snapshot(&self, stages: &[Stage]) -> (Seq, Vec<Vec<OrderId>>) {
         let seq = self.sequencer();
         let ids = stages
             .iter()
-            .map(|s| seq.stages[s.index()].iter().copied().collect())
+            .map(|s| seq.stages[s.index()].iter().map(|a| a.id).collect())
             .collect();
         (seq.last, ids)
     }
@@ -782,7 +793,7 @@ impl Broker {
         }
     }
 
-    /// The orders of one stage, ascending by id.
+    /// The orders of one stage, in arrival order.
     pub fn stage_orders(&self, stage: Stage) -> Vec<(OrderId, Order)> {
         self.stage_ids(stage)
             .into_iter()
@@ -792,7 +803,7 @@ impl Broker {
             .collect()
     }
 
-    /// Every order, ascending by id. Reads one map shard at a time.
+    /// Every order, in arrival order. Reads one map shard at a time.
     pub fn all_orders(&self) -> Vec<(OrderId, Order)> {
         let mut all: Vec<(OrderId, Order)> = self
             .inner
@@ -800,7 +811,7 @@ impl Broker {
             .iter()
             .map(|e| (*e.key(), e.value().clone()))
             .collect();
-        all.sort_unstable_by_key(|(id, _)| *id);
+        all.sort_unstable_by_key(|(id, order)| Arrival::of(*id, order));
         all
     }
 

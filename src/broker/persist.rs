@@ -10,7 +10,7 @@ use super::{Broker, Order};
 use crate::feed::{Change, History};
 use crate::journal::record::{Record, StoredOrder};
 use crate::journal::{Journal, JournalFailed, Msg};
-use crate::model::{OrderId, Seq, Stage, Stamp, Version};
+use crate::model::{Arrival, OrderId, Seq, Stage, Stamp, Version};
 
 /// How often a snapshot starts over when the history ring no longer reaches
 /// back to where its copy began (writes outran it); then it fails.
@@ -274,10 +274,10 @@ impl Broker {
     /// customers' orders) and continues the sequence after `last`.
     pub(crate) fn finish_restore(&self, last: Seq) {
         let inner = &self.inner;
-        let mut stages: [BTreeSet<OrderId>; Stage::COUNT] = Default::default();
+        let mut stages: [BTreeSet<Arrival>; Stage::COUNT] = Default::default();
         for entry in inner.orders.iter() {
             let (id, order) = (*entry.key(), entry.value());
-            stages[order.stage.index()].insert(id);
+            stages[order.stage.index()].insert(Arrival::of(id, order));
             if let Some(shop) = &order.shop {
                 inner.numbers.insert(shop.number.clone(), id);
                 if let Some(customer) = shop.customer_id {

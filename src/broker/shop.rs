@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::mapref::entry::Entry;
-use parking_lot::MutexGuard;
 
-use super::{Broker, BrokerError, LifecycleError, ProcessRefusal, check_version};
-use crate::catalog::{Customer, CustomerId, Product, ProductId, Slot};
+use super::{Broker, BrokerError, LifecycleError, check_version};
+use crate::catalog::{CustomerId, ProductId};
 use crate::feed::{Change, Event};
-use crate::model::{Millis, Order, OrderId, Stage, Version};
+use crate::model::{Arrival, Millis, Order, OrderId, Stage, Version};
 use crate::shop::{
     Delivery, Fulfilment, HistoryEntry, Item, Lifecycle, PaymentStatus, ShopOrder, Strategy,
     Totals, allocate,
@@ -38,6 +37,12 @@ pub struct NewOrder {
     pub channel: String,
     /// Refuse the order when an item asks for more than is in stock now.
     pub check_stock: bool,
+    /// The order's number if the client chose one (unique: 409 when
+    /// taken); None: the broker makes one.
+    pub number: Option<String>,
+    /// Take the items' stock as the order is placed (400 when short), as
+    /// the Order Management API does; processing then takes no more.
+    pub take_stock: bool,
     /// Hold the order as scheduled until then; it becomes new at that time.
     pub scheduled_for: Option<Millis>,
     /// Where it is delivered, for the delivery fee; None: no delivery.
@@ -61,8 +66,8 @@ pub struct OrderFilter {
     pub created_from: Option<Millis>,
     /// …and before this one.
     pub created_to: Option<Millis>,
-    /// Cursor: only ids above this one.
-    pub after: Option<OrderId>,
+    /// Cursor: only orders after this place.
+    pub after: Option<Arrival>,
     pub limit: usize,
 }
 
@@ -93,6 +98,9 @@ pub(super) enum Removal {
 /// The channel of orders taken in by intake.
 const INTAKE_CHANNEL: &str = "cpee";
 
+/// The longest order number a client may choose.
+const MAX_NUMBER_BYTES: usize = 64;
+
 static NUMBER_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Broker {
@@ -114,6 +122,15 @@ impl Broker {
             && self.customer(cid).is_none()
         {
             return Err(BrokerError::CustomerNotFound(cid.0));
+        }
+        if let Some(number) = &new.number
+            && (number.is_empty()
+                || number.len() > MAX_NUMBER_BYTES
+                || !number.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(BrokerError::Invalid(format!(
+                "number must be 1 to {MAX_NUMBER_BYTES} visible ASCII characters"
+            )));
         }
         let items = self.price_items(&new.items)?;
         if new.check_stock {
@@ -137,7 +154,8 @@ impl Broker {
         };
         let status = self.inner.symbols.reserve(word);
         let shop = ShopOrder {
-            number: String::new(),
+            // Empty: the broker makes one (see `number_for`).
+            number: new.number.unwrap_or_default(),
             customer_id: new.customer_id,
             items,
             notes: new.notes,
@@ -160,11 +178,14 @@ impl Broker {
             ledger: Default::default(),
             details: Vec::new(),
         };
+        if new.take_stock {
+            return self.place_taking_stock(status, shop);
+        }
         self.insert_new(status, shop)
     }
 
     /// Orders taken in by intake or released from a schedule that are still
-    /// new and have no orderbot, ascending by id: the dispatch queue,
+    /// new and have no orderbot, in arrival order: the dispatch queue,
     /// rebuilt after a restart.
     pub fn undispatched_intake(&self) -> Vec<OrderId> {
         self.stage_orders(Stage::New)
@@ -295,7 +316,7 @@ impl Broker {
                 .ok_or(BrokerError::IdsExhausted("order"))?;
             let result = self.apply(id, super::Mode::Create, None, |_| {
                 let mut shop = shop.clone();
-                shop.number = self.claim_number(id);
+                shop.number = self.number_for(id, &shop.number)?;
                 if let Some(cid) = shop.customer_id {
                     self.inner.by_customer.entry(cid).or_default().insert(id);
                 }
@@ -306,6 +327,23 @@ impl Broker {
                 Err(BrokerError::IdTaken(_)) => continue,
                 other => return other,
             }
+        }
+    }
+
+    /// Registers `chosen` to `id` (409 when another order has it), or,
+    /// when it is empty, a fresh number.
+    pub(super) fn number_for(&self, id: OrderId, chosen: &str) -> Result<String, BrokerError> {
+        if chosen.is_empty() {
+            return Ok(self.claim_number(id));
+        }
+        match self.inner.numbers.entry(chosen.to_string()) {
+            Entry::Vacant(v) => {
+                v.insert(id);
+                Ok(chosen.to_string())
+            }
+            Entry::Occupied(_) => Err(BrokerError::Conflict(format!(
+                "order number {chosen} is taken by another order"
+            ))),
         }
     }
 
@@ -372,7 +410,11 @@ impl Broker {
 
     /// The items' totals, with the delivery's fee when there is one; the
     /// total and the grand total at most `limits.max_amount`.
-    fn totals(&self, items: &[Item], delivery: Option<&Delivery>) -> Result<Totals, BrokerError> {
+    pub(super) fn totals(
+        &self,
+        items: &[Item],
+        delivery: Option<&Delivery>,
+    ) -> Result<Totals, BrokerError> {
         let max = self.inner.max_amount;
         let too_large = |field: &str| BrokerError::OutOfRange {
             field: field.into(),
@@ -402,7 +444,7 @@ impl Broker {
         self.get(id).map(|o| (id, o))
     }
 
-    /// A customer's orders, ascending by id.
+    /// A customer's orders, in arrival order.
     pub fn customer_orders(&self, customer: CustomerId) -> Vec<(OrderId, Order)> {
         let ids: Vec<OrderId> = self
             .inner
@@ -410,15 +452,18 @@ impl Broker {
             .get(&customer)
             .map(|ids| ids.iter().copied().collect())
             .unwrap_or_default();
-        ids.into_iter()
+        let mut orders: Vec<(OrderId, Order)> = ids
+            .into_iter()
             .filter_map(|id| self.get(id).map(|o| (id, o)))
-            .collect()
+            .collect();
+        orders.sort_unstable_by_key(|(id, order)| Arrival::of(*id, order));
+        orders
     }
 
-    /// One page of orders matching `filter`, ascending by id, and the cursor
-    /// for the next page (None when this page is the last).
+    /// One page of orders matching `filter`, in arrival order, and the
+    /// cursor for the next page (None when this page is the last).
     /// The caller holds a pin (it resolves the orders).
-    pub fn list_orders(&self, filter: &OrderFilter) -> (Vec<(OrderId, Order)>, Option<OrderId>) {
+    pub fn list_orders(&self, filter: &OrderFilter) -> (Vec<(OrderId, Order)>, Option<Arrival>) {
         let limit = filter.limit.max(1);
         let status = match &filter.status {
             Some(text) => match self.inner.symbols.lookup(text) {
@@ -428,51 +473,53 @@ impl Broker {
             None => None,
         };
         let stages: Vec<Stage> = filter.stage.map_or(Stage::ALL.to_vec(), |s| vec![s]);
+        let matches = |order: &Order| {
+            let created = order.created.get();
+            status.is_none_or(|s| s == order.status)
+                && stages.contains(&order.stage)
+                && filter.created_from.is_none_or(|from| created >= from)
+                && filter.created_to.is_none_or(|to| created < to)
+        };
+        if let Some(customer) = filter.customer_id {
+            // A customer's orders are few: read them all, page in memory.
+            let mut page: Vec<(OrderId, Order)> = self
+                .customer_orders(customer)
+                .into_iter()
+                .filter(|(id, order)| {
+                    filter.after.is_none_or(|a| Arrival::of(*id, order) > a) && matches(order)
+                })
+                .take(limit + 1)
+                .collect();
+            let next = (page.len() > limit).then(|| {
+                page.truncate(limit);
+                page.last().map(|(id, o)| Arrival::of(*id, o))
+            });
+            return (page, next.flatten());
+        }
         let mut page = Vec::new();
         let mut after = filter.after;
         loop {
-            let batch = match filter.customer_id {
-                Some(cid) => self.customer_ids_after(cid, after, limit),
-                None => self.ids_after(&stages, after, limit),
-            };
+            let batch = self.ids_after(&stages, after, limit);
             let Some(&last) = batch.last() else {
                 return (page, None);
             };
-            for id in batch {
-                let Some(order) = self.get(id) else { continue };
-                let created = order.created.get();
-                let matches = status.is_none_or(|s| s == order.status)
-                    && stages.contains(&order.stage)
-                    && filter.created_from.is_none_or(|from| created >= from)
-                    && filter.created_to.is_none_or(|to| created < to);
-                if matches {
-                    page.push((id, order));
+            for place in batch {
+                let Some(order) = self.get(place.id) else {
+                    continue;
+                };
+                // Moved on, or removed and made anew, since the batch.
+                if Arrival::of(place.id, &order) != place {
+                    continue;
+                }
+                if matches(&order) {
+                    page.push((place.id, order));
                     if page.len() == limit {
-                        return (page, Some(id));
+                        return (page, Some(place));
                     }
                 }
             }
             after = Some(last);
         }
-    }
-
-    fn customer_ids_after(
-        &self,
-        customer: CustomerId,
-        after: Option<OrderId>,
-        limit: usize,
-    ) -> Vec<OrderId> {
-        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        self.inner
-            .by_customer
-            .get(&customer)
-            .map(|ids| {
-                ids.range((from, std::ops::Bound::Unbounded))
-                    .take(limit)
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Sets the status of an existing order, as far as the table of moves
@@ -520,6 +567,13 @@ impl Broker {
             if shop.processed.is_some() || current.stage != Stage::New {
                 return Err(BrokerError::Conflict(
                     "items can only change before the order is processed or confirmed".into(),
+                ));
+            }
+            if !shop.ledger.units_out().is_empty() {
+                return Err(BrokerError::Conflict(
+                    "the order's stock was taken when it was placed, so its items stay; \
+                     cancel it (the stock goes back) and place a new one"
+                        .into(),
                 ));
             }
             let shop = ShopOrder {
@@ -581,6 +635,24 @@ impl Broker {
             }
             Removal::Evict => {}
         }
+        let stage = order.stage;
+        // Stock taken at placement goes back with a deleted order; a
+        // finished order keeps what it took (sold, or given back already).
+        let held = match (&how, &order.shop) {
+            (Removal::Delete { .. }, Some(shop)) => shop.ledger.units_out(),
+            _ => Default::default(),
+        };
+        let event = if held.is_empty() {
+            let evicted = (how == Removal::Evict).then(|| order.clone());
+            self.sequencer().commit(Change::OrderRemoved {
+                id,
+                from: stage,
+                created: order.created.get(),
+                evicted,
+            })
+        } else {
+            self.commit_removal_restocking(id, order, &held)?
+        };
         if let Some(shop) = &order.shop {
             self.inner.numbers.remove(&shop.number);
             if let Some(cid) = shop.customer_id
@@ -589,192 +661,10 @@ impl Broker {
                 ids.remove(&id);
             }
         }
-        let stage = order.stage;
-        let evicted = (how == Removal::Evict).then(|| order.clone());
-        let event = self.sequencer().commit(Change::OrderRemoved {
-            id,
-            from: stage,
-            evicted,
-        });
         let order = entry.remove();
         self.inner.generations.bump(Some(stage), None);
         self.published(Some(event));
         Ok(order)
-    }
-
-    /// Processes an order (the store tutorial's rules): never twice; the
-    /// customer's balance must be above zero; short items follow `strategy`;
-    /// then stock is taken, the items priced, the total charged to the
-    /// balance and `processed` set — all or nothing.
-    pub fn process(
-        &self,
-        id: OrderId,
-        strategy: Strategy,
-        expected: Option<Version>,
-    ) -> Result<Event, BrokerError> {
-        let now = Millis::now();
-        let mut entry = self
-            .locked(|| self.inner.orders.get_mut(&id))
-            .ok_or(BrokerError::OrderNotFound)?;
-        check_version(&entry, expected)?;
-        let shop = entry
-            .shop
-            .clone()
-            .ok_or_else(|| BrokerError::Conflict("order has no items to process".into()))?;
-        let refuse = |why| Err(BrokerError::ProcessRefused(why));
-        if shop.processed.is_some() {
-            return refuse(ProcessRefusal::AlreadyProcessed);
-        }
-        if entry.stage == Stage::Cancelled {
-            return refuse(ProcessRefusal::Cancelled);
-        }
-        crate::shop::check_move(&shop, entry.stage, entry.stage, false)
-            .map_err(BrokerError::Conflict)?;
-        let Some(customer_id) = shop.customer_id else {
-            return refuse(ProcessRefusal::NoCustomer);
-        };
-        let customer_slot = self
-            .inner
-            .customers
-            .slot(customer_id)
-            .ok_or(BrokerError::CustomerNotFound(customer_id.0))?;
-
-        // Lock the products by ascending id, then the customer.
-        let product_ids: std::collections::BTreeSet<ProductId> =
-            shop.items.iter().map(|i| i.product_id).collect();
-        let slots: Vec<Slot<Product>> = product_ids
-            .iter()
-            .map(|pid| {
-                self.inner
-                    .products
-                    .slot(*pid)
-                    .ok_or(BrokerError::ProductNotFound(pid.0))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut products: Vec<MutexGuard<'_, Option<Product>>> =
-            slots.iter().map(|s| s.lock()).collect();
-        let mut customer = customer_slot.lock();
-        let balance = customer
-            .as_ref()
-            .ok_or(BrokerError::CustomerNotFound(customer_id.0))?
-            .balance;
-        if balance <= crate::money::Money::ZERO {
-            return refuse(ProcessRefusal::Balance);
-        }
-        let mut stock = HashMap::new();
-        for (pid, guard) in product_ids.iter().zip(&products) {
-            let product = guard.as_ref().ok_or(BrokerError::ProductNotFound(pid.0))?;
-            stock.insert(*pid, product.stock);
-        }
-        let quantities = allocate(&shop.items, &stock, strategy)
-            .map_err(|short| BrokerError::ProcessRefused(ProcessRefusal::Rejected(short)))?;
-        let items: Vec<Item> = shop
-            .items
-            .iter()
-            .zip(&quantities)
-            .map(|(item, &quantity)| Item {
-                quantity,
-                ..item.clone()
-            })
-            .collect();
-        let totals = self.totals(&items, shop.delivery.as_ref())?;
-        let new_balance = balance
-            .checked_sub(totals.grand_total)
-            .ok_or_else(|| BrokerError::Invalid("balance would overflow".into()))?;
-        let taken = super::fulfilment::units_of(items.iter().map(|i| (i.product_id, i.quantity)))?;
-
-        // Every check passed: build the new records, then commit them together.
-        let mut new_products = Vec::new();
-        for guard in &products {
-            let product = guard.as_ref().expect("checked above");
-            let units = taken.get(&product.id).copied().unwrap_or(0);
-            if units > 0 {
-                let version = Version(product.version)
-                    .next()
-                    .ok_or(BrokerError::VersionExhausted)?;
-                new_products.push(Product {
-                    stock: product.stock - units,
-                    version: version.0,
-                    ..product.clone()
-                });
-            }
-        }
-        let mut new_customer = customer.clone().expect("checked above");
-        new_customer.balance = new_balance;
-        new_customer.version = Version(new_customer.version)
-            .next()
-            .ok_or(BrokerError::VersionExhausted)?
-            .0;
-        let mut next_shop = ShopOrder {
-            items,
-            totals,
-            processed: Some(now),
-            ..(*shop).clone()
-        };
-        next_shop.ledger.charge(totals.grand_total, taken, now);
-        let next = self.stamp(
-            Some(&entry),
-            Order {
-                shop: Some(Arc::new(next_shop)),
-                ..entry.clone()
-            },
-            now,
-        )?;
-        let before = entry.stage;
-        let event = self.commit_together(
-            id,
-            &mut entry,
-            next,
-            &mut products,
-            new_products,
-            Some((&mut customer, new_customer)),
-        );
-        drop(customer);
-        drop(products);
-        self.inner.generations.bump(Some(before), Some(entry.stage));
-        drop(entry);
-        self.published(Some(event.clone()));
-        Ok(event)
-    }
-
-    /// Commits, under one sequencer lock, new states of locked products and
-    /// of a locked customer, then the order's; each record is replaced as
-    /// its event is committed, so readers never see one without the other.
-    /// The events are one atomic group: one journal frame, never split by a
-    /// snapshot's cut.
-    pub(super) fn commit_together(
-        &self,
-        id: OrderId,
-        entry: &mut Order,
-        next: Order,
-        locked: &mut [MutexGuard<'_, Option<Product>>],
-        products: Vec<Product>,
-        customer: Option<(&mut MutexGuard<'_, Option<Customer>>, Customer)>,
-    ) -> Event {
-        // One atomic group: the journal writes it as one frame.
-        self.sequencer().group(|seq| {
-            for product in products {
-                let slot = locked
-                    .iter_mut()
-                    .find(|g| g.as_ref().is_some_and(|p| p.id == product.id))
-                    .expect("the caller locked every product it changes");
-                seq.commit(Change::Product(Arc::new(product.clone())));
-                **slot = Some(product);
-            }
-            if let Some((slot, customer)) = customer {
-                seq.commit(Change::Customer(Arc::new(customer.clone())));
-                **slot = Some(customer);
-            }
-            let from = Some(entry.stage);
-            let from_since = entry.stage_since;
-            *entry = next.clone();
-            seq.commit(Change::Order {
-                id,
-                order: next,
-                from,
-                from_since,
-            })
-        })
     }
 
     /// A lifecycle transition on the order with this number.
@@ -818,7 +708,12 @@ impl Broker {
             let paid = shop.payment_status == PaymentStatus::Paid;
             let refuse = |e| Err(BrokerError::Lifecycle(e));
             let (next_state, pay) = match transition {
-                // Cancelled is final: every call says so first.
+                // Only a New order is confirmed; the seed says which state
+                // it is in instead, a cancelled one too.
+                Transition::Confirm if state != Lifecycle::New => {
+                    return refuse(LifecycleError::InvalidStatus(state));
+                }
+                // Cancelled is final: every other call says so first.
                 _ if state == Lifecycle::Cancelled => {
                     return refuse(LifecycleError::AlreadyCanceled);
                 }
@@ -873,6 +768,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::broker::ProcessRefusal;
     use crate::catalog::Customer;
     use crate::config::Config;
     use crate::feed::Change;

@@ -143,6 +143,8 @@ pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
         Route::CustomerOrders => Need::CustomerSelf,
         Route::Order | Route::ProcessOrder | Route::TrackingStream if read => Need::OrderOwner,
         Route::Order if method == Method::DELETE => Need::OrderOwner,
+        // `POST /orders/{customer_id}`: the path names the customer.
+        Route::Order if method == Method::POST => Need::CustomerSelf,
         Route::OrderItems => Need::OrderOwner,
         Route::Lifecycle if param == Some("cancel") => Need::OrderOwner,
         Route::AssignDelivery | Route::Export | Route::BulkStatus | Route::BulkAssign => {

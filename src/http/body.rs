@@ -184,9 +184,24 @@ async fn parse_multipart(content_type: &str, body: Bytes) -> Result<Fields, ApiE
     Ok(Fields::Text(pairs))
 }
 
-/// Parses a JSON body into `T`: 415 for another content type, 400 for bytes
-/// that are not JSON, 422 for JSON of the wrong shape (missing, unknown or
-/// mistyped fields), each naming what is wrong.
+/// Refuses (400) a JSON body that is not an object: serde reads a struct
+/// from a list too (`[true, "reject"]` as `{"process": true, "strategy":
+/// "reject"}`), which no client means.
+pub fn expect_object(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        None => Err(ApiError::bad_request("invalid JSON: the body is empty")),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid JSON: expected an object, not a list or a single value",
+        )),
+    }
+}
+
+/// Parses a JSON object body into `T`: 415 for another content type, 400
+/// for bytes that are not JSON or JSON that is not an object, 422 for an
+/// object of the wrong shape (missing or mistyped fields), each naming what
+/// is wrong. Fields `T` does not know are ignored, as the seeds' FastAPI
+/// (pydantic) services did, so their clients may send them.
 pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
@@ -205,6 +220,7 @@ pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, 
             ));
         }
     }
+    expect_object(body)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -12,7 +12,6 @@ use crate::catalog::{CustomerId, ProductId};
 use crate::money::Money;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct NewProduct {
     id: Option<u64>,
     name: String,
@@ -22,7 +21,6 @@ struct NewProduct {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ProductUpdate {
     name: Option<String>,
     price: Option<Money>,
@@ -30,7 +28,6 @@ struct ProductUpdate {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct NewCustomer {
     id: Option<u64>,
     name: String,
@@ -40,7 +37,6 @@ struct NewCustomer {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CustomerUpdate {
     name: Option<String>,
     /// Empty text clears the phone number.

@@ -60,30 +60,46 @@ pub fn export(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
             };
         }
     }
-    let filter = OrderFilter {
-        limit: PAGE,
-        ..filter(req, PAGE)?
-    };
     let (content_type, file) = match format {
         Format::Csv => ("text/csv; charset=utf-8; header=present", "orders.csv"),
         Format::Ndjson => ("application/x-ndjson", "orders.ndjson"),
         Format::Json => ("application/json", "orders.json"),
     };
-    let state = Export {
-        broker: app.broker().clone(),
-        filter: Some(filter),
-        format,
-        first: true,
-    };
-    let body = StreamBody::new(futures_util::stream::unfold(state, Export::next_chunk));
-    let mut response = Response::new(BodyExt::boxed_unsync(body));
-    *response.status_mut() = StatusCode::OK;
+    let mut response = stream(app, filter(app, req, PAGE)?, format);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
         headers.insert(CONTENT_DISPOSITION, v);
     }
     Ok(response)
+}
+
+/// `GET /orders` without a page asked for: every order `filter` selects,
+/// as one JSON array, streamed.
+pub(super) fn json_array(app: &App, filter: OrderFilter) -> Response<Body> {
+    let mut response = stream(app, filter, Format::Json);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The orders `filter` selects, rendered a page at a time as the body is
+/// sent, so the whole answer is never in memory.
+fn stream(app: &App, filter: OrderFilter, format: Format) -> Response<Body> {
+    let state = Export {
+        broker: app.broker().clone(),
+        filter: Some(OrderFilter {
+            limit: PAGE,
+            ..filter
+        }),
+        format,
+        first: true,
+    };
+    let body = StreamBody::new(futures_util::stream::unfold(state, Export::next_chunk));
+    let mut response = Response::new(BodyExt::boxed_unsync(body));
+    *response.status_mut() = StatusCode::OK;
+    response
 }
 
 struct Export {

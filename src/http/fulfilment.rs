@@ -39,7 +39,6 @@ fn partner_text(id: &PartnerId) -> Result<String, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct AssignIn {
     partner_id: PartnerId,
 }
@@ -54,7 +53,6 @@ pub fn assign(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StatusIn {
     status: String,
 }
@@ -91,7 +89,6 @@ fn flow_step(status: &str) -> Result<Fulfilment, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct LocationIn {
     lat: f64,
     lng: f64,
@@ -133,7 +130,6 @@ pub fn get_location(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CancelIn {
     reason: String,
 }
@@ -154,7 +150,6 @@ pub fn cancel(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Response<
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BulkIn {
     order_ids: Vec<u64>,
     status: Option<String>,
@@ -246,7 +241,6 @@ fn bulk(app: &App, body: &BulkIn, action: BulkAction<'_>) -> Result<Response<Bod
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FeedbackIn {
     rating: u8,
     #[serde(default)]
@@ -266,7 +260,6 @@ pub fn feedback(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ReturnIn {
     items: Vec<serde_json::Value>,
     reason: String,

@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::{App, Body, Req, if_match, json_response, with_etag};
 use crate::broker::{BrokerError, LifecycleError, Transition};
 use crate::model::{Order, OrderId};
-use crate::shop::Lifecycle;
+use crate::shop::{CHANNEL_CODES, Lifecycle, PAYMENT_METHOD_CODES, code_of};
 
 pub fn transition(
     app: &App,
@@ -65,11 +65,23 @@ pub fn transition(
     {
         return Err(super::access::forbidden());
     }
-    let method = ["payment_method", "paymentMethod"]
+    // A number (the seed's) or a word; kept as text.
+    let method = match ["payment_method", "paymentMethod"]
         .iter()
         .find_map(|k| body.get(k))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
+        Some(_) => {
+            return Err(refusal(
+                "invalid_payment_method",
+                "Invalid payment method",
+                "paymentMethod",
+                "paymentMethod must be a number or a word",
+            ));
+        }
+    };
     let event = app
         .broker()
         .transition_by(
@@ -86,7 +98,7 @@ pub fn transition(
         .map_err(|e| match e {
             BrokerError::OrderNotFound => refusal(
                 "invalid_order_number",
-                "Invalid order number",
+                "Order not found",
                 field,
                 "Order not found",
             ),
@@ -102,15 +114,15 @@ pub fn transition(
 
 fn lifecycle_refusal(e: LifecycleError, field: &str) -> ApiError {
     match e {
-        LifecycleError::InvalidStatus(state) => refusal(
-            "invalid_status",
-            "Invalid order status",
-            "status",
-            &format!(
-                "Order is {}; only New orders can be confirmed",
-                state.text()
-            ),
-        ),
+        // The seed's texts: "Order has been confirmed" (completed, cancelled).
+        LifecycleError::InvalidStatus(state) => {
+            let text = match state {
+                Lifecycle::New | Lifecycle::Confirmed => "Order has been confirmed",
+                Lifecycle::Complete => "Order has been completed",
+                Lifecycle::Cancelled => "Order has been cancelled",
+            };
+            refusal("invalid_status", text, field, text)
+        }
         LifecycleError::AlreadyPaid => refusal(
             "already_paid",
             "Order already paid",
@@ -157,15 +169,15 @@ fn answer(app: &App, id: OrderId, order: &Order) -> Value {
         "serviceCharge": shop.totals.service_charge,
         "grandTotal": shop.totals.grand_total,
         "tableNumber": shop.table_number,
-        "channel": shop.channel,
+        "channel": code_of(&shop.channel, &CHANNEL_CODES),
         "notes": shop.notes,
         "status": state.code(),
-        "deliveryStatus": Value::Null,
+        "deliveryStatus": app.broker().fulfilment_of(order).delivery_code(),
         "statusText": state.text(),
         "storeName": app.store_name,
         "userID": shop.customer_id,
         "created": order.created.get().0 / 1000,
-        "paymentMethod": shop.payment_method,
+        "paymentMethod": shop.payment_method.as_deref().and_then(|m| code_of(m, &PAYMENT_METHOD_CODES)),
         "paymentStatus": shop.payment_status,
         "user": customer.map(|c| json!({"id": c.id, "name": c.name, "phone": c.phone})),
         "delivery_info": Value::Null,

@@ -207,7 +207,8 @@ impl Route {
             | Route::CustomerOrders
             | Route::Orders
             | Route::Templates => "GET, HEAD, POST, OPTIONS",
-            Route::Product | Route::Customer | Route::Order => "GET, HEAD, PUT, DELETE, OPTIONS",
+            Route::Product | Route::Customer => "GET, HEAD, PUT, DELETE, OPTIONS",
+            Route::Order => "GET, HEAD, POST, PUT, DELETE, OPTIONS",
             Route::OrderItems | Route::AssignDelivery | Route::OrderStatus | Route::OrderReturn => {
                 "PUT, OPTIONS"
             }
@@ -719,14 +720,21 @@ impl App {
 
             Route::Orders if read => orders::list(self, req),
             Route::MyOrders if read => orders::my_orders(self, caller),
-            Route::Orders if m == Method::POST => orders::create(self, req, caller, None, false),
+            Route::Orders if m == Method::POST => {
+                orders::create(self, req, caller, orders::Placing::Orders)
+            }
             Route::ScheduledOrders if m == Method::POST => {
-                orders::create(self, req, caller, None, true)
+                orders::create(self, req, caller, orders::Placing::Scheduled)
             }
             Route::CustomerOrders if read => orders::customer_orders(self, req),
             Route::CustomerOrders if m == Method::POST => {
                 let customer = req.id("Customer not found")?;
-                orders::create(self, req, caller, Some(customer), false)
+                orders::create(self, req, caller, orders::Placing::ForCustomer(customer))
+            }
+            // The Order Management API places a customer's order here.
+            Route::Order if m == Method::POST => {
+                let customer = req.id("Customer not found")?;
+                orders::create(self, req, caller, orders::Placing::TakingStock(customer))
             }
             Route::Order | Route::ProcessOrder if read => orders::get(self, req),
             Route::Order if m == Method::PUT => orders::set_status(self, req),

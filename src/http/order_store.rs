@@ -22,6 +22,7 @@ pub async fn update(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let json;
     let fields;
     let update = if kind(&req.headers, &req.body)? == Kind::Json {
+        super::body::expect_object(&req.body)?;
         json = serde_json::from_slice::<UpdateJson>(&req.body).map_err(|e| {
             ApiError::bad_request(match e.classify() {
                 serde_json::error::Category::Data => "invalid JSON: expected an object".to_string(),

@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::broker::{BrokerError, NewDelivery, NewItem, NewOrder, OrderFilter};
 use crate::catalog::{CustomerId, ProductId};
 use crate::feed::Event;
-use crate::model::{Millis, Order, OrderId, Stage, Version};
+use crate::model::{Arrival, Millis, Order, OrderId, Stage, Version};
 use crate::shop::{ShopOrder, Strategy};
 use crate::symbols::SymbolsReader;
 
@@ -93,26 +93,28 @@ pub(super) fn order_id(req: &Req) -> Result<OrderId, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct OrderIn {
     customer_id: Option<u64>,
     items: Vec<Value>,
     #[serde(default)]
     notes: String,
     table_number: Option<Value>,
-    #[serde(default)]
-    channel: String,
+    /// A word, or the Order Status API's number (kept as text).
+    channel: Option<Value>,
+    /// The order's number, chosen by the client (numbers brought over from
+    /// another system); unique. None: the broker makes one.
+    number: Option<String>,
     /// Refuse the order when an item asks for more than is in stock now.
     #[serde(default)]
     check_stock: bool,
-    /// Only on `POST /orders/scheduled`: when the order becomes new.
-    scheduled_for: Option<u64>,
+    /// Only on `POST /orders/scheduled`: when the order becomes new, in ms
+    /// since the epoch or as an RFC 3339 time.
+    scheduled_for: Option<Value>,
     /// Where it is delivered, for the delivery fee.
     delivery: Option<DeliveryIn>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DeliveryIn {
     distance_km: Option<f64>,
     zone: Option<String>,
@@ -122,19 +124,58 @@ struct DeliveryIn {
 const MAX_SCHEDULE_AHEAD_MS: u64 = 366 * 24 * 3600 * 1000;
 
 /// `scheduled_for` checked: required and in the coming year when
-/// scheduling, refused otherwise.
-fn schedule(schedule: bool, at: Option<u64>) -> Result<Option<Millis>, ApiError> {
+/// scheduling, refused otherwise. A number is ms since the epoch, a text an
+/// RFC 3339 time (`2026-12-24T18:00:00+01:00`), as the FastAPI seed's
+/// clients send it.
+fn schedule(schedule: bool, at: Option<Value>) -> Result<Option<Millis>, ApiError> {
     let now = Millis::now().0;
+    let at = match at {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+            ApiError::unprocessable("scheduled_for must be a non-negative integer of ms")
+        })?),
+        Some(Value::String(text)) => Some(rfc3339_ms(&text).ok_or_else(|| {
+            ApiError::unprocessable(
+                "scheduled_for must be ms since the epoch or an RFC 3339 time such as \
+                 2026-12-24T18:00:00Z",
+            )
+        })?),
+        Some(_) => {
+            return Err(ApiError::unprocessable(
+                "scheduled_for must be a number of ms or an RFC 3339 text",
+            ));
+        }
+    };
     match (schedule, at) {
         (true, Some(at)) if at > now && at - now <= MAX_SCHEDULE_AHEAD_MS => Ok(Some(Millis(at))),
         (true, Some(_)) => Err(ApiError::unprocessable(
-            "scheduled_for must be a time in the coming year, in milliseconds since the epoch",
+            "scheduled_for must be a time in the coming year",
         )),
         (true, None) => Err(ApiError::unprocessable("scheduled_for is required")),
         (false, Some(_)) => Err(ApiError::unprocessable(
             "scheduled_for: schedule orders with POST /orders/scheduled",
         )),
         (false, None) => Ok(None),
+    }
+}
+
+/// An RFC 3339 time (with its offset) as ms since the epoch; None if it is
+/// not one or lies before 1970.
+fn rfc3339_ms(text: &str) -> Option<u64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// A text field a client may send as a word or a number (kept as text).
+fn word_or_number(field: &str, value: Option<Value>) -> Result<String, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s),
+        Some(Value::Number(n)) if n.is_u64() => Ok(n.to_string()),
+        Some(_) => Err(ApiError::unprocessable(format!(
+            "{field} must be a word or a non-negative integer"
+        ))),
     }
 }
 
@@ -171,13 +212,32 @@ pub(super) fn parse_items(items: &[Value]) -> Result<Vec<NewItem>, ApiError> {
 
 /// `POST /orders` and `POST /customers/{id}/orders`. A customer caller's
 /// order is always their own.
+/// Which route places an order, and so its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placing {
+    /// `POST /orders`.
+    Orders,
+    /// `POST /orders/scheduled`: held until `scheduled_for`.
+    Scheduled,
+    /// `POST /customers/{id}/orders`.
+    ForCustomer(u64),
+    /// `POST /orders/{customer_id}`, the Order Management API's route: the
+    /// items' stock is taken as the order is placed (400 when short).
+    TakingStock(u64),
+}
+
 pub fn create(
     app: &App,
     req: &Req,
     caller: Option<&Caller>,
-    path_customer: Option<u64>,
-    scheduled: bool,
+    placing: Placing,
 ) -> Result<Response<Body>, ApiError> {
+    let (path_customer, scheduled, take_stock) = match placing {
+        Placing::Orders => (None, false, false),
+        Placing::Scheduled => (None, true, false),
+        Placing::ForCustomer(c) => (Some(c), false, false),
+        Placing::TakingStock(c) => (Some(c), false, true),
+    };
     let mut body: OrderIn = json(&req.headers, &req.body)?;
     let scheduled_for = schedule(scheduled, body.scheduled_for)?;
     // Only staff, admin and service order for others; a customer orders for
@@ -216,8 +276,10 @@ pub fn create(
         items: parse_items(&body.items)?,
         notes: body.notes,
         table_number,
-        channel: body.channel,
+        channel: word_or_number("channel", body.channel)?,
+        number: body.number,
         check_stock: body.check_stock,
+        take_stock,
         scheduled_for,
         delivery: body.delivery.map(|d| NewDelivery {
             distance_km: d.distance_km,
@@ -245,13 +307,11 @@ pub(super) fn created_order(app: &App, event: &Event) -> Response<Body> {
     response
 }
 
-/// `GET /orders?customer_id=&status=&stage=&limit=&after=`: a JSON array,
-/// ascending by id; `Link: <...>; rel="next"` and `X-Next-Cursor` name the
-/// next page when there may be one.
 /// The filters of `GET /orders` and `/orders/export` from the query:
 /// `customer_id`, `status`, `stage`, `created_from` / `created_to` (ms since
-/// the epoch; from inclusive, to exclusive), `limit`, `after`.
-pub(super) fn filter(req: &Req, limit: usize) -> Result<OrderFilter, ApiError> {
+/// the epoch; from inclusive, to exclusive), `limit`, `after` (a cursor, see
+/// [`cursor`]).
+pub(super) fn filter(app: &App, req: &Req, limit: usize) -> Result<OrderFilter, ApiError> {
     let mut filter = OrderFilter {
         limit,
         ..OrderFilter::default()
@@ -288,25 +348,58 @@ pub(super) fn filter(req: &Req, limit: usize) -> Result<OrderFilter, ApiError> {
                 }
                 filter.limit = limit;
             }
-            "after" => filter.after = Some(OrderId(number(&key, &value)?)),
+            "after" => filter.after = Some(cursor(app, &value)?),
             _ => {}
         }
     }
     Ok(filter)
 }
 
-/// `GET /orders`: a page of orders, filtered (see [`filter`]).
+/// Where a page starts: after the place an `X-Next-Cursor` names
+/// (`<created>.<id>`), or after an order given by its id.
+fn cursor(app: &App, value: &str) -> Result<Arrival, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "after must be the X-Next-Cursor of the previous page or the id of an order",
+        )
+    };
+    if let Some((created, id)) = value.split_once('.') {
+        let created = created.parse().map_err(|_| bad())?;
+        let id = id.parse().map_err(|_| bad())?;
+        return Ok(Arrival {
+            created: Millis(created),
+            id: OrderId(id),
+        });
+    }
+    let id = OrderId(value.parse().map_err(|_| bad())?);
+    let order = app.broker().get(id).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "after: there is no order {id} (any more); the X-Next-Cursor of a page \
+             stays valid when its last order is gone"
+        ))
+    })?;
+    Ok(Arrival::of(id, &order))
+}
+
+/// `GET /orders?customer_id=&status=&stage=&limit=&after=`: a JSON array in
+/// arrival order. Without `limit` or `after`, every order (the seed's "all
+/// orders"), streamed a page at a time as `/orders/export` does; with
+/// either, one page, and `Link: <...>; rel="next"` and `X-Next-Cursor` name
+/// the next when there may be one.
 pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
-    let filter = filter(req, DEFAULT_PAGE)?;
+    let query = req.query()?;
+    let paged = query.iter().any(|(k, _)| k == "limit" || k == "after");
+    let filter = filter(app, req, DEFAULT_PAGE)?;
+    if !paged {
+        return Ok(super::export::json_array(app, filter));
+    }
     let (page, next) = app.broker().list_orders(&filter);
     let mut response = orders_response(app, &page);
     if let Some(next) = next {
-        let mut query: Vec<(String, String)> = req
-            .query()?
-            .into_iter()
-            .filter(|(k, _)| k != "after")
-            .collect();
-        query.push(("after".into(), next.to_string()));
+        let next = format!("{}.{}", next.created.0, next.id);
+        let mut query: Vec<(String, String)> =
+            query.into_iter().filter(|(k, _)| k != "after").collect();
+        query.push(("after".into(), next.clone()));
         let link = format!(
             "</orders?{}>; rel=\"next\"",
             serde_urlencoded::to_string(&query).unwrap_or_default()
@@ -315,7 +408,9 @@ pub fn list(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         if let Ok(v) = HeaderValue::from_str(&link) {
             headers.insert(LINK, v);
         }
-        headers.insert("x-next-cursor", HeaderValue::from(next.0));
+        if let Ok(v) = HeaderValue::from_str(&next) {
+            headers.insert("x-next-cursor", v);
+        }
     }
     Ok(response)
 }
@@ -361,7 +456,6 @@ pub fn get(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StatusIn {
     status: String,
 }
@@ -378,7 +472,6 @@ pub fn set_status(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ItemsIn {
     items: Vec<Value>,
 }

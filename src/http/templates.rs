@@ -42,7 +42,6 @@ fn template(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Template, A
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TemplateIn {
     name: String,
     items: Vec<Value>,

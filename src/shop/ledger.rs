@@ -26,7 +26,7 @@ pub struct Ledger {
     pub given_back: Money,
     /// Credited by a refund of returned items.
     pub refunded: Money,
-    /// Units taken from stock when the order was processed.
+    /// Units taken from stock when the order was placed or processed.
     #[serde(default, skip_serializing_if = "Units::is_empty", with = "units_list")]
     pub items_taken: Units,
     /// Units put back in stock (by the cancellation or a restocking refund).
@@ -82,7 +82,15 @@ impl Ledger {
             .collect()
     }
 
-    /// Records the charge of processing: `money` and `units` taken at `at`.
+    /// Records units taken from stock when the order was placed (the
+    /// Order Management API): nothing is charged until processing.
+    pub fn take(&mut self, units: &Units) {
+        merge_units(&mut self.items_taken, units);
+        self.items_taken.retain(|_, n| *n > 0);
+    }
+
+    /// Records the charge of processing: `money`, and `units` the order
+    /// holds from now on (those taken at placement included), at `at`.
     pub fn charge(&mut self, money: Money, units: Units, at: Millis) {
         self.charged = money;
         self.items_taken = units.into_iter().filter(|(_, n)| *n > 0).collect();

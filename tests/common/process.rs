@@ -164,7 +164,15 @@ impl Broker {
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let status = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n")?.1.to_string();
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        let body = if chunked {
+            dechunk(body)?
+        } else {
+            body.to_string()
+        };
         Some((status, body))
     }
 
@@ -214,5 +222,19 @@ impl Drop for Broker {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A chunked body (`/orders` and exports stream) put back together.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
     }
 }
