@@ -733,6 +733,17 @@ async fn the_store_page_processes_and_shows_refusals_in_chromium() {
         "Refused (409): order is processed and cannot be deleted"
     );
     assert_eq!(server.get("/api/orders/1").await.status, StatusCode::OK);
+    // Never twice: the server says so, the page shows it.
+    page.click("#process").await;
+    let shown = page
+        .wait_until("the second processing refused", |s| {
+            s["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains("already_processed"))
+        })
+        .await;
+    assert_eq!(shown["outcome_kind"], "refused");
+    assert_eq!(server.get("/api/customers/1").await.json()["balance"], 19.0);
 
     // Bob has nothing to spend.
     page.click("tr.order[data-id='2']").await;
