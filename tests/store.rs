@@ -517,6 +517,12 @@ async fn blueprints_let_in_whom_the_broker_routes_let_in() {
             .unwrap()
             .starts_with("text/html")
     );
+    // Only its own script runs (the Chromium tests show it does), and no
+    // other site may frame its buttons.
+    let policy = page.header("content-security-policy").unwrap();
+    assert!(policy.contains("script-src 'sha256-"), "{policy}");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
     assert_eq!(
         server.get("/api/customers/").await.status,
         StatusCode::UNAUTHORIZED

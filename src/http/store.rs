@@ -90,15 +90,41 @@ fn with_product_ids(app: &App, req: &Req) -> Result<Option<Bytes>, ApiError> {
     Ok(changed.then(|| Bytes::from(serde_json::to_vec(&body).unwrap_or_default())))
 }
 
+/// The page, with its script inline (no build step, like the board).
+const PAGE: &str = include_str!("../../assets/store.html");
+
+/// What the page may do: run only its own script (by its hash), talk only
+/// to this broker, be framed by no one (its buttons change orders). Data
+/// is set as text anyway; this is in case that is ever got wrong.
+fn policy() -> &'static HeaderValue {
+    static POLICY: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        use base64::Engine;
+        use sha2::{Digest, Sha256};
+        let start = PAGE.find("<script>").expect("the page has its script") + "<script>".len();
+        let end = start + PAGE[start..].find("</script>").expect("the script ends");
+        let hash = Sha256::digest(&PAGE.as_bytes()[start..end]);
+        let hash = base64::engine::general_purpose::STANDARD.encode(hash);
+        let policy = format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'"
+        );
+        HeaderValue::from_str(&policy).expect("the policy is ASCII")
+    })
+}
+
 /// `GET /store`: the store's page (no data in it; it reads the API).
 pub fn page() -> Response<Body> {
-    let page = include_str!("../../assets/store.html");
-    let mut response = Response::new(super::full(Bytes::from_static(page.as_bytes())));
+    let mut response = Response::new(super::full(Bytes::from_static(PAGE.as_bytes())));
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("content-security-policy", policy().clone());
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     response
 }
