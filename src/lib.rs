@@ -54,7 +54,9 @@
 //!   processing), `fulfilment` (delivery, cancel, bulk, returns, feedback),
 //!   `export`, `templates`, `analytics`, `lifecycle` (the Order Status API),
 //!   `live` (event streams, `/views`, the board page from
-//!   `assets/board.html`), `cpee` (the CPEE endpoints), `openapi`
+//!   `assets/board.html`), `store` (the Flask store tutorial's `/api/...`
+//!   blueprints, served by the `catalog` and `orders` handlers, and its page
+//!   `/store` from `assets/store.html`), `cpee` (the CPEE endpoints), `openapi`
 //!   (`/openapi.json`), `metrics` (`/metrics`), `ops` (`/healthz`, `/readyz`).
 //! - [`stall`]: cuts a connection whose peer stops reading what it is sent,
 //!   and bounds what the kernel holds of an event stream's unsent bytes.

@@ -62,10 +62,14 @@ impl Need {
 }
 
 /// The API group a route belongs to; None for what is always open
-/// (health, readiness, and the board page, which holds no data itself).
+/// (health, readiness, and the board and store pages, which hold no data
+/// themselves). A Flask store blueprint route is in its broker route's.
 pub fn group(route: Route) -> Option<ApiGroup> {
+    if let Some(same) = route.blueprint_of() {
+        return group(same);
+    }
     Some(match route {
-        Route::Healthz | Route::Readyz | Route::Board => return None,
+        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage => return None,
         Route::Update => ApiGroup::SeedWrites,
         Route::GetAll
         | Route::GetCurrentOrder
@@ -89,6 +93,12 @@ pub fn group(route: Route) -> Option<ApiGroup> {
         | Route::Order
         | Route::OrderItems
         | Route::ProcessOrder
+        // Decided above by the routes they serve, which are all here.
+        | Route::ApiProducts
+        | Route::ApiProduct
+        | Route::ApiCustomers
+        | Route::ApiCustomer
+        | Route::ApiOrders
         | Route::ScheduledOrders
         | Route::Templates
         | Route::Template
@@ -123,9 +133,12 @@ pub fn open_groups(auth: &crate::config::AuthConfig) -> Vec<ApiGroup> {
 
 /// Who a route and method let in when auth is on and its group is not open.
 pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
+    if let Some(same) = route.blueprint_of() {
+        return need(same, method, param);
+    }
     let read = method == Method::GET || method == Method::HEAD;
     match route {
-        Route::Healthz | Route::Readyz | Route::Board => Need::Nobody,
+        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage => Need::Nobody,
         Route::Metrics | Route::OpenApi => Need::Anyone,
         Route::GetAll
         | Route::GetCurrentOrder
@@ -142,7 +155,7 @@ pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
         Route::Customer if read => Need::CustomerSelf,
         Route::CustomerOrders => Need::CustomerSelf,
         Route::Order | Route::ProcessOrder | Route::TrackingStream if read => Need::OrderOwner,
-        Route::Order if method == Method::DELETE => Need::OrderOwner,
+        Route::Order | Route::ProcessOrder if method == Method::DELETE => Need::OrderOwner,
         // `POST /orders/{customer_id}`: the path names the customer.
         Route::Order if method == Method::POST => Need::CustomerSelf,
         Route::OrderItems => Need::OrderOwner,

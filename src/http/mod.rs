@@ -18,6 +18,7 @@ mod openapi;
 mod ops;
 mod order_store;
 mod orders;
+mod store;
 mod templates;
 
 use std::convert::Infallible;
@@ -60,6 +61,13 @@ pub(crate) enum Route {
     OrderItems,
     ProcessOrder,
     Lifecycle,
+    // The Flask store tutorial's blueprints (`/api/...`) and its page.
+    ApiProducts,
+    ApiProduct,
+    ApiCustomers,
+    ApiCustomer,
+    ApiOrders,
+    StorePage,
     // Fulfilment.
     AssignDelivery,
     OrderStatus,
@@ -99,7 +107,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 45] = [
+    pub(crate) const ALL: [Route; 51] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -117,6 +125,12 @@ impl Route {
         Route::OrderItems,
         Route::ProcessOrder,
         Route::Lifecycle,
+        Route::ApiProducts,
+        Route::ApiProduct,
+        Route::ApiCustomers,
+        Route::ApiCustomer,
+        Route::ApiOrders,
+        Route::StorePage,
         Route::AssignDelivery,
         Route::OrderStatus,
         Route::DeliveryLocation,
@@ -167,6 +181,12 @@ impl Route {
             Route::OrderItems => "order_items",
             Route::ProcessOrder => "process_order",
             Route::Lifecycle => "lifecycle",
+            Route::ApiProducts => "api_products",
+            Route::ApiProduct => "api_product",
+            Route::ApiCustomers => "api_customers",
+            Route::ApiCustomer => "api_customer",
+            Route::ApiOrders => "api_orders",
+            Route::StorePage => "store_page",
             Route::AssignDelivery => "assign_delivery",
             Route::OrderStatus => "order_status",
             Route::DeliveryLocation => "delivery_location",
@@ -200,6 +220,9 @@ impl Route {
 
     /// The `Allow` header for the route.
     fn allow(self) -> &'static str {
+        if let Some(same) = self.blueprint_of() {
+            return same.allow();
+        }
         match self {
             Route::Update => "PUT, POST, OPTIONS",
             Route::Products
@@ -220,7 +243,7 @@ impl Route {
             | Route::TemplateOrder
             | Route::RequestReturn => "POST, OPTIONS",
             Route::BulkStatus => "PUT, OPTIONS",
-            Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
+            Route::ProcessOrder => "GET, HEAD, PUT, DELETE, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
             Route::NextOrder => "GET, HEAD, POST, OPTIONS",
             Route::CpeeCallback => "DELETE, OPTIONS",
@@ -229,8 +252,21 @@ impl Route {
         }
     }
 
+    /// For a Flask store blueprint route, the broker route it serves the
+    /// same way (handlers, methods, who may call); see `store`.
+    pub(crate) fn blueprint_of(self) -> Option<Route> {
+        match self {
+            Route::ApiProducts => Some(Route::Products),
+            Route::ApiProduct => Some(Route::Product),
+            Route::ApiCustomers => Some(Route::Customers),
+            Route::ApiCustomer => Some(Route::Customer),
+            Route::ApiOrders => Some(Route::Orders),
+            _ => None,
+        }
+    }
+
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 39] = [
+    const FIXED: [(&'static str, Route); 48] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -269,6 +305,17 @@ impl Route {
         ("/orders/{id}/return", Route::OrderReturn),
         ("/analytics/{report}", Route::Analytics),
         ("/api/orders/{id}", Route::ProcessOrder),
+        // Flask registers blueprint roots with a trailing slash and
+        // redirects the bare path; matchit tells them apart, so both.
+        ("/api/products", Route::ApiProducts),
+        ("/api/products/", Route::ApiProducts),
+        ("/api/products/{id}", Route::ApiProduct),
+        ("/api/customers", Route::ApiCustomers),
+        ("/api/customers/", Route::ApiCustomers),
+        ("/api/customers/{id}", Route::ApiCustomer),
+        ("/api/orders", Route::ApiOrders),
+        ("/api/orders/", Route::ApiOrders),
+        ("/store", Route::StorePage),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
 }
@@ -741,6 +788,14 @@ impl App {
             Route::Order if m == Method::DELETE => orders::delete(self, req, caller),
             Route::OrderItems if m == Method::PUT => orders::replace_items(self, req),
             Route::ProcessOrder if m == Method::PUT => orders::process(self, req),
+            Route::ProcessOrder if m == Method::DELETE => orders::delete(self, req, caller),
+            Route::ApiCustomers if read => store::list_customers(self),
+            Route::ApiOrders if m == Method::POST => store::create_order(self, req, caller),
+            Route::StorePage if read => Ok(store::page()),
+            route if route.blueprint_of().is_some() => {
+                let same = route.blueprint_of().expect("checked");
+                self.answer_now(same, req, caller)
+            }
             Route::Lifecycle if m == Method::POST => lifecycle::transition(self, req, caller),
             Route::AssignDelivery if m == Method::PUT => fulfilment::assign(self, req),
             Route::OrderStatus if m == Method::PUT => fulfilment::set_status(self, req, caller),

@@ -152,6 +152,23 @@ fn ops() -> Vec<Op> {
         op(R::ProcessOrder, M::GET, "One order (the store tutorial's path).", &[(200, "The order."), (404, "Order not found.")]).params(&[ID]),
         op(R::ProcessOrder, M::PUT, "Process: take stock, charge the balance, atomically.", &[(200, "The processed order."), (400, "Refused: already processed, balance, stock, strategy."), (404, "Order not found.")])
             .params(&[ID]).body(r#"{"process": true, "strategy": "adjust"}"#),
+        op(R::ProcessOrder, M::DELETE, "Delete an order that is not processed (as DELETE /orders/{id}).", &[(204, "Deleted."), (404, "Order not found."), (409, "Processed orders stay.")]).params(&[ID]),
+        op(R::ApiProducts, M::GET, "Every product (the store tutorial's blueprint; as GET /products).", &[(200, "The products.")]),
+        op(R::ApiProducts, M::POST, "Create a product (as POST /products).", &[(201, "Created; Location names it."), MALFORMED, (409, "The id is taken."), INVALID])
+            .body(r#"{"name": "Lime", "price": 0.5, "stock": 100}"#),
+        op(R::ApiProduct, M::GET, "One product (as GET /products/{id}).", &[(200, "The product."), BAD_ID]).params(&[ID]),
+        op(R::ApiProduct, M::PUT, "Change the fields named (as PUT /products/{id}).", &[(200, "The product."), BAD_ID, INVALID]).params(&[ID]).body(r#"{"stock": 35}"#),
+        op(R::ApiProduct, M::DELETE, "Delete a product (as DELETE /products/{id}).", &[(204, "Deleted."), BAD_ID]).params(&[ID]),
+        op(R::ApiCustomers, M::GET, "Every customer, sorted by name (the store tutorial's order).", &[(200, "The customers.")]),
+        op(R::ApiCustomers, M::POST, "Create a customer (as POST /customers).", &[(201, "Created."), MALFORMED, (409, "The id is taken."), INVALID])
+            .body(r#"{"name": "Bob", "phone": "555-2", "balance": "20.00"}"#),
+        op(R::ApiCustomer, M::GET, "One customer (as GET /customers/{id}).", &[(200, "The customer."), BAD_ID]).params(&[ID]),
+        op(R::ApiCustomer, M::PUT, "Change the fields named (as PUT /customers/{id}).", &[(200, "The customer."), BAD_ID, INVALID]).params(&[ID]).body(r#"{"balance": 80}"#),
+        op(R::ApiCustomer, M::DELETE, "Delete a customer (as DELETE /customers/{id}).", &[(204, "Deleted."), BAD_ID]).params(&[ID]),
+        op(R::ApiOrders, M::GET, "Orders ascending by id (as GET /orders, same filters and paging).", &[(200, "The orders."), (400, "A bad filter.")]),
+        op(R::ApiOrders, M::POST, "Create an order (as POST /orders); an item may name its product by name instead of product_id, as the store tutorial's clients do.", &[(201, "Created; Location and ETag."), (400, "Out of stock (with check_stock)."), INVALID])
+            .body(r#"{"customer_id": 1, "items": [{"name": "Mojito", "quantity": 2}]}"#),
+        op(R::StorePage, M::GET, "The store page: orders, processing and deleting them.", &[(200, "HTML.")]).media("text/html"),
         op(R::Lifecycle, M::POST, "Order Status API: confirm, paid, complete or cancel by order number.", &[(200, "The order in the Order Status API's shape."), (400, "Not allowed from the order's state, or no number."), (404, "Unknown action or order.")])
             .params(&[("action", "path", "confirm", "confirm, paid, complete or cancel.")]).body(r#"{"number": "FR9TL74P"}"#),
         op(R::AssignDelivery, M::PUT, "Assign a delivery partner (shown as the order's orderbot).", &[(200, "The order."), (404, "Order not found."), (409, "The order is finished."), INVALID])
