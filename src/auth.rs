@@ -163,7 +163,8 @@ pub struct InvalidToken;
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
-    role: Role,
+    /// A role's name, or a value `auth.jwt_roles` maps to one.
+    role: String,
 }
 
 pub struct Auth {
@@ -171,6 +172,8 @@ pub struct Auth {
     /// whatever the lengths.
     tokens: Vec<([u8; 32], Caller)>,
     jwt: Option<(DecodingKey, Validation)>,
+    /// `auth.jwt_roles`: claim values besides the roles' own names.
+    jwt_roles: std::collections::BTreeMap<String, Role>,
 }
 
 impl Auth {
@@ -198,7 +201,22 @@ impl Auth {
                 })
                 .collect(),
             jwt,
+            jwt_roles: Default::default(),
         }
+    }
+
+    /// Reads JWT `role` claims through `roles` (`auth.jwt_roles`) first.
+    pub fn with_roles(mut self, roles: &std::collections::BTreeMap<String, Role>) -> Auth {
+        self.jwt_roles = roles.clone();
+        self
+    }
+
+    /// The role a JWT's `role` claim names: mapped, or by its own name.
+    fn role_of(&self, claim: &str) -> Option<Role> {
+        if let Some(role) = self.jwt_roles.get(claim) {
+            return Some(*role);
+        }
+        serde_json::from_value(serde_json::Value::String(claim.to_string())).ok()
     }
 
     /// With no tokens and no JWT secret the broker is open.
@@ -227,11 +245,12 @@ impl Auth {
         let (key, validation) = self.jwt.as_ref().ok_or(InvalidToken)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|_| InvalidToken)?;
-        if subject_problem(data.claims.role, data.claims.sub.as_deref()).is_some() {
+        let role = self.role_of(&data.claims.role).ok_or(InvalidToken)?;
+        if subject_problem(role, data.claims.sub.as_deref()).is_some() {
             return Err(InvalidToken);
         }
         Ok(Caller {
-            role: data.claims.role,
+            role,
             subject: data.claims.sub,
         })
     }

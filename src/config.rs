@@ -348,6 +348,9 @@ pub struct AuthConfig {
     /// Networks (CIDR) an anonymous caller of an open `seed_writes` or
     /// `cpee` group must come from; empty: any.
     pub cpee_networks: Vec<String>,
+    /// JWT `role` claim values and the roles they stand for, besides the
+    /// roles' own names: `{ user = "customer", courier = "delivery" }`.
+    pub jwt_roles: std::collections::BTreeMap<String, crate::auth::Role>,
 }
 
 impl Default for AuthConfig {
@@ -358,6 +361,7 @@ impl Default for AuthConfig {
             protect_views: false,
             open: vec![crate::auth::ApiGroup::Views, crate::auth::ApiGroup::Ops],
             cpee_networks: Vec::new(),
+            jwt_roles: Default::default(),
         }
     }
 }
@@ -597,13 +601,64 @@ impl Config {
     /// joined by `_` in upper case (`ORDER_BROKER_LIMITS_MAX_BODY_BYTES`). A
     /// value is read as TOML (`1024`, `["a", "b"]`) unless the key holds text.
     /// An `ORDER_BROKER_` variable that names no key is an error.
+    ///
+    /// Then the FastAPI seed's settings are read where the broker's own
+    /// keys are unset (see [`Config::with_seed_settings`]).
     pub fn with_env(
         self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let config = self.with_overrides(&env)?;
+        let config = config.with_seed_settings(&env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The FastAPI seed's settings, as aliases of the broker's keys where
+    /// those are unset (neither the file nor `ORDER_BROKER_*` set them):
+    /// `JWT_SECRET_KEY` (`auth.jwt_secret`; so a deployment that sets only
+    /// it runs with auth on), `CORS_ORIGINS` (`http.cors_allow_origin`: a
+    /// JSON list or comma-separated origins). `JWT_ALGORITHM` may only say
+    /// `HS256`, the one algorithm the broker verifies.
+    fn with_seed_settings(mut self, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        if let Some(algorithm) = get("JWT_ALGORITHM")
+            && !algorithm.trim().eq_ignore_ascii_case("HS256")
+        {
+            return Err(ConfigError(format!(
+                "JWT_ALGORITHM={algorithm:?}: the broker verifies HS256 JWTs only; \
+                 issue HS256 tokens or unset JWT_ALGORITHM"
+            )));
+        }
+        if let Some(secret) = get("JWT_SECRET_KEY")
+            && self.auth.jwt_secret.0.is_empty()
+            && get("ORDER_BROKER_AUTH_JWT_SECRET").is_none()
+        {
+            self.auth.jwt_secret = crate::auth::Secret(secret.to_string());
+        }
+        if let Some(origins) = get("CORS_ORIGINS")
+            && self.http.cors_allow_origin == HttpConfig::default().cors_allow_origin
+            && get("ORDER_BROKER_HTTP_CORS_ALLOW_ORIGIN").is_none()
+        {
+            let list: Vec<String> = if origins.trim_start().starts_with('[') {
+                serde_json::from_str(origins).map_err(|e| {
+                    ConfigError(format!("CORS_ORIGINS: not a JSON list of origins: {e}"))
+                })?
+            } else {
+                origins.split(',').map(|o| o.trim().to_string()).collect()
+            };
+            self.http.cors_allow_origin = Origins::Many(list);
+        }
+        Ok(self)
+    }
+
+    /// The `ORDER_BROKER_<KEY>` variables of `env`, applied.
+    fn with_overrides(self, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let overrides: Vec<(String, String)> = env
-            .into_iter()
+            .iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .cloned()
             .collect();
         if overrides.is_empty() {
             return Ok(self);
@@ -623,11 +678,9 @@ impl Config {
             };
             set_path(&mut table, path, &raw).map_err(|e| ConfigError(format!("{name}: {e}")))?;
         }
-        let config: Config = toml::Value::Table(table)
+        toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(format!("environment: {e}")))?;
-        config.validate()?;
-        Ok(config)
+            .map_err(|e: toml::de::Error| ConfigError(format!("environment: {e}")))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

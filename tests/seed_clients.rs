@@ -527,3 +527,253 @@ async fn scheduled_for_takes_rfc_3339_times_too() {
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
 }
+
+fn jwt(secret: &str, claims: Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+fn in_an_hour() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The FastAPI seed's settings names work where the broker's own keys are
+/// unset; an algorithm the broker cannot verify is refused at start.
+#[test]
+fn fastapi_settings_are_aliases_of_the_brokers_keys() {
+    use order_broker::Config;
+    let path = std::path::Path::new("config/broker.toml");
+    let load = |pairs: &[(&str, &str)]| Config::load(Some(path), env(pairs));
+    let config = load(&[("JWT_SECRET_KEY", "from-fastapi")]).unwrap();
+    assert_eq!(config.auth.jwt_secret.0, "from-fastapi");
+    let config = load(&[
+        ("JWT_SECRET_KEY", "from-fastapi"),
+        ("ORDER_BROKER_AUTH_JWT_SECRET", "own"),
+    ])
+    .unwrap();
+    assert_eq!(config.auth.jwt_secret.0, "own", "the broker's own key wins");
+    assert!(load(&[("JWT_ALGORITHM", "HS256")]).is_ok());
+    let err = load(&[("JWT_ALGORITHM", "RS256"), ("JWT_SECRET_KEY", "k")]).unwrap_err();
+    assert!(err.to_string().contains("HS256"), "{err}");
+
+    let origins = |config: &Config| -> Vec<String> {
+        config
+            .http
+            .cors_allow_origin
+            .list()
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    };
+    let config = load(&[(
+        "CORS_ORIGINS",
+        r#"["http://a.example", "http://b.example"]"#,
+    )])
+    .unwrap();
+    assert_eq!(origins(&config), ["http://a.example", "http://b.example"]);
+    let config = load(&[("CORS_ORIGINS", "http://a.example, http://b.example")]).unwrap();
+    assert_eq!(origins(&config), ["http://a.example", "http://b.example"]);
+    assert!(load(&[("CORS_ORIGINS", "[nope")]).is_err());
+}
+
+/// The real binary, started as a FastAPI deployment would start it (only
+/// `JWT_SECRET_KEY` set), runs with auth on.
+#[test]
+fn a_deployment_with_only_jwt_secret_key_runs_with_auth_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::process::Start::new(dir.path())
+        .env("JWT_SECRET_KEY", "fastapi-secret")
+        .start()
+        .unwrap();
+    let (status, _) = broker.request("GET", "/orders", "");
+    assert_eq!(status, 401, "no token: auth is on");
+    let token = jwt(
+        "fastapi-secret",
+        json!({"sub": "ada", "role": "admin", "exp": in_an_hour()}),
+    );
+    let mut stream = std::net::TcpStream::connect(&broker.addr).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /orders HTTP/1.1\r\nhost: t\r\nconnection: close\r\nauthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// JWT role claims are mapped (`auth.jwt_roles`), and a delivery partner
+/// reads the orders assigned to them, in full, and no others.
+#[tokio::test]
+async fn mapped_roles_and_partners_reading_their_orders() {
+    let mut config = common::config();
+    config.auth.jwt_secret = order_broker::auth::Secret("s".into());
+    config.auth.jwt_roles = [
+        ("user".to_string(), order_broker::auth::Role::Customer),
+        ("courier".to_string(), order_broker::auth::Role::Delivery),
+        ("manager".to_string(), order_broker::auth::Role::Staff),
+    ]
+    .into();
+    let server = TestServer::with_config(config).await;
+    let bearer = |sub: &str, role: &str| {
+        format!(
+            "Bearer {}",
+            jwt("s", json!({"sub": sub, "role": role, "exp": in_an_hour()}))
+        )
+    };
+    let staff = bearer("m", "manager");
+    let call = |method: Method, path: String, who: String, body: Value| {
+        let server = &server;
+        async move {
+            let body = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
+            server
+                .send(method, &path, &[JSON, ("authorization", &who)], &body)
+                .await
+        }
+    };
+    for body in [json!({"id": 1, "name": "tea", "price": 2, "stock": 10})] {
+        assert_eq!(
+            call(Method::POST, "/products".into(), staff.clone(), body)
+                .await
+                .status,
+            201
+        );
+    }
+    assert_eq!(
+        call(
+            Method::POST,
+            "/customers".into(),
+            staff.clone(),
+            json!({"id": 1, "name": "Ann", "balance": 50})
+        )
+        .await
+        .status,
+        201
+    );
+    // "user" is a customer: it orders for itself.
+    let reply = call(
+        Method::POST,
+        "/orders".into(),
+        bearer("1", "user"),
+        json!({"items": [{"product_id": 1, "quantity": 1}], "notes": "ring twice"}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.json()["customer_id"], 1);
+    let mine = reply.json()["id"].as_u64().unwrap();
+    let reply = call(
+        Method::POST,
+        "/orders".into(),
+        bearer("1", "user"),
+        json!({"items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await;
+    let other = reply.json()["id"].as_u64().unwrap();
+    // An unknown role claim is an invalid token.
+    let reply = call(
+        Method::GET,
+        format!("/orders/{mine}"),
+        bearer("1", "wizard"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    let assign = call(
+        Method::PUT,
+        format!("/orders/{mine}/assign-delivery"),
+        staff.clone(),
+        json!({"partner_id": "rider-7"}),
+    )
+    .await;
+    assert_eq!(assign.status, StatusCode::OK, "{:?}", assign.body);
+    let rider = bearer("rider-7", "courier");
+    let reply = call(
+        Method::GET,
+        format!("/orders/{mine}"),
+        rider.clone(),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.json()["notes"], "ring twice", "in full");
+    let reply = call(
+        Method::GET,
+        format!("/orders/{other}"),
+        rider.clone(),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "not assigned to them");
+    let reply = call(
+        Method::GET,
+        format!("/orders/{mine}"),
+        bearer("rider-8", "courier"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "another partner");
+
+    // The tracking stream: the assigned partner sees the order's details.
+    let mut stream = common::Sse::open(
+        server.addr,
+        &format!("/orders/{mine}/tracking-stream"),
+        &[("authorization", &rider)],
+    )
+    .await
+    .unwrap_or_else(|r| panic!("the stream: {} {:?}", r.status, r.body));
+    let moved = call(
+        Method::PUT,
+        format!("/orders/{mine}/status"),
+        rider.clone(),
+        json!({"status": "preparing"}),
+    )
+    .await;
+    assert!(
+        moved.status.is_success() || moved.status == StatusCode::CONFLICT,
+        "{:?}",
+        moved.body
+    );
+    let located = call(
+        Method::PUT,
+        format!("/orders/{mine}/delivery-location"),
+        rider.clone(),
+        json!({"lat": 48.2, "lng": 16.4}),
+    )
+    .await;
+    assert_eq!(located.status, StatusCode::OK, "{:?}", located.body);
+    let mut seen = Vec::new();
+    while let Some(block) = stream.next_block(std::time::Duration::from_secs(5)).await {
+        if block.event == "order" {
+            seen.push(block.json());
+            if block.json()["delivery_location"].is_object() {
+                break;
+            }
+        }
+    }
+    let last = seen.last().expect("the order's events");
+    assert_eq!(last["notes"], "ring twice", "in full: {last}");
+    let other_stream = common::Sse::open(
+        server.addr,
+        &format!("/orders/{other}/tracking-stream"),
+        &[("authorization", &rider)],
+    )
+    .await;
+    assert_eq!(other_stream.err().expect("refused").status, 403);
+}

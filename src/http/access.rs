@@ -41,6 +41,9 @@ pub enum Need {
     /// Privileged, or the customer who owns the order (named by the path,
     /// or for a lifecycle call by the body).
     OrderOwner,
+    /// Who may read the order the path names: `OrderOwner`, or the
+    /// delivery partner it is assigned to.
+    OrderReader,
 }
 
 impl Need {
@@ -57,6 +60,9 @@ impl Need {
             Need::Customer => "customer",
             Need::CustomerSelf => "staff, admin, service, or that customer",
             Need::OrderOwner => "staff, admin, service, or the order's customer",
+            Need::OrderReader => {
+                "staff, admin, service, the order's customer, or its assigned delivery partner"
+            }
         }
     }
 }
@@ -154,7 +160,7 @@ pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
         Route::MyOrders => Need::Customer,
         Route::Customer if read => Need::CustomerSelf,
         Route::CustomerOrders => Need::CustomerSelf,
-        Route::Order | Route::ProcessOrder | Route::TrackingStream if read => Need::OrderOwner,
+        Route::Order | Route::ProcessOrder | Route::TrackingStream if read => Need::OrderReader,
         Route::Order | Route::ProcessOrder if method == Method::DELETE => Need::OrderOwner,
         // `POST /orders/{customer_id}`: the path names the customer.
         Route::Order if method == Method::POST => Need::CustomerSelf,
@@ -235,6 +241,15 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
         // change can never read two different orders.
         Need::OrderOwner if route == Route::Lifecycle => true,
         Need::OrderOwner => caller.is_privileged() || owns_path_order(app, req, &caller),
+        Need::OrderReader => {
+            caller.is_privileged() || {
+                let broker = app.broker();
+                let _pin = broker.pin();
+                path_order(app, req).is_some_and(|o| {
+                    owns(&caller, &o) || assigned_to(&caller, &o, &broker.symbols())
+                })
+            }
+        }
         Need::OrderCustomer => owns_path_order(app, req, &caller),
     };
     if allowed {
@@ -244,14 +259,37 @@ pub fn authorize(app: &App, route: Route, req: &Req) -> Result<Option<Caller>, A
     }
 }
 
-/// Whether the caller is the customer of the order the path names.
-fn owns_path_order(app: &App, req: &Req, caller: &Caller) -> bool {
-    let order = req
-        .param
+/// The order the path names, if it exists.
+fn path_order(app: &App, req: &Req) -> Option<crate::model::Order> {
+    req.param
         .as_deref()
         .and_then(|p| p.parse::<u64>().ok())
-        .and_then(|id| app.broker().get(OrderId(id)));
-    order.is_some_and(|o| owns(caller, &o))
+        .and_then(|id| app.broker().get(OrderId(id)))
+}
+
+/// Whether the caller is the customer of the order the path names.
+fn owns_path_order(app: &App, req: &Req, caller: &Caller) -> bool {
+    path_order(app, req).is_some_and(|o| owns(caller, &o))
+}
+
+/// Whether `caller` is the delivery partner `order` is assigned to (its
+/// orderbot id is the partner's id); read under a pin.
+fn assigned_to(
+    caller: &Caller,
+    order: &crate::model::Order,
+    symbols: &crate::symbols::SymbolsReader<'_>,
+) -> bool {
+    let partner = caller.partner_id();
+    partner.is_some() && order.orderbot_id.map(|b| symbols.text(b)) == partner
+}
+
+/// A partner id as the viewer of streams keeps it: keyed at random per
+/// process, so no client can aim two ids at one key.
+pub fn partner_key(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(Default::default).hash_one(id)
 }
 
 /// Whether `caller` is the customer of `order`: the one ownership rule.
@@ -278,32 +316,33 @@ pub enum Viewer {
     Everything,
     /// A customer: everything of their own orders, the board's fields of others.
     Customer(u64),
+    /// A delivery partner (by [`partner_key`] of their id): everything of
+    /// the orders assigned to them, the board's fields of others.
+    Partner(u64),
     /// Anyone else: the board's fields only.
     Board,
 }
 
 impl Viewer {
-    /// Whether this viewer sees all of `order`, not only its board fields.
-    pub fn sees_all_of(self, order: &crate::model::Order) -> bool {
-        match self {
-            Viewer::Everything => true,
-            Viewer::Customer(c) => {
-                order
-                    .shop
-                    .as_ref()
-                    .and_then(|s| s.customer_id)
-                    .map(|id| id.0)
-                    == Some(c)
-            }
-            Viewer::Board => false,
-        }
+    /// Whether this viewer sees all of `order`, not only its board fields
+    /// (its texts read with `symbols`).
+    pub fn sees_all_of(
+        self,
+        order: &crate::model::Order,
+        symbols: &crate::symbols::SymbolsReader<'_>,
+    ) -> bool {
+        let owner = order.shop.as_ref().and_then(|s| s.customer_id).map(|c| c.0);
+        let assignee = order.orderbot_id.map(|b| partner_key(symbols.text(b)));
+        self.sees_all_of_one(owner, assignee)
     }
 
-    /// Whether this viewer sees all of an order whose customer is `owner`.
-    pub fn sees_all_of_owner(self, owner: Option<u64>) -> bool {
+    /// Whether this viewer sees all of an order whose customer is `owner`
+    /// and whose delivery partner has the [`partner_key`] `assignee`.
+    pub fn sees_all_of_one(self, owner: Option<u64>, assignee: Option<u64>) -> bool {
         match self {
             Viewer::Everything => true,
             Viewer::Customer(c) => owner == Some(c),
+            Viewer::Partner(p) => assignee == Some(p),
             Viewer::Board => false,
         }
     }
@@ -316,7 +355,11 @@ pub fn viewer(app: &App, route: Route, caller: Option<&Caller>) -> Viewer {
     }
     match caller {
         Some(c) if c.is_privileged() => Viewer::Everything,
-        Some(c) => c.customer_id().map_or(Viewer::Board, Viewer::Customer),
+        Some(c) => match (c.customer_id(), c.partner_id()) {
+            (Some(customer), _) => Viewer::Customer(customer),
+            (None, Some(partner)) => Viewer::Partner(partner_key(partner)),
+            (None, None) => Viewer::Board,
+        },
         // The board's views are public; nothing private comes with them.
         None if group(route) == Some(ApiGroup::Views) => Viewer::Board,
         None => Viewer::Everything,

@@ -70,6 +70,9 @@ pub struct Rendered {
     board: Bytes,
     /// The order's customer, to tell a customer's own orders from others'.
     owner: Option<u64>,
+    /// The [`super::access::partner_key`] of the delivery partner it is
+    /// assigned to (shop orders only), for the partner's streams.
+    assignee: Option<u64>,
 }
 
 /// Where the renderer hands the events of one order to a stream that
@@ -196,6 +199,7 @@ impl Live {
             frame: Bytes::new(),
             board: Bytes::new(),
             owner: None,
+            assignee: None,
         });
         for routes in self.routes.iter() {
             for route in routes.iter() {
@@ -270,13 +274,18 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
             from,
             ..
         } => {
-            let (json, board) = {
+            let (json, board, assignee) = {
                 let symbols = broker.symbols();
                 let full = OrderBody::new(*order_id, order, &symbols);
                 let public = OrderBody::seen_by(Viewer::Board, *order_id, order, &symbols);
+                let assignee = order
+                    .orderbot_id
+                    .filter(|_| order.shop.is_some())
+                    .map(|b| super::access::partner_key(symbols.text(b)));
                 (
                     serde_json::to_string(&full).unwrap_or_default(),
                     serde_json::to_string(&public).unwrap_or_default(),
+                    assignee,
                 )
             };
             let frame = Bytes::from(format!("id: {id}\nevent: order\ndata: {json}\n\n"));
@@ -291,6 +300,7 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
                 },
                 frame,
                 owner: order.shop.as_ref().and_then(|s| s.customer_id).map(|c| c.0),
+                assignee,
             }
         }
         Change::OrderRemoved {
@@ -306,6 +316,7 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
                 board: frame.clone(),
                 frame,
                 owner: None,
+                assignee: None,
             }
         }
         _ => Rendered {
@@ -315,6 +326,7 @@ fn render(broker: &Broker, event: &Event) -> Rendered {
             frame: Bytes::new(),
             board: Bytes::new(),
             owner: None,
+            assignee: None,
         },
     }
 }
@@ -698,7 +710,10 @@ impl Stream {
 
     fn push(&mut self, rendered: &Rendered) {
         if self.filter.wants(rendered) {
-            let frame = if self.viewer.sees_all_of_owner(rendered.owner) {
+            let frame = if self
+                .viewer
+                .sees_all_of_one(rendered.owner, rendered.assignee)
+            {
                 &rendered.frame
             } else {
                 &rendered.board

@@ -445,7 +445,8 @@ impl App {
                 config.limits.max_idempotency_keys,
                 config.limits.max_idempotency_keys_per_caller,
             ),
-            auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret),
+            auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret)
+                .with_roles(&config.auth.jwt_roles),
             open_groups,
             // Validated with the config.
             cpee_networks: config

@@ -52,7 +52,7 @@ impl<'a> OrderBody<'a> {
         symbols: &'a SymbolsReader<'_>,
     ) -> Self {
         let mut body = OrderBody::new(id, order, symbols);
-        if !viewer.sees_all_of(order) {
+        if !viewer.sees_all_of(order, symbols) {
             body.shop = None;
         }
         body
