@@ -592,6 +592,17 @@ impl MOrder {
     }
 }
 
+impl MShop {
+    /// Units the order holds: taken and not yet returned.
+    fn held(&self) -> BTreeMap<u64, u64> {
+        self.taken
+            .iter()
+            .map(|(p, n)| (*p, n - self.returned.get(p).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
 /// The state of an order in the delivery flow. Reading: an order in
 /// progress under a word that is not one of the flow's counts as
 /// confirmed (the broker's rule today; SEMANTICS.md keeps the flow as is).
@@ -660,9 +671,23 @@ impl Model {
 
     /// The store tutorial's allocation: item by item, against what is left.
     fn allocate(&self, items: &[MItem], strategy: Strategy) -> Result<Vec<u64>, ()> {
+        self.allocate_holding(items, strategy, &BTreeMap::new())
+    }
+
+    /// `allocate` for an order that holds `held` units already (taken at
+    /// its placement): they count as in stock for it.
+    fn allocate_holding(
+        &self,
+        items: &[MItem],
+        strategy: Strategy,
+        held: &BTreeMap<u64, u64>,
+    ) -> Result<Vec<u64>, ()> {
         let mut left: HashMap<u64, i64> = items
             .iter()
-            .map(|i| (i.product, self.stock(i.product)))
+            .map(|i| {
+                let own = held.get(&i.product).copied().unwrap_or(0) as i64;
+                (i.product, self.stock(i.product) + own)
+            })
             .collect();
         let mut short = false;
         let mut quantities = Vec::new();
@@ -688,10 +713,10 @@ impl Model {
 
     /// The one give-back of every cancel: stock += taken − returned,
     /// balance += charged − given back − refunded. Nothing for an order
-    /// never processed.
+    /// never processed that holds no stock from its placement.
     fn give_back(&mut self, id: u64, touched: &mut Touched) {
         let shop = self.orders.get_mut(&id).unwrap().shop.as_mut().unwrap();
-        if !shop.processed {
+        if !shop.processed && shop.held().is_empty() {
             return;
         }
         let mut products = Vec::new();
@@ -767,10 +792,13 @@ enum Op {
         orderbot: Option<&'static str>,
         put: bool,
     },
+    /// `POST /orders`, or with `take_stock` the Order Management API's
+    /// `POST /orders/{customer}`, which takes the items' stock at once.
     CreateOrder {
         customer: Option<u64>,
         items: Vec<(u64, u64)>,
         check_stock: bool,
+        take_stock: bool,
     },
     ReplaceItems {
         id: u64,
@@ -996,15 +1024,19 @@ impl Harness {
     fn try_generate(&mut self) -> Option<Op> {
         let roll = self.rng.below(100);
         let op = match roll {
-            0..12 => Op::CreateOrder {
-                customer: if self.rng.chance(8) {
+            0..12 => {
+                let customer = if self.rng.chance(8) {
                     None
                 } else {
                     Some(self.rng.range(1, CUSTOMERS))
-                },
-                items: self.random_items(),
-                check_stock: self.rng.chance(15),
-            },
+                };
+                Op::CreateOrder {
+                    customer,
+                    items: self.random_items(),
+                    check_stock: self.rng.chance(15),
+                    take_stock: customer.is_some() && self.rng.chance(35),
+                }
+            }
             12..22 => {
                 let id = self.pick_shop(|o| !o.processed() && !o.is_final())?;
                 let strategy =
@@ -1386,6 +1418,7 @@ impl Harness {
                 customer,
                 items,
                 check_stock,
+                take_stock,
             } => {
                 let lines: Vec<MItem> = items
                     .iter()
@@ -1396,8 +1429,8 @@ impl Harness {
                     })
                     .collect();
                 let short = self.model.allocate(&lines, Strategy::Reject).is_err();
-                let expect = if check_stock && short {
-                    Expect::No(vec![400], "check_stock: an item is short".into())
+                let expect = if (check_stock || take_stock) && short {
+                    Expect::No(vec![400], "an item is short".into())
                 } else {
                     Expect::Ok(201)
                 };
@@ -1408,7 +1441,14 @@ impl Harness {
                 if let Some(c) = customer {
                     body["customer_id"] = json!(c);
                 }
-                let reply = self.call("POST", "/orders", Some(body))?;
+                let path = match customer.filter(|_| take_stock) {
+                    Some(c) => {
+                        body.as_object_mut().unwrap().remove("customer_id");
+                        format!("/orders/{c}")
+                    }
+                    None => "/orders".to_string(),
+                };
+                let reply = self.call("POST", &path, Some(body))?;
                 if !self.judge(&what, &expect, &reply)? {
                     return Ok(reply.status.to_string());
                 }
@@ -1426,8 +1466,18 @@ impl Harness {
                     .to_string();
                 let (total, grand_total) = totals(lines.iter().map(|i| (i.unit_price, i.quantity)));
                 let mut taken = BTreeMap::new();
+                let mut returned = BTreeMap::new();
                 for line in &lines {
-                    taken.insert(line.product, 0);
+                    // Taken at placement on the Order Management route.
+                    let units = if take_stock { line.quantity } else { 0 };
+                    *taken.entry(line.product).or_insert(0) += units;
+                    returned.insert(line.product, 0);
+                }
+                if take_stock {
+                    for product in taken.keys() {
+                        self.model.products.get_mut(product).unwrap().v.bump(true);
+                        t.products.insert(*product);
+                    }
                 }
                 self.model.orders.insert(
                     id,
@@ -1448,7 +1498,7 @@ impl Harness {
                             charged: 0,
                             given_back: 0,
                             refunded: 0,
-                            returned: taken.clone(),
+                            returned,
                             taken,
                         }),
                         final_at: None,
@@ -1467,6 +1517,8 @@ impl Harness {
                         vec![409],
                         "items change only before processing or confirming".into(),
                     )
+                } else if o.shop.as_ref().is_some_and(|s| !s.held().is_empty()) {
+                    Expect::No(vec![409], "its stock was taken at placement".into())
                 } else {
                     Expect::Ok(200)
                 };
@@ -1589,7 +1641,10 @@ impl Harness {
             } else if self.model.balance(shop.customer.unwrap()) <= 0 {
                 no("insufficient_balance", "balance must be above zero")
             } else {
-                match self.model.allocate(&shop.items, strategy) {
+                match self
+                    .model
+                    .allocate_holding(&shop.items, strategy, &shop.held())
+                {
                     Err(()) => no("rejected", "reject: an item is short"),
                     Ok(quantities) => {
                         allocation = Some(quantities);
@@ -1625,6 +1680,7 @@ impl Harness {
         shop.grand_total = grand_total;
         shop.processed = true;
         shop.charged = grand_total;
+        let held = shop.held();
         let mut taken: BTreeMap<u64, u64> = BTreeMap::new();
         for item in &shop.items {
             *taken.entry(item.product).or_default() += item.quantity;
@@ -1632,12 +1688,14 @@ impl Harness {
         shop.taken = taken.clone();
         let customer = shop.customer.unwrap();
         for (product, units) in taken {
+            // Only what it did not hold yet moves.
+            let own = held.get(&product).copied().unwrap_or(0);
             self.model
                 .products
                 .get_mut(&product)
                 .unwrap()
                 .v
-                .bump(units > 0);
+                .bump(units != own);
             t.products.insert(product);
         }
         self.model
