@@ -2,7 +2,7 @@
 //!
 //! Map of the crate — where each kind of change goes:
 //!
-//! - [`model`]: domain types (`OrderId`, `Seq`, `Version`, `Stage`) and the
+//! - [`model`]: domain types (`OrderId`, `Seq`, `Version`, `Stage`, `Arrival`: an order's place in every list) and the
 //!   compact `Order` record the maps hold.
 //! - [`symbols`]: the interned texts (status words, orderbot ids) that keep an
 //!   order at 40 bytes, the pins every reader of an order holds, and the
@@ -20,8 +20,10 @@
 //! - [`broker`]: the [`Broker`] handle and every write path, with the lock
 //!   order that keeps them consistent: the seed status update, views, and
 //!   `apply`, the one path an order changes by, which holds shop orders to
-//!   the table of moves and settles their ledgers (`broker/mod.rs`), orders with items, processing and the lifecycle
-//!   (`broker/shop.rs`), products and customers (`broker/catalog.rs`,
+//!   the table of moves and settles their ledgers (`broker/mod.rs`), orders
+//!   with items, their numbers, lists in arrival order and the lifecycle
+//!   (`broker/shop.rs`), stock and balance taken by processing or at
+//!   placement (`broker/process.rs`), products and customers (`broker/catalog.rs`,
 //!   templates too), fulfilment: assignment, the delivery flow, location,
 //!   cancellation with its give-back, feedback (`broker/fulfilment.rs`),
 //!   bulk changes and the gate that makes them atomic (`broker/bulk.rs`),
