@@ -2,8 +2,9 @@
 //!
 //! Map of the crate — where each kind of change goes:
 //!
-//! - [`model`]: domain types (`OrderId`, `Seq`, `Version`, `Stage`, `Arrival`: an order's place in every list) and the
-//!   compact `Order` record the maps hold.
+//! - [`model`]: domain types (`OrderId`, `Seq`, `Version`, `Stage`,
+//!   `Arrival`: an order's place in every list) and the compact `Order`
+//!   record the maps hold.
 //! - [`symbols`]: the interned texts (status words, orderbot ids) that keep an
 //!   order at 40 bytes, the pins every reader of an order holds, and the
 //!   sweep that frees words nothing uses (the broker's marking is in
