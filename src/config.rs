@@ -635,6 +635,15 @@ impl Config {
             && self.auth.jwt_secret.0.is_empty()
             && get("ORDER_BROKER_AUTH_JWT_SECRET").is_none()
         {
+            // A deployment that means auth on must not run open.
+            if secret.trim().is_empty() {
+                return Err(ConfigError(
+                    "JWT_SECRET_KEY is set but empty: a FastAPI deployment with it signs \
+                     its tokens, so the broker would run with auth off; set the secret, \
+                     or unset JWT_SECRET_KEY to run open"
+                        .into(),
+                ));
+            }
             self.auth.jwt_secret = crate::auth::Secret(secret.to_string());
         }
         if let Some(origins) = get("CORS_ORIGINS")

@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::shop::ShopOrder;
 use crate::symbols::Sym;
 
+/// The highest order id a client may choose (`update_order`): the largest
+/// integer a JavaScript number holds exactly (the board reads ids as
+/// numbers). Ids the broker assigns are kept above every chosen one, so an
+/// id near `u64::MAX` would leave none to assign; this bound keeps 2^64 −
+/// 2^53 of them.
+pub const MAX_CHOSEN_ORDER_ID: u64 = (1 << 53) - 1;
+
 /// An order's key in the broker's maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -491,6 +491,12 @@ impl Broker {
         if let Some(bot) = orderbot_id {
             self.check_len("orderbot_id", bot)?;
         }
+        if id.0 > crate::model::MAX_CHOSEN_ORDER_ID {
+            return Err(BrokerError::OutOfRange {
+                field: "id".into(),
+                allowed: format!("0 to {}", crate::model::MAX_CHOSEN_ORDER_ID),
+            });
+        }
         let word = status;
         let _pin = self.pin();
         let status = self.inner.symbols.intern(status)?;

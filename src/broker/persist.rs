@@ -191,10 +191,14 @@ impl Broker {
     /// the indexes are rebuilt by [`Broker::finish_restore`].
     pub(crate) fn restore(&self, record: Record) {
         let inner = &self.inner;
+        // Assigned ids stay above chosen ones, never past the bound a
+        // client may choose (a journal from before the bound may hold a
+        // larger id: it keeps its order, and assignment skips taken ids).
+        let cap = crate::model::MAX_CHOSEN_ORDER_ID + 1;
         let order_seen = |id: OrderId| {
             inner
                 .next_order_id
-                .fetch_max(id.0.saturating_add(1), Ordering::Relaxed);
+                .fetch_max(id.0.saturating_add(1).min(cap), Ordering::Relaxed);
         };
         match record {
             Record::Order { id, order, .. } => {
@@ -232,7 +236,7 @@ impl Broker {
                 inner.templates.reserve_ids(next_template_id);
                 inner
                     .next_order_id
-                    .fetch_max(next_order_id, Ordering::Relaxed);
+                    .fetch_max(next_order_id.min(cap), Ordering::Relaxed);
                 inner.products.reserve_ids(next_product_id);
                 inner.customers.reserve_ids(next_customer_id);
             }

@@ -197,6 +197,18 @@ pub fn expect_object(body: &[u8]) -> Result<(), ApiError> {
     }
 }
 
+/// A field of a body that must be a JSON object, read into `T`: 400 for a
+/// list or a value (serde would read a struct from a list), 422 naming the
+/// field for an object of the wrong shape.
+pub fn object_field<T: DeserializeOwned>(field: &str, value: Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "invalid JSON: {field} must be an object"
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::unprocessable(format!("{field}: {e}")))
+}
+
 /// Parses a JSON object body into `T`: 415 for another content type, 400
 /// for bytes that are not JSON or JSON that is not an object, 422 for an
 /// object of the wrong shape (missing or mistyped fields), each naming what

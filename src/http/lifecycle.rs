@@ -103,6 +103,9 @@ pub fn transition(
                 "Order not found",
             ),
             BrokerError::Lifecycle(e) => lifecycle_refusal(e, field),
+            // The table of moves refuses (a scheduled order, a customer
+            // too late to cancel): the seed's shape, its status code.
+            BrokerError::Conflict(why) => refusal("invalid_status", &why, field, &why),
             // A stale If-Match keeps its 412.
             other => other.into(),
         })?;

@@ -127,6 +127,8 @@ fn is_blank(field: Field<'_>) -> bool {
 }
 
 /// A non-negative integer, as a JSON number or as decimal text.
+/// Reads any u64; an id past [`crate::model::MAX_CHOSEN_ORDER_ID`] is
+/// refused by the broker when it would create an order.
 fn parse_order_id(field: Field<'_>) -> Result<OrderId, ApiError> {
     let invalid = || ApiError::bad_request("id must be a non-negative integer");
     let id = match field {

@@ -110,8 +110,9 @@ struct OrderIn {
     /// Only on `POST /orders/scheduled`: when the order becomes new, in ms
     /// since the epoch or as an RFC 3339 time.
     scheduled_for: Option<Value>,
-    /// Where it is delivered, for the delivery fee.
-    delivery: Option<DeliveryIn>,
+    /// Where it is delivered, for the delivery fee (an object; read with
+    /// [`super::body::object_field`], since serde would read it from a list).
+    delivery: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -281,10 +282,15 @@ pub fn create(
         check_stock: body.check_stock,
         take_stock,
         scheduled_for,
-        delivery: body.delivery.map(|d| NewDelivery {
-            distance_km: d.distance_km,
-            zone: d.zone,
-        }),
+        delivery: body
+            .delivery
+            .filter(|d| !d.is_null())
+            .map(|d| super::body::object_field::<DeliveryIn>("delivery", d))
+            .transpose()?
+            .map(|d| NewDelivery {
+                distance_km: d.distance_km,
+                zone: d.zone,
+            }),
     };
     let event = app.broker().create_order(new).map_err(|e| match e {
         // A customer named in the body is bad data, not a missing page.
