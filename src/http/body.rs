@@ -113,14 +113,16 @@ pub enum Kind {
 }
 
 /// The kind of a body by its `Content-Type`. With no content type, a body
-/// that starts with `{` is JSON and anything else a url-encoded form.
+/// that starts with `{` or `[`, or is a JSON value (`"text"`, `null`, `7`),
+/// is JSON (so a list is refused as one, not read as a form of odd keys);
+/// anything else a url-encoded form.
 pub fn kind(headers: &HeaderMap, body: &[u8]) -> Result<Kind, ApiError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
-        return Ok(if body.trim_ascii_start().starts_with(b"{") {
-            Kind::Json
-        } else {
-            Kind::Form
-        });
+        let start = body.trim_ascii_start();
+        let json = start.starts_with(b"{")
+            || start.starts_with(b"[")
+            || (!start.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok());
+        return Ok(if json { Kind::Json } else { Kind::Form });
     };
     let content_type = value
         .to_str()
