@@ -32,10 +32,12 @@
 //!   snapshot dumps and recovery (`broker/persist.rs`), eviction of finished
 //!   orders (`broker/evict.rs`), reclaiming unused words
 //!   (`broker/reclaim.rs`).
-//! - [`journal`]: durability: the writer thread (group commit, fsync
-//!   policy, read-back check), snapshots (a consistent cut), the archive of
-//!   evicted orders, `CURRENT`, and recovery at start (torn tails, damage);
-//!   the file format in `journal/record.rs`.
+//! - [`journal`]: durability: the handle requests wait on, segments,
+//!   `CURRENT` and snapshots (a consistent cut) in `journal/mod.rs`; the
+//!   writer thread (group commit, fsync policy, read-back check, the
+//!   archive of evicted orders) in `journal/writer.rs`; recovery at start
+//!   (torn tails, damage) in `journal/recovery.rs`; the file format in
+//!   `journal/record.rs`.
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.
 //! - [`cpee`]: CPEE's protocol: calls, pending callbacks and their checks
