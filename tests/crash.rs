@@ -46,6 +46,53 @@ fn with_fsync_everysec_an_answer_waits_until_the_record_is_written() {
     acknowledged_means_written("everysec");
 }
 
+/// With `always` an answer waits for an fsync that began after its record
+/// was written. The fsyncs run on a thread of their own while the writer
+/// writes on, so a write that arrives while one runs is written at once,
+/// but must wait for the next fsync, not be answered by the running one.
+/// Every fsync here takes at least 400 ms (strace), so no correct answer
+/// comes sooner than 400 ms after its request; one answered by the fsync
+/// already running when it came would be back in about 300 ms.
+#[test]
+fn with_fsync_always_an_answer_waits_for_an_fsync_that_began_after_its_write() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = Start::new(data.path())
+        .env("ORDER_BROKER_PERSISTENCE_FSYNC", "always")
+        .slow("fdatasync", 400_000)
+        .start()
+        .unwrap();
+    let addr = broker.addr.clone();
+    let first = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        send(
+            &mut stream,
+            "PUT",
+            "/update_order",
+            "",
+            r#"{"id": 1, "status": "Mixing"}"#,
+        );
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer).to_string()
+    });
+    // The first write's fsync is running now.
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let (status, _) = broker.request("PUT", "/update_order", r#"{"id": 2, "status": "Mixing"}"#);
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(first.join().unwrap().starts_with("HTTP/1.1 200"));
+    assert!(
+        took >= Duration::from_millis(400),
+        "answered {took:?} after the request: before any fsync that began after its write \
+         could have ended"
+    );
+    broker.kill();
+    let restarted = Start::new(data.path()).start().unwrap();
+    assert_eq!(restarted.order_ids(), [1, 2]);
+    restarted.stop();
+}
+
 /// Sends a request on `stream` without reading the answer.
 fn send(stream: &mut TcpStream, method: &str, path: &str, headers: &str, body: &str) {
     write!(
