@@ -4,20 +4,13 @@
 
 mod common;
 
-use common::{Reply, TestServer};
+use common::TestServer;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
-async fn send(server: &TestServer, method: Method, path: &str, body: Value) -> Reply {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    server.send(method, path, &[JSON], &body).await
-}
+use common::send_json as send;
 
 /// Tea (2.50, 100 in stock) and Ann (customer 1).
 async fn shop(config: order_broker::Config) -> TestServer {

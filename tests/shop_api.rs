@@ -9,14 +9,7 @@ use serde_json::{Value, json};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
-async fn send(server: &TestServer, method: Method, path: &str, body: Value) -> Reply {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    server.send(method, path, &[JSON], &body).await
-}
+use common::send_json as send;
 
 async fn post(server: &TestServer, path: &str, body: Value) -> Reply {
     send(server, Method::POST, path, body).await

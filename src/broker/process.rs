@@ -44,15 +44,7 @@ impl Broker {
                 continue;
             };
             // After the order, the products by ascending id (as processing).
-            let slots: Vec<Slot<Product>> = wanted
-                .keys()
-                .map(|pid| {
-                    self.inner
-                        .products
-                        .slot(*pid)
-                        .ok_or(BrokerError::ProductNotFound(pid.0))
-                })
-                .collect::<Result<_, _>>()?;
+            let slots = self.product_slots(wanted.keys())?;
             let mut products: Vec<MutexGuard<'_, Option<Product>>> =
                 slots.iter().map(|s| s.lock()).collect();
             let mut stock = HashMap::new();
@@ -139,15 +131,7 @@ impl Broker {
         // Lock the products by ascending id, then the customer.
         let product_ids: std::collections::BTreeSet<ProductId> =
             shop.items.iter().map(|i| i.product_id).collect();
-        let slots: Vec<Slot<Product>> = product_ids
-            .iter()
-            .map(|pid| {
-                self.inner
-                    .products
-                    .slot(*pid)
-                    .ok_or(BrokerError::ProductNotFound(pid.0))
-            })
-            .collect::<Result<_, _>>()?;
+        let slots = self.product_slots(product_ids.iter())?;
         let mut products: Vec<MutexGuard<'_, Option<Product>>> =
             slots.iter().map(|s| s.lock()).collect();
         let mut customer = customer_slot.lock();
@@ -277,6 +261,21 @@ impl Broker {
                 from_since: from.map_or(Stamp::default(), |(_, since)| since),
             })
         })
+    }
+
+    /// The slots of these products (ascending ids give the lock order), or
+    /// `ProductNotFound` for the first that does not exist.
+    fn product_slots<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a ProductId>,
+    ) -> Result<Vec<Slot<Product>>, BrokerError> {
+        ids.map(|pid| {
+            self.inner
+                .products
+                .slot(*pid)
+                .ok_or(BrokerError::ProductNotFound(pid.0))
+        })
+        .collect()
     }
 
     /// Commits the removal of a locked order that holds `held` units (taken

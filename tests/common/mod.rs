@@ -348,3 +348,21 @@ impl Sse {
         }
     }
 }
+
+/// One request with a JSON body (none for `Value::Null`) on a fresh
+/// connection.
+pub async fn send_json(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    body: serde_json::Value,
+) -> Reply {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    server
+        .send(method, path, &[("content-type", "application/json")], &body)
+        .await
+}
