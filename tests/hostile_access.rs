@@ -436,7 +436,9 @@ async fn a_customer_cannot_cancel_after_preparation_through_the_lifecycle_api() 
         json!({"order": number}),
     )
     .await;
-    assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
+    // Refused in the Order Status API's shape.
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.json()["error_code"], "invalid_status");
     assert_eq!(balance().await, before, "nothing given back");
     let reply = call(
         &server,
