@@ -474,6 +474,12 @@ impl App {
                 headers.append(header::VARY, HeaderValue::from_static("origin"));
             }
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            // Without this a page on another origin cannot read an order's
+            // version, where a new record lives, or the next page's cursor.
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSED),
+            );
         }
         response
     }
@@ -788,6 +794,9 @@ fn https_required(path: &str) -> Response<Body> {
 const CORS_HEADERS: &str = "content-type, authorization, if-match, idempotency-key, \
      last-event-id, cpee-callback, cpee-callback-id, cpee-instance, cpee-instance-uuid, \
      cpee-instance-url, cpee-label, cpee-activity";
+
+/// The response headers a page on another origin may read.
+const CORS_EXPOSED: &str = "etag, location, x-next-cursor, link";
 
 fn preflight(route: Route, _headers: &hyper::HeaderMap) -> Response<Body> {
     let allow = HeaderValue::from_static(route.allow());
