@@ -65,7 +65,7 @@ impl Need {
 /// (health, readiness, and the board page, which holds no data itself).
 pub fn group(route: Route) -> Option<ApiGroup> {
     Some(match route {
-        Route::Healthz | Route::Readyz | Route::Board => return None,
+        Route::Healthz | Route::Readyz | Route::Board | Route::Docs => return None,
         Route::Update => ApiGroup::SeedWrites,
         Route::GetAll
         | Route::GetCurrentOrder
@@ -125,7 +125,7 @@ pub fn open_groups(auth: &crate::config::AuthConfig) -> Vec<ApiGroup> {
 pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
     let read = method == Method::GET || method == Method::HEAD;
     match route {
-        Route::Healthz | Route::Readyz | Route::Board => Need::Nobody,
+        Route::Healthz | Route::Readyz | Route::Board | Route::Docs => Need::Nobody,
         Route::Metrics | Route::OpenApi => Need::Anyone,
         Route::GetAll
         | Route::GetCurrentOrder

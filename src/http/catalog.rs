@@ -3,6 +3,7 @@
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::body::json;
 use super::error::ApiError;
@@ -11,9 +12,9 @@ use crate::broker::{CustomerFields, ProductFields};
 use crate::catalog::{CustomerId, ProductId};
 use crate::money::Money;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewProduct {
+pub(super) struct NewProduct {
     id: Option<u64>,
     name: String,
     price: Money,
@@ -21,17 +22,17 @@ struct NewProduct {
     stock: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ProductUpdate {
+pub(super) struct ProductUpdate {
     name: Option<String>,
     price: Option<Money>,
     stock: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewCustomer {
+pub(super) struct NewCustomer {
     id: Option<u64>,
     name: String,
     phone: Option<String>,
@@ -39,9 +40,9 @@ struct NewCustomer {
     balance: Money,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CustomerUpdate {
+pub(super) struct CustomerUpdate {
     name: Option<String>,
     /// Empty text clears the phone number.
     phone: Option<String>,

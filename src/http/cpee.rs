@@ -72,6 +72,12 @@ fn replay(answer: Answer) -> Response<Body> {
     }
 }
 
+/// `POST /orders/intake`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Intake {
+    order_id: OrderId,
+}
+
 /// `POST /orders/intake`: any details; the order is queued for dispatch.
 pub async fn intake(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let call = CpeeCall::from_headers(&req.headers);
@@ -93,7 +99,7 @@ pub async fn intake(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let event = app.broker().intake(&app.cpee_intake_status, details)?;
     let (id, _) = event.order().expect("intake publishes the order");
     app.cpee.enqueue(id);
-    let body = Bytes::from(serde_json::json!({ "order_id": id }).to_string());
+    let body = Bytes::from(serde_json::to_vec(&Intake { order_id: id }).unwrap_or_default());
     app.cpee.remember(key, Answer::Now(body.clone()));
     Ok(json_bytes(StatusCode::OK, body))
 }

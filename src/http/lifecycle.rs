@@ -3,13 +3,83 @@
 //! bodies (`{"error_message", "error_code", "errors": {field: message}}`).
 
 use hyper::{Response, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::{App, Body, Req, if_match, json_response, with_etag};
 use crate::broker::{BrokerError, LifecycleError, Transition};
-use crate::model::{Order, OrderId};
-use crate::shop::Lifecycle;
+use crate::catalog::CustomerId;
+use crate::model::{Order, OrderId, Version};
+use crate::money::Money;
+use crate::shop::{Lifecycle, PaymentStatus};
+
+/// What a call reads of its body (JSON); other fields are ignored.
+#[derive(ToSchema)]
+#[allow(dead_code)] // the description of what `transition` reads
+pub(super) struct LifecycleIn {
+    /// The order's number (confirm names it so).
+    #[schema(schema_with = super::openapi::text_or_number)]
+    number: Option<String>,
+    /// The order's number (paid, complete and cancel name it so).
+    #[schema(schema_with = super::openapi::text_or_number)]
+    order: Option<String>,
+    /// How it was paid (paid).
+    payment_method: Option<String>,
+    #[schema(rename = "paymentMethod")]
+    payment_method_camel: Option<String>,
+}
+
+/// The seed's error body: `{"error_message", "error_code", "errors": {field: message}}`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Refusal<'a> {
+    error_message: &'a str,
+    error_code: &'a str,
+    errors: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
+/// The seed's order: numeric status codes, camelCase names.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StoreOrder<'a> {
+    id: OrderId,
+    number: &'a str,
+    total: Money,
+    tax: Money,
+    service_charge: Money,
+    grand_total: Money,
+    table_number: Option<&'a str>,
+    channel: &'a str,
+    notes: &'a str,
+    /// 1 New, 10 Confirmed, 20 Complete, 30 Cancelled.
+    status: u8,
+    /// Always null (the seed's field).
+    #[schema(value_type = Option<String>)]
+    delivery_status: Option<()>,
+    status_text: &'a str,
+    store_name: &'a str,
+    #[serde(rename = "userID")]
+    user_id: Option<CustomerId>,
+    /// Seconds since the epoch.
+    created: u64,
+    payment_method: Option<&'a str>,
+    payment_status: PaymentStatus,
+    user: Option<StoreUser>,
+    /// Always null (the seed's field).
+    #[serde(rename = "delivery_info")]
+    #[schema(value_type = Option<String>)]
+    delivery_info: Option<()>,
+    version: Version,
+}
+
+/// The order's customer, in the seed's answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct StoreUser {
+    id: CustomerId,
+    name: String,
+    phone: Option<String>,
+}
 
 pub fn transition(
     app: &App,
@@ -134,41 +204,46 @@ fn lifecycle_refusal(e: LifecycleError, field: &str) -> ApiError {
 
 /// 400 in the seed's error shape.
 fn refusal(code: &str, message: &str, field: &str, detail: &str) -> ApiError {
-    ApiError::bad_request(message.to_string()).with_body(json!({
-        "error_message": message,
-        "error_code": code,
-        "errors": { field: detail },
-    }))
+    let body = Refusal {
+        error_message: message,
+        error_code: code,
+        errors: [(field, detail)].into(),
+    };
+    ApiError::bad_request(message.to_string()).with_body(json!(body))
 }
 
 /// The seed's order answer.
-fn answer(app: &App, id: OrderId, order: &Order) -> Value {
+fn answer<'a>(app: &'a App, id: OrderId, order: &'a Order) -> StoreOrder<'a> {
     let shop = order
         .shop
         .as_deref()
         .expect("orders with numbers have shop details");
     let state = Lifecycle::of(order.stage);
     let customer = shop.customer_id.and_then(|c| app.broker().customer(c));
-    json!({
-        "id": id,
-        "number": shop.number,
-        "total": shop.totals.total,
-        "tax": shop.totals.tax,
-        "serviceCharge": shop.totals.service_charge,
-        "grandTotal": shop.totals.grand_total,
-        "tableNumber": shop.table_number,
-        "channel": shop.channel,
-        "notes": shop.notes,
-        "status": state.code(),
-        "deliveryStatus": Value::Null,
-        "statusText": state.text(),
-        "storeName": app.store_name,
-        "userID": shop.customer_id,
-        "created": order.created.get().0 / 1000,
-        "paymentMethod": shop.payment_method,
-        "paymentStatus": shop.payment_status,
-        "user": customer.map(|c| json!({"id": c.id, "name": c.name, "phone": c.phone})),
-        "delivery_info": Value::Null,
-        "version": order.version,
-    })
+    StoreOrder {
+        id,
+        number: &shop.number,
+        total: shop.totals.total,
+        tax: shop.totals.tax,
+        service_charge: shop.totals.service_charge,
+        grand_total: shop.totals.grand_total,
+        table_number: shop.table_number.as_deref(),
+        channel: &shop.channel,
+        notes: &shop.notes,
+        status: state.code(),
+        delivery_status: None,
+        status_text: state.text(),
+        store_name: &app.store_name,
+        user_id: shop.customer_id,
+        created: order.created.get().0 / 1000,
+        payment_method: shop.payment_method.as_deref(),
+        payment_status: shop.payment_status,
+        user: customer.map(|c| StoreUser {
+            id: c.id,
+            name: c.name,
+            phone: c.phone,
+        }),
+        delivery_info: None,
+        version: order.version,
+    }
 }

@@ -7,6 +7,7 @@ mod analytics;
 pub mod body;
 mod catalog;
 mod cpee;
+mod docs;
 pub mod error;
 mod export;
 mod fulfilment;
@@ -83,6 +84,7 @@ pub(crate) enum Route {
     Metrics,
     Readyz,
     OpenApi,
+    Docs,
     // Process engines.
     Intake,
     NextOrder,
@@ -99,7 +101,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 45] = [
+    pub(crate) const ALL: [Route; 46] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -139,6 +141,7 @@ impl Route {
         Route::Metrics,
         Route::Readyz,
         Route::OpenApi,
+        Route::Docs,
         Route::Intake,
         Route::NextOrder,
         Route::CpeeWait,
@@ -189,6 +192,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Readyz => "readyz",
             Route::OpenApi => "openapi",
+            Route::Docs => "docs",
             Route::Intake => "intake",
             Route::NextOrder => "next_order",
             Route::CpeeWait => "cpee_wait",
@@ -199,7 +203,7 @@ impl Route {
     }
 
     /// The `Allow` header for the route.
-    fn allow(self) -> &'static str {
+    pub(crate) fn allow(self) -> &'static str {
         match self {
             Route::Update => "PUT, POST, OPTIONS",
             Route::Products
@@ -221,7 +225,8 @@ impl Route {
             Route::BulkStatus => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
-            Route::NextOrder => "GET, HEAD, POST, OPTIONS",
+            // Not HEAD: it would take an order and throw its answer away.
+            Route::NextOrder => "GET, POST, OPTIONS",
             Route::CpeeCallback => "DELETE, OPTIONS",
             Route::Template => "GET, HEAD, DELETE, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
@@ -229,7 +234,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 39] = [
+    const FIXED: [(&'static str, Route); 41] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -243,6 +248,8 @@ impl Route {
         ("/readyz", Route::Readyz),
         ("/metrics", Route::Metrics),
         ("/openapi.json", Route::OpenApi),
+        ("/docs", Route::Docs),
+        ("/docs/{*file}", Route::Docs),
         ("/products", Route::Products),
         ("/products/{id}", Route::Product),
         ("/customers", Route::Customers),
@@ -270,6 +277,27 @@ impl Route {
         ("/api/orders/{id}", Route::ProcessOrder),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
+}
+
+/// Every (path, route) the router serves: the seed's paths from the config,
+/// then the fixed ones.
+fn routes(config: &Config) -> Vec<(&str, Route)> {
+    let urls = &config.order_store;
+    let mut routes: Vec<(&str, Route)> = vec![
+        (&urls.url_update, Route::Update),
+        (&urls.url_get_all, Route::GetAll),
+        (&urls.url_get_current_order, Route::GetCurrentOrder),
+        (&urls.url_get_completed_orders, Route::GetCompletedOrders),
+        (&urls.url_get_new_orders, Route::GetNewOrders),
+        (&urls.url_get_status, Route::GetStatus),
+    ];
+    routes.extend(
+        urls.url_update_aliases
+            .iter()
+            .map(|u| (u.as_str(), Route::Update)),
+    );
+    routes.extend(Route::FIXED);
+    routes
 }
 
 /// A request whose body has been read (within the size limit).
@@ -346,23 +374,16 @@ impl App {
     /// Builds the route table from the config's URLs; two URLs that clash are
     /// a config error.
     pub fn new(broker: Broker, config: &Config) -> Result<App, ConfigError> {
-        let urls = &config.order_store;
-        let mut routes: Vec<(&str, Route)> = vec![
-            (&urls.url_update, Route::Update),
-            (&urls.url_get_all, Route::GetAll),
-            (&urls.url_get_current_order, Route::GetCurrentOrder),
-            (&urls.url_get_completed_orders, Route::GetCompletedOrders),
-            (&urls.url_get_new_orders, Route::GetNewOrders),
-            (&urls.url_get_status, Route::GetStatus),
-        ];
-        routes.extend(
-            urls.url_update_aliases
-                .iter()
-                .map(|u| (u.as_str(), Route::Update)),
-        );
-        routes.extend(Route::FIXED);
+        let routes = routes(config);
         let open_groups = access::open_groups(&config.auth);
-        let openapi = openapi::document(&routes, &open_groups);
+        let auth = crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret);
+        let openapi = openapi::document(
+            &routes,
+            &openapi::Policy {
+                auth: auth.enabled(),
+                open: &open_groups,
+            },
+        );
         let mut router = matchit::Router::new();
         for (path, route) in routes {
             router
@@ -397,7 +418,7 @@ impl App {
                 config.limits.max_idempotency_keys,
                 config.limits.max_idempotency_keys_per_caller,
             ),
-            auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret),
+            auth,
             open_groups,
             // Validated with the config.
             cpee_networks: config
@@ -711,6 +732,7 @@ impl App {
             Route::Readyz if read => Ok(ops::readyz(self)),
             Route::Metrics if read => Ok(metrics::render(self)),
             Route::OpenApi if read => Ok(json_bytes(StatusCode::OK, self.openapi.clone())),
+            Route::Docs if read => docs::docs(req),
 
             Route::Products if read => catalog::list_products(self),
             Route::Products if m == Method::POST => catalog::create_product(self, req),

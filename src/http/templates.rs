@@ -4,6 +4,7 @@
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::access::forbidden;
 use super::body::json;
@@ -41,10 +42,11 @@ fn template(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Template, A
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TemplateIn {
+pub(super) struct TemplateIn {
     name: String,
+    #[schema(value_type = Vec<super::orders::ItemIn>)]
     items: Vec<Value>,
     #[serde(default)]
     notes: String,
