@@ -121,16 +121,23 @@ pub fn report(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
             })
             .transpose()
     };
+    // Every parameter is checked whichever report it is for: a bad one is
+    // refused, not ignored.
+    let bucket = match get("bucket").unwrap_or("day") {
+        "day" => DAY_MS,
+        "hour" => HOUR_MS,
+        _ => return Err(ApiError::bad_request("bucket must be day or hour")),
+    };
+    let (to, from) = (number("to")?, number("from")?);
+    let limit = number("limit")?.unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1 to 100"));
+    }
     let analytics = &app.analytics;
     let body = match req.param.as_deref() {
         Some("revenue") => {
-            let bucket = match get("bucket").unwrap_or("day") {
-                "day" => DAY_MS,
-                "hour" => HOUR_MS,
-                _ => return Err(ApiError::bad_request("bucket must be day or hour")),
-            };
-            let to = number("to")?.unwrap_or_else(|| Millis::now().0 + 1);
-            let from = number("from")?.unwrap_or(to.saturating_sub(7 * DAY_MS));
+            let to = to.unwrap_or_else(|| Millis::now().0 + 1);
+            let from = from.unwrap_or(to.saturating_sub(7 * DAY_MS));
             if from >= to {
                 return Err(ApiError::bad_request("from must be before to"));
             }
@@ -171,10 +178,6 @@ pub fn report(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
             })
         }
         Some("top-customers") => {
-            let limit = number("limit")?.unwrap_or(10);
-            if !(1..=100).contains(&limit) {
-                return Err(ApiError::bad_request("limit must be 1 to 100"));
-            }
             let customers = analytics
                 .top_customers(limit as usize)
                 .into_iter()

@@ -122,6 +122,14 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
             "orderbot_id is longer than 256 bytes",
         ));
     }
+    // Read before any order is taken: a bad `wait` is refused, not
+    // ignored because work happened to be waiting.
+    let wait = match text(&fields, "wait") {
+        None => 0,
+        Some(w) => w
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("wait must be a whole number of seconds"))?,
+    };
     if let Some(order) = app.cpee.take_now(&orderbot)? {
         let taken = app.cpee.taken(order, &orderbot);
         let body = app.cpee.order_json(order, viewer);
@@ -136,12 +144,6 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
         app.cpee.remember(key, Answer::Later);
         return Ok(later());
     }
-    let wait = match text(&fields, "wait") {
-        None => 0,
-        Some(w) => w
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_request("wait must be a whole number of seconds"))?,
-    };
     if wait == 0 {
         return Ok(empty(StatusCode::NO_CONTENT));
     }
