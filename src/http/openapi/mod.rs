@@ -493,6 +493,14 @@ mod tests {
             refused.contains("Denied") && refused.contains("ErrorBody"),
             "{refused}"
         );
+        // The Order Status API refuses in the seed's shape, a bad header
+        // in the broker's (schemathesis: a bad Idempotency-Key).
+        let lifecycle = &doc["paths"]["/api/store/orders/{action}"]["post"]["responses"]["400"];
+        let lifecycle = lifecycle["content"]["application/json"]["schema"].to_string();
+        assert!(
+            lifecycle.contains("Refusal") && lifecycle.contains("ErrorBody"),
+            "{lifecycle}"
+        );
         let other = &doc["paths"]["/templates/{id}"]["get"]["responses"]["403"];
         assert!(
             other.is_object(),

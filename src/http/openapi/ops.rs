@@ -398,7 +398,12 @@ pub(super) fn ops(r: &mut Registry) -> Vec<Op> {
             .body(r.of::<lifecycle::LifecycleIn>(), r#"{"number": "FR9TL74P"}"#)
             .answer(200, "The order in the Order Status API's shape.", r.of::<lifecycle::StoreOrder>())
             .header("ETag", ETAG)
-            .answer(400, "Not allowed from the order's state, or no number (the seed's error shape).", refusal.clone())
+            .answer(
+                400,
+                "Not allowed from the order's state, or no number (the seed's error shape); \
+                 a bad If-Match or Idempotency-Key (the broker's).",
+                json!({"anyOf": [refusal, e()]}),
+            )
             .answer(404, "Unknown action.", e())
             .answer(412, "Version mismatch.", e()),
         op(R::AssignDelivery, M::PUT, "Assign a delivery partner (shown as the order's orderbot).")
