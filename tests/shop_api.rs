@@ -909,3 +909,35 @@ async fn etag_and_if_match() {
         .await;
     assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
 }
+
+/// A body is a JSON object: serde would read a struct from an array
+/// (`["Confirmed"]` as a status, `[]` as "read only"), so an array was
+/// taken as a request (found by schemathesis: `PUT /api/orders/4` with
+/// `[]` answered 200).
+#[tokio::test]
+async fn an_array_is_not_a_body() {
+    let server = shop().await;
+    let order = create_order(
+        &server,
+        json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await;
+    let id = order["id"].as_u64().unwrap();
+    for (path, body) in [
+        (format!("/orders/{id}"), json!(["Confirmed"])),
+        (format!("/api/orders/{id}"), json!([])),
+        (format!("/api/orders/{id}"), json!([true, "adjust"])),
+        ("/products/1".to_string(), json!(["tea"])),
+    ] {
+        let reply = put(&server, &path, body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}"
+        );
+    }
+    let reply = post(&server, "/products", json!(["x", 1, 1])).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let order = server.get(&format!("/orders/{id}")).await.json();
+    assert_eq!(order["version"], 1, "nothing changed: {order}");
+}
