@@ -128,6 +128,16 @@ pub fn document(paths: &[(&str, Route)], policy: &Policy<'_>) -> Bytes {
                 },
             },
         },
+        "tags": [
+            {"name": "seed_writes", "description": "The seed order_store's update (what CPEE calls)."},
+            {"name": "views", "description": "The board's reads: the seed's views, /views, /events."},
+            {"name": "cpee", "description": "CPEE's protocol: intake, next-order, wait, callbacks."},
+            {"name": "shop", "description": "Products, customers, orders with items, processing, templates."},
+            {"name": "lifecycle", "description": "The Order Status API."},
+            {"name": "fulfilment", "description": "Delivery, cancellation, returns, feedback, bulk, export, analytics."},
+            {"name": "ops", "description": "/metrics and /openapi.json."},
+            {"name": "always_open", "description": "Health, readiness, the board page and these docs."},
+        ],
         "paths": out,
     });
     Bytes::from(serde_json::to_vec_pretty(&doc).expect("a JSON value serializes"))
@@ -280,6 +290,7 @@ fn operation(
         "operationId": format!("{}_{}{suffix}", op.route.name(), op.method.as_str().to_lowercase()),
         "x-who": who,
         "x-group": group.map(|g| g.name()),
+        "tags": [tag(op.route)],
         "x-example-status": op.responses[0].status,
         "parameters": parameters,
         "responses": responses,
@@ -373,6 +384,7 @@ fn options(route: Route, path: &str, suffix: &str) -> Value {
         "summary": "The methods this path takes (Allow), and CORS preflight answers.",
         "operationId": format!("{}_options{suffix}", route.name()),
         "x-who": "anyone",
+        "tags": [tag(route)],
         "x-example-status": 204,
         "security": [],
         "responses": {"204": {
@@ -380,6 +392,11 @@ fn options(route: Route, path: &str, suffix: &str) -> Value {
             "headers": {"Allow": {"schema": {"type": "string"}, "description": route.allow()}},
         }},
     })
+}
+
+/// The page section an operation is listed under: its API group.
+fn tag(route: Route) -> &'static str {
+    super::access::group(route).map_or("always_open", |g| g.name())
 }
 
 /// Schema of a field that is text or a number (`table_number`, `orderbot_id`).
@@ -458,6 +475,24 @@ mod tests {
             for op in item.as_object().unwrap().values() {
                 let id = op["operationId"].as_str().unwrap().to_string();
                 assert!(seen.insert(id.clone()), "operationId {id} twice");
+            }
+        }
+    }
+
+    /// Every operation is listed under a declared section (its group).
+    #[test]
+    fn every_operation_has_a_declared_tag() {
+        let doc = doc(&Config::default());
+        let declared: Vec<&str> = doc["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let tag = op["tags"][0].as_str().unwrap_or_default();
+                assert!(declared.contains(&tag), "{method} {path}: tag {tag:?}");
             }
         }
     }
