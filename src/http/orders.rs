@@ -464,7 +464,7 @@ pub fn delete(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Response<
 
 #[derive(Deserialize, ToSchema)]
 pub(super) struct ProcessIn {
-    /// true processes; anything else only reads the order.
+    /// true processes; false or null only reads the order.
     #[serde(default)]
     #[schema(value_type = bool)]
     process: Value,
@@ -498,8 +498,12 @@ pub fn process(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
             ));
         }
     };
-    if body.process != Value::Bool(true) {
-        return get(app, req);
+    match body.process {
+        Value::Bool(true) => {}
+        Value::Bool(false) | Value::Null => return get(app, req),
+        // Not read as "no": the client meant something, and would take
+        // the order it gets back for a processed one.
+        _ => return Err(ApiError::unprocessable("process must be true or false")),
     }
     let event = app.broker().process(id, strategy, if_match(req)?)?;
     Ok(event_response(app, StatusCode::OK, &event))
