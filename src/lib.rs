@@ -61,8 +61,12 @@
 //!   `live` (event streams, `/views`, the board page from
 //!   `assets/board.html`), `store` (the Flask store tutorial's `/api/...`
 //!   blueprints, served by the `catalog` and `orders` handlers, and its page
-//!   `/store` from `assets/store.html`), `cpee` (the CPEE endpoints), `openapi`
-//!   (`/openapi.json`), `metrics` (`/metrics`), `ops` (`/healthz`, `/readyz`).
+//!   `/store` from `assets/store.html`), `cpee` (the CPEE endpoints),
+//!   `openapi` (`/openapi.json`: schemas derived with `utoipa` from the
+//!   handlers' types, security from the auth policy; the table of
+//!   operations and their texts in `openapi/ops.rs`), `docs` (`/docs`,
+//!   Swagger UI served from the binary), `metrics` (`/metrics`), `ops`
+//!   (`/healthz`, `/readyz`).
 //! - [`stall`]: cuts a connection whose peer stops reading what it is sent,
 //!   and bounds what the kernel holds of an event stream's unsent bytes.
 //! - [`tls`]: the PEM files of the config, read and checked at start, and

@@ -135,6 +135,20 @@ impl Serialize for Money {
     }
 }
 
+/// A JSON number with at most two decimals (read also from decimal text).
+impl utoipa::PartialSchema for Money {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Number)
+            .description(Some(
+                "An amount with at most 2 decimals (also accepted as decimal text, \"7.50\").",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Money {}
+
 /// Read from a JSON number or decimal text, exactly.
 impl<'de> Deserialize<'de> for Money {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

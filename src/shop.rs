@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::catalog::{CustomerId, ProductId};
 use crate::model::{Millis, Stage};
@@ -17,7 +18,7 @@ pub use ledger::{GiveBack, Ledger, Units, check_move};
 
 /// The details of an order created through the shop APIs. Shared by `Arc`
 /// between the map and the events; a change makes a new one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShopOrder {
     /// Unique human code, e.g. "FR9TL74P".
     pub number: String,
@@ -59,6 +60,7 @@ pub struct ShopOrder {
         serialize_with = "as_map",
         deserialize_with = "from_map"
     )]
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub details: Vec<(String, String)>,
 }
 
@@ -106,7 +108,7 @@ fn from_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, Strin
     d.deserialize_map(Pairs)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Item {
     pub product_id: ProductId,
     /// The product's name when the order was made.
@@ -116,7 +118,7 @@ pub struct Item {
     pub unit_price: Money,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Totals {
     pub total: Money,
     pub tax: Money,
@@ -127,7 +129,7 @@ pub struct Totals {
     pub grand_total: Money,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEntry {
     pub status: String,
     pub at: Millis,
@@ -148,6 +150,26 @@ impl Serialize for PaymentStatus {
         s.serialize_u8(*self as u8)
     }
 }
+
+impl utoipa::PartialSchema for PaymentStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Integer)
+            .enum_values(Some([1, 2]))
+            .description(Some("1 unpaid, 2 paid."))
+            .into()
+    }
+}
+
+impl ToSchema for PaymentStatus {}
+
+impl utoipa::PartialSchema for Location {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        LocationJson::schema()
+    }
+}
+
+impl ToSchema for Location {}
 
 impl<'de> Deserialize<'de> for PaymentStatus {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -290,7 +312,7 @@ impl Fulfilment {
 }
 
 /// A return of some of a completed order's items.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Return {
     pub status: ReturnStatus,
     pub items: Vec<ReturnItem>,
@@ -301,13 +323,13 @@ pub struct Return {
     pub requested_at: Millis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReturnItem {
     pub product_id: ProductId,
     pub quantity: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReturnStatus {
     Requested,
@@ -360,7 +382,7 @@ impl ReturnStatus {
 }
 
 /// A customer's feedback on a completed order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Feedback {
     /// 1 to 5.
     pub rating: u8,
@@ -377,8 +399,10 @@ pub struct Location {
     pub at: Millis,
 }
 
-#[derive(Serialize, Deserialize)]
-struct LocationJson {
+/// A location as JSON: degrees, and when it was reported.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(as = Location)]
+pub(crate) struct LocationJson {
     lat: f64,
     lng: f64,
     at: Millis,
@@ -502,7 +526,7 @@ impl Totals {
 }
 
 /// Where an order is delivered, as the order was created with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Delivery {
     /// Distance in metres, for per-km fees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -663,7 +687,7 @@ pub enum Strategy {
 }
 
 /// An item that asked for more than was in stock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Shortage {
     pub product_id: ProductId,
     pub requested: u64,

@@ -757,3 +757,21 @@ async fn a_trusted_proxy_inside_the_engine_networks_does_not_make_everyone_an_en
     let reply = post(&server, "/cpee/next-order", &[], "orderbot_id=thief").await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 }
+
+/// A bad `wait` is refused even when work is waiting: it used to be read
+/// only when there was none, so the order was handed out on a request
+/// that should have been refused (found by schemathesis).
+#[tokio::test]
+async fn a_bad_wait_is_refused_even_when_work_is_waiting() {
+    let server = TestServer::with_config(fast_config()).await;
+    let id = intake(&server, "drink=Mojito").await;
+    for wait in ["-1", "false", "1.5"] {
+        let path = format!("/cpee/next-order?wait={wait}");
+        let reply = post(&server, &path, &[], "orderbot_id=bot-1").await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "wait={wait}");
+    }
+    // The order is still waiting for a good request.
+    let reply = post(&server, "/cpee/next-order", &[], "orderbot_id=bot-1").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["id"].as_u64(), Some(id));
+}

@@ -335,9 +335,9 @@ async fn cpee_writes_unauthenticated_next_to_a_protected_shop() {
     let put = &doc["paths"]["/update_order"]["put"];
     assert_eq!(put["x-who"], "anyone");
     assert_eq!(put["x-group"], "seed_writes");
-    assert_eq!(put["security"], json!([{}, {"token": []}]));
+    assert_eq!(put["security"], json!([{}, {"bearer": []}, {"token": []}]));
     let post = &doc["paths"]["/orders"]["post"];
-    assert_eq!(post["security"], json!([{"token": []}]));
+    assert_eq!(post["security"], json!([{"bearer": []}, {"token": []}]));
     assert_eq!(post["x-group"], "shop");
     let closed_doc = closed.get("/openapi.json").await.json();
     assert_ne!(

@@ -1,7 +1,10 @@
 //! `/openapi.json` stays true: every documented operation is sent with its
 //! own example to a broker holding product 1, customer 1 and order 1, and
-//! must answer with the status its `x-example-status` names, in the documented media
-//! type; without a token, only operations open to anyone may answer.
+//! must answer with the status its `x-example-status` names, in a
+//! documented media type, with a body that validates against the
+//! documented schema (the `jsonschema` crate, JSON Schema 2020-12 as
+//! OpenAPI 3.1 uses it); without a token, only operations open to anyone
+//! may answer, and the rest answer a documented 401.
 
 mod common;
 
@@ -147,7 +150,8 @@ struct Operation {
     path: String,
     body: Option<String>,
     status: u16,
-    media: Option<String>,
+    /// The documented answers, by status.
+    responses: Value,
     open_to_anyone: bool,
     who: String,
 }
@@ -158,10 +162,14 @@ fn operations(doc: &Value) -> Vec<Operation> {
         for (method, op) in item.as_object().unwrap() {
             let mut path = template.clone();
             let mut query = Vec::new();
-            for param in op["parameters"].as_array().unwrap() {
+            let none = Vec::new();
+            for param in op["parameters"].as_array().unwrap_or(&none) {
                 let name = param["name"].as_str().unwrap();
                 match (param["in"].as_str().unwrap(), param["example"].as_str()) {
                     ("path", Some(example)) => path = path.replace(&format!("{{{name}}}"), example),
+                    ("path", None) if method == "options" => {
+                        path = path.replace(&format!("{{{name}}}"), "1")
+                    }
                     ("path", None) => panic!("{template}: path parameters have examples"),
                     ("query", Some(example)) => query.push(format!("{name}={example}")),
                     _ => {}
@@ -171,11 +179,10 @@ fn operations(doc: &Value) -> Vec<Operation> {
                 path = format!("{path}?{}", query.join("&"));
             }
             let status = op["x-example-status"].as_u64().unwrap().to_string();
-            let response = &op["responses"][&status];
-            assert!(response.is_object(), "{template}: {status} is documented");
-            let media = response["content"]
-                .as_object()
-                .and_then(|c| c.keys().next().cloned());
+            assert!(
+                op["responses"][&status].is_object(),
+                "{method} {template}: {status} is documented"
+            );
             out.push(Operation {
                 method: method.to_uppercase().parse().unwrap(),
                 path,
@@ -183,7 +190,7 @@ fn operations(doc: &Value) -> Vec<Operation> {
                     .as_object()
                     .map(|b| Value::Object(b.clone()).to_string()),
                 status: status.parse().unwrap(),
-                media,
+                responses: op["responses"].clone(),
                 open_to_anyone: op["x-who"] == "anyone",
                 who: op["x-who"].as_str().unwrap().to_string(),
             });
@@ -192,15 +199,56 @@ fn operations(doc: &Value) -> Vec<Operation> {
     out
 }
 
+/// Checks a reply against the documented answer for its status: the
+/// media type is one documented, and a JSON body validates against its
+/// schema (whose `$ref`s resolve in the document's components).
+fn check_reply(doc: &Value, op: &Operation, label: &str, reply: &common::Reply) {
+    let status = reply.status.as_u16().to_string();
+    let response = &op.responses[&status];
+    assert!(response.is_object(), "{label}: {status} is not documented");
+    let Some(content) = response["content"].as_object() else {
+        return;
+    };
+    if op.method == Method::HEAD {
+        return;
+    }
+    let got = reply.header("content-type").unwrap_or_default();
+    let (media, spec) = content
+        .iter()
+        .find(|(media, _)| got.starts_with(media.as_str()))
+        .unwrap_or_else(|| panic!("{label}: content-type {got} is not documented"));
+    if media != "application/json" {
+        return;
+    }
+    let body: Value =
+        serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{label}: not JSON: {e}"));
+    let mut schema = spec["schema"].clone();
+    if let Some(object) = schema.as_object_mut() {
+        object.insert("components".into(), doc["components"].clone());
+    } else {
+        panic!("{label}: no schema");
+    }
+    let validator = jsonschema::draft202012::new(&schema)
+        .unwrap_or_else(|e| panic!("{label}: the schema does not compile: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{label} {status}: the body does not match its schema: {errors:?}\nbody: {body}"
+    );
+}
+
 #[tokio::test]
 async fn every_documented_operation_answers_as_documented() {
     let server = TestServer::with_config(config()).await;
     let reply = server.get("/openapi.json").await;
     assert_eq!(reply.status, StatusCode::OK);
     let doc = reply.json();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let ops = operations(&doc);
-    assert!(ops.len() >= 40, "{} operations", ops.len());
+    assert!(ops.len() >= 100, "{} operations", ops.len());
 
     for op in ops {
         let (server, number) = fixture().await;
@@ -210,7 +258,8 @@ async fn every_documented_operation_answers_as_documented() {
             _ => ADMIN,
         };
         let label = format!("{} {}", op.method, op.path);
-        if op.media.as_deref() == Some("text/event-stream") {
+        let stream = op.responses["200"]["content"]["text/event-stream"].is_object();
+        if stream && op.method == Method::GET {
             let stream = Sse::open(server.addr, &op.path, &[("authorization", token)]).await;
             assert!(
                 stream.is_ok(),
@@ -237,17 +286,7 @@ async fn every_documented_operation_answers_as_documented() {
             "{label}: {:?}",
             reply.body
         );
-        if let Some(media) = &op.media {
-            let got = reply.header("content-type").unwrap_or_default();
-            assert!(
-                got.starts_with(media.as_str()),
-                "{label}: content-type {got}"
-            );
-            if media == "application/json" {
-                serde_json::from_slice::<Value>(&reply.body)
-                    .unwrap_or_else(|e| panic!("{label}: not JSON: {e}"));
-            }
-        }
+        check_reply(&doc, &op, &label, &reply);
 
         // Without a token only the operations open to anyone get through.
         let (server, _) = fixture().await;
@@ -266,5 +305,6 @@ async fn every_documented_operation_answers_as_documented() {
                 "{label} without a token"
             );
         }
+        check_reply(&doc, &op, &format!("{label} without a token"), &reply);
     }
 }

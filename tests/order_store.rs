@@ -740,3 +740,44 @@ async fn an_update_naming_two_orders_is_refused() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
 }
+
+/// CORS: a page on an allowed origin may read the headers it needs (an
+/// order's ETag, a new record's Location, the next page's cursor and Link);
+/// a refused origin is told nothing.
+#[tokio::test]
+async fn cors_exposes_etag_location_and_paging_headers_to_allowed_origins() {
+    let mut config = common::config();
+    config.http.cors_allow_origin =
+        order_broker::config::Origins::Many(vec!["https://bar.example".into()]);
+    let server = TestServer::with_config(config).await;
+    let headers = [
+        ("origin", "https://bar.example"),
+        ("content-type", "application/json"),
+    ];
+    let reply = server
+        .send(
+            Method::POST,
+            "/products",
+            &headers,
+            r#"{"name": "Mojito", "price": 7.5, "stock": 40}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let exposed = reply
+        .header("access-control-expose-headers")
+        .expect("exposed headers")
+        .to_ascii_lowercase();
+    let exposed: Vec<&str> = exposed.split(',').map(str::trim).collect();
+    for name in ["etag", "location", "x-next-cursor", "link"] {
+        assert!(exposed.contains(&name), "{name} in {exposed:?}");
+    }
+    let reply = server
+        .send(
+            Method::GET,
+            "/get_all",
+            &[("origin", "https://evil.example")],
+            "",
+        )
+        .await;
+    assert_eq!(reply.header("access-control-expose-headers"), None);
+}

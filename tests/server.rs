@@ -171,3 +171,57 @@ async fn connections_past_the_limit_get_503() {
     }
     assert!(served);
 }
+
+/// `/metrics` passes Prometheus' own lint: every counter is named `_total`
+/// (`order_broker_event_seq`, a position, is a gauge), and `promtool check
+/// metrics` finds nothing when it is installed (CI installs it).
+#[tokio::test]
+async fn metrics_are_lint_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config();
+    config.persistence.mode = order_broker::config::PersistenceMode::Journal;
+    config.persistence.dir = dir.path().to_path_buf();
+    let server = TestServer::with_config(config).await;
+    server
+        .put_json("/update_order", r#"{"id": 1, "status": "Mixing"}"#)
+        .await;
+    let text = String::from_utf8(server.get("/metrics").await.body.to_vec()).unwrap();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            if kind == "counter" {
+                assert!(
+                    name.ends_with("_total"),
+                    "counter {name} is not named _total"
+                );
+            } else {
+                assert!(!name.ends_with("_total"), "{kind} {name} is named _total");
+            }
+        }
+    }
+    assert!(text.contains("# TYPE order_broker_event_seq gauge"));
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool is not installed: only the naming rule was checked");
+        return;
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -906,3 +906,59 @@ async fn etag_and_if_match() {
         .await;
     assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED);
 }
+
+/// A body is a JSON object: serde would read a struct from an array
+/// (`["Confirmed"]` as a status, `[]` as "read only"), so an array was
+/// taken as a request (found by schemathesis: `PUT /api/orders/4` with
+/// `[]` answered 200).
+#[tokio::test]
+async fn an_array_is_not_a_body() {
+    let server = shop().await;
+    let order = create_order(
+        &server,
+        json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await;
+    let id = order["id"].as_u64().unwrap();
+    for (path, body) in [
+        (format!("/orders/{id}"), json!(["Confirmed"])),
+        (format!("/api/orders/{id}"), json!([])),
+        (format!("/api/orders/{id}"), json!([true, "adjust"])),
+        ("/products/1".to_string(), json!(["tea"])),
+    ] {
+        let reply = put(&server, &path, body.clone()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path} {body}");
+    }
+    let reply = post(&server, "/products", json!(["x", 1, 1])).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let order = server.get(&format!("/orders/{id}")).await.json();
+    assert_eq!(order["version"], 1, "nothing changed: {order}");
+}
+
+/// `process` is true (process) or false / absent (read): anything else is
+/// refused, not taken for "read" (found by schemathesis: `"process": [[..]]`
+/// answered 200 with the unprocessed order).
+#[tokio::test]
+async fn process_must_be_a_boolean() {
+    let server = shop().await;
+    let order = create_order(
+        &server,
+        json!({"customer_id": 1, "items": [{"product_id": 1, "quantity": 1}]}),
+    )
+    .await;
+    let path = format!("/api/orders/{}", order["id"]);
+    for process in [json!("true"), json!(1), json!([true]), json!({"a": 1})] {
+        let reply = put(&server, &path, json!({ "process": process })).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "process: {process}"
+        );
+    }
+    let read = put(&server, &path, json!({"process": false})).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.json()["processed"], Value::Null);
+    let done = put(&server, &path, json!({"process": true})).await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert_ne!(done.json()["processed"], Value::Null);
+}

@@ -104,7 +104,7 @@ pub enum Target {
 }
 
 /// A callback the broker owes CPEE, as `GET /cpee/callbacks` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Pending {
     pub id: u64,
     /// `next-order` or `wait`.

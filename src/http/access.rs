@@ -75,7 +75,9 @@ pub fn group(route: Route) -> Option<ApiGroup> {
         return group(same);
     }
     Some(match route {
-        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage => return None,
+        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage | Route::Docs => {
+            return None;
+        }
         Route::Update => ApiGroup::SeedWrites,
         Route::GetAll
         | Route::GetCurrentOrder
@@ -144,7 +146,9 @@ pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
     }
     let read = method == Method::GET || method == Method::HEAD;
     match route {
-        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage => Need::Nobody,
+        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage | Route::Docs => {
+            Need::Nobody
+        }
         Route::Metrics | Route::OpenApi => Need::Anyone,
         Route::GetAll
         | Route::GetCurrentOrder

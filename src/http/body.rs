@@ -247,5 +247,10 @@ pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, 
     })?;
     de.end()
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    // serde reads a struct from an array too (`["Confirmed"]` as
+    // `{"status": "Confirmed"}`, `[]` as all defaults): every body is an object.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::unprocessable("expected a JSON object"));
+    }
     Ok(value)
 }

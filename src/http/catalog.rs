@@ -3,6 +3,7 @@
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::body::json;
 use super::error::ApiError;
@@ -11,8 +12,8 @@ use crate::broker::{CustomerFields, ProductFields};
 use crate::catalog::{CustomerId, ProductId};
 use crate::money::Money;
 
-#[derive(Deserialize)]
-struct NewProduct {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct NewProduct {
     id: Option<u64>,
     name: String,
     price: Money,
@@ -20,15 +21,15 @@ struct NewProduct {
     stock: u64,
 }
 
-#[derive(Deserialize)]
-struct ProductUpdate {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct ProductUpdate {
     name: Option<String>,
     price: Option<Money>,
     stock: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct NewCustomer {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct NewCustomer {
     id: Option<u64>,
     name: String,
     phone: Option<String>,
@@ -36,8 +37,8 @@ struct NewCustomer {
     balance: Money,
 }
 
-#[derive(Deserialize)]
-struct CustomerUpdate {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct CustomerUpdate {
     name: Option<String>,
     /// Empty text clears the phone number.
     phone: Option<String>,

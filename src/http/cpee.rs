@@ -72,6 +72,12 @@ fn replay(answer: Answer) -> Response<Body> {
     }
 }
 
+/// `POST /orders/intake`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Intake {
+    order_id: OrderId,
+}
+
 /// `POST /orders/intake`: any details; the order is queued for dispatch.
 pub async fn intake(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let call = CpeeCall::from_headers(&req.headers);
@@ -93,7 +99,7 @@ pub async fn intake(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     let event = app.broker().intake(&app.cpee_intake_status, details)?;
     let (id, _) = event.order().expect("intake publishes the order");
     app.cpee.enqueue(id);
-    let body = Bytes::from(serde_json::json!({ "order_id": id }).to_string());
+    let body = Bytes::from(serde_json::to_vec(&Intake { order_id: id }).unwrap_or_default());
     app.cpee.remember(key, Answer::Now(body.clone()));
     Ok(json_bytes(StatusCode::OK, body))
 }
@@ -116,6 +122,14 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
             "orderbot_id is longer than 256 bytes",
         ));
     }
+    // Read before any order is taken: a bad `wait` is refused, not
+    // ignored because work happened to be waiting.
+    let wait = match text(&fields, "wait") {
+        None => 0,
+        Some(w) => w
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("wait must be a whole number of seconds"))?,
+    };
     if let Some(order) = app.cpee.take_now(&orderbot)? {
         let taken = app.cpee.taken(order, &orderbot);
         let body = app.cpee.order_json(order, viewer);
@@ -130,12 +144,6 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
         app.cpee.remember(key, Answer::Later);
         return Ok(later());
     }
-    let wait = match text(&fields, "wait") {
-        None => 0,
-        Some(w) => w
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_request("wait must be a whole number of seconds"))?,
-    };
     if wait == 0 {
         return Ok(empty(StatusCode::NO_CONTENT));
     }

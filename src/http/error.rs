@@ -112,6 +112,34 @@ impl ApiError {
     }
 }
 
+/// The body of every error but the Order Status API's and auth's:
+/// `error` says what is wrong; some errors add what they are about.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // the description of what `into_response` writes
+pub struct ErrorBody {
+    error: String,
+    /// A machine-readable reason (ids_exhausted, insufficient_balance, ...).
+    reason: Option<String>,
+    /// The field out of range (422).
+    field: Option<String>,
+    /// The record's current version (412).
+    version: Option<u32>,
+    /// The index of the bad item (422).
+    item: Option<usize>,
+    /// The items short of stock (400).
+    items: Option<Vec<crate::shop::Shortage>>,
+    /// The order as it is, for a wait that can never be met (409).
+    #[schema(value_type = Option<Object>)]
+    order: Option<serde_json::Value>,
+}
+
+/// Auth's error body (401, 403), as the FastAPI seed writes it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // the description of `access::unauthorized` and `forbidden`
+pub struct Denied {
+    detail: String,
+}
+
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         use serde_json::json;

@@ -6,8 +6,8 @@
 //! `POST /orders/{id}/request-return`, `PUT /orders/{id}/return`.
 
 use hyper::{Response, StatusCode};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::body::json;
 use super::error::ApiError;
@@ -21,9 +21,9 @@ use crate::model::{Millis, OrderId};
 use crate::shop::{Fulfilment, Location, ReturnStatus};
 
 /// A partner id: text, or a number as the FastAPI seed sends it.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
-enum PartnerId {
+pub(super) enum PartnerId {
     Text(String),
     Number(u64),
 }
@@ -38,8 +38,8 @@ fn partner_text(id: &PartnerId) -> Result<String, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-struct AssignIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct AssignIn {
     partner_id: PartnerId,
 }
 
@@ -52,8 +52,9 @@ pub fn assign(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     Ok(event_response(app, StatusCode::OK, &event))
 }
 
-#[derive(Deserialize)]
-struct StatusIn {
+#[derive(Deserialize, ToSchema)]
+#[schema(as = StepIn)]
+pub(super) struct StatusIn {
     status: String,
 }
 
@@ -88,14 +89,16 @@ fn flow_step(status: &str) -> Result<Fulfilment, ApiError> {
         })
 }
 
-#[derive(Deserialize)]
-struct LocationIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct LocationIn {
+    #[schema(minimum = -90, maximum = 90)]
     lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     lng: f64,
 }
 
-fn location_json(location: &Location) -> serde_json::Value {
-    json!({"lat": location.lat(), "lng": location.lng(), "at": location.at})
+fn location_json(location: &Location) -> crate::shop::LocationJson {
+    (*location).into()
 }
 
 /// `PUT /orders/{id}/delivery-location` `{"lat", "lng"}` (the assigned partner).
@@ -129,8 +132,8 @@ pub fn get_location(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::OK, &location_json(&location)))
 }
 
-#[derive(Deserialize)]
-struct CancelIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct CancelIn {
     reason: String,
 }
 
@@ -149,13 +152,51 @@ pub fn cancel(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Response<
     Ok(event_response(app, StatusCode::OK, &event))
 }
 
-#[derive(Deserialize)]
-struct BulkIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct BulkIn {
     order_ids: Vec<u64>,
     status: Option<String>,
     partner_id: Option<PartnerId>,
     #[serde(default)]
+    #[schema(value_type = Option<ErrorPolicyName>)]
     error_policy: Option<String>,
+}
+
+/// What `error_policy` may name (reject_all when absent).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // the description of what `bulk` reads
+pub(super) enum ErrorPolicyName {
+    RejectAll,
+    SkipFailed,
+}
+
+/// A bulk change's answer: how many were applied and failed, and each
+/// order's result.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BulkAnswer<'a> {
+    error_policy: &'static str,
+    applied: usize,
+    failed: usize,
+    results: Vec<BulkRow<'a>>,
+}
+
+/// One order's result in a bulk change.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BulkRow<'a> {
+    order_id: OrderId,
+    /// applied, failed or skipped.
+    result: &'static str,
+    /// The order as changed (applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::orders::OrderSchema>)]
+    order: Option<OrderBody<'a>>,
+    /// The status the change alone would have been answered with (failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 /// `PUT /orders/bulk-status-update` `{"order_ids", "status", "error_policy"}`.
@@ -207,23 +248,34 @@ fn bulk(app: &App, body: &BulkIn, action: BulkAction<'_>) -> Result<Response<Bod
     let symbols = app.broker().symbols();
     let mut applied = 0;
     let mut failed = 0;
-    let rendered: Vec<serde_json::Value> = results
+    let row = |order_id: OrderId, result| BulkRow {
+        order_id,
+        result,
+        order: None,
+        status: None,
+        error: None,
+    };
+    let rendered: Vec<BulkRow<'_>> = results
         .iter()
         .map(|(id, result)| match result {
             BulkResult::Applied(event) => {
                 applied += 1;
-                let order = event.order().map(|(_, o)| OrderBody::new(*id, o, &symbols));
-                json!({"order_id": id, "result": "applied", "order": order})
+                BulkRow {
+                    order: event.order().map(|(_, o)| OrderBody::new(*id, o, &symbols)),
+                    ..row(*id, "applied")
+                }
             }
             BulkResult::Failed(e) => {
                 failed += 1;
-                let status = ApiError::from(e.clone()).status.as_u16();
-                json!({"order_id": id, "result": "failed", "status": status, "error": e.to_string()})
+                BulkRow {
+                    status: Some(ApiError::from(e.clone()).status.as_u16()),
+                    error: Some(e.to_string()),
+                    ..row(*id, "failed")
+                }
             }
-            BulkResult::Skipped => json!({"order_id": id, "result": "skipped"}),
+            BulkResult::Skipped => row(*id, "skipped"),
         })
         .collect();
-    drop(symbols);
     // All or nothing that came to nothing: the request as a whole conflicts.
     let status = if policy == ErrorPolicy::RejectAll && failed > 0 {
         StatusCode::CONFLICT
@@ -234,14 +286,23 @@ fn bulk(app: &App, body: &BulkIn, action: BulkAction<'_>) -> Result<Response<Bod
         ErrorPolicy::RejectAll => "reject_all",
         ErrorPolicy::SkipFailed => "skip_failed",
     };
-    Ok(json_response(
+    let response = json_response(
         status,
-        &json!({"error_policy": policy, "applied": applied, "failed": failed, "results": rendered}),
-    ))
+        &BulkAnswer {
+            error_policy: policy,
+            applied,
+            failed,
+            results: rendered,
+        },
+    );
+    drop(symbols);
+    Ok(response)
 }
 
-#[derive(Deserialize)]
-struct FeedbackIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct FeedbackIn {
+    /// 1 to 5.
+    #[schema(minimum = 1, maximum = 5)]
     rating: u8,
     #[serde(default)]
     comment: String,
@@ -259,8 +320,9 @@ pub fn feedback(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     Ok(json_response(StatusCode::CREATED, &feedback))
 }
 
-#[derive(Deserialize)]
-struct ReturnIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct ReturnIn {
+    #[schema(value_type = Vec<super::orders::ItemIn>)]
     items: Vec<serde_json::Value>,
     reason: String,
 }

@@ -3,13 +3,87 @@
 //! bodies (`{"error_message", "error_code", "errors": {field: message}}`).
 
 use hyper::{Response, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::{App, Body, Req, if_match, json_response, with_etag};
 use crate::broker::{BrokerError, LifecycleError, Transition};
-use crate::model::{Order, OrderId};
-use crate::shop::{CHANNEL_CODES, Lifecycle, PAYMENT_METHOD_CODES, code_of};
+use crate::catalog::CustomerId;
+use crate::model::{Order, OrderId, Version};
+use crate::money::Money;
+use crate::shop::{CHANNEL_CODES, Lifecycle, PAYMENT_METHOD_CODES, PaymentStatus, code_of};
+
+/// What a call reads of its body (JSON); other fields are ignored.
+#[derive(ToSchema)]
+#[allow(dead_code)] // the description of what `transition` reads
+pub(super) struct LifecycleIn {
+    /// The order's number (confirm names it so).
+    #[schema(schema_with = super::openapi::text_or_number)]
+    number: Option<String>,
+    /// The order's number (paid, complete and cancel name it so).
+    #[schema(schema_with = super::openapi::text_or_number)]
+    order: Option<String>,
+    /// How it was paid (paid): the seed's number, or a word.
+    #[schema(schema_with = super::openapi::text_or_number)]
+    payment_method: Option<String>,
+    #[schema(rename = "paymentMethod", schema_with = super::openapi::text_or_number)]
+    payment_method_camel: Option<String>,
+}
+
+/// The seed's error body: `{"error_message", "error_code", "errors": {field: message}}`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Refusal<'a> {
+    error_message: &'a str,
+    error_code: &'a str,
+    errors: std::collections::BTreeMap<&'a str, &'a str>,
+}
+
+/// The seed's order: numeric status codes, camelCase names.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StoreOrder<'a> {
+    id: OrderId,
+    number: &'a str,
+    total: Money,
+    tax: Money,
+    service_charge: Money,
+    grand_total: Money,
+    table_number: Option<&'a str>,
+    /// The number the client sent, or its word's (see the README's table);
+    /// null for another word.
+    channel: Option<u64>,
+    notes: &'a str,
+    /// 1 New, 10 Confirmed, 20 Complete, 30 Cancelled.
+    status: u8,
+    /// Where the order is in the delivery flow: 1 pending, 2 preparing, 3
+    /// out for delivery, 4 delivered, 5 cancelled.
+    delivery_status: u8,
+    status_text: &'a str,
+    store_name: &'a str,
+    #[serde(rename = "userID")]
+    user_id: Option<CustomerId>,
+    /// Seconds since the epoch.
+    created: u64,
+    /// The number the client sent, or its word's; null for another word.
+    payment_method: Option<u64>,
+    payment_status: PaymentStatus,
+    user: Option<StoreUser>,
+    /// Always null (the seed's field).
+    #[serde(rename = "delivery_info")]
+    #[schema(value_type = Option<String>)]
+    delivery_info: Option<()>,
+    version: Version,
+}
+
+/// The order's customer, in the seed's answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct StoreUser {
+    id: CustomerId,
+    name: String,
+    phone: Option<String>,
+}
 
 pub fn transition(
     app: &App,
@@ -149,41 +223,49 @@ fn lifecycle_refusal(e: LifecycleError, field: &str) -> ApiError {
 
 /// 400 in the seed's error shape.
 fn refusal(code: &str, message: &str, field: &str, detail: &str) -> ApiError {
-    ApiError::bad_request(message.to_string()).with_body(json!({
-        "error_message": message,
-        "error_code": code,
-        "errors": { field: detail },
-    }))
+    let body = Refusal {
+        error_message: message,
+        error_code: code,
+        errors: [(field, detail)].into(),
+    };
+    ApiError::bad_request(message.to_string()).with_body(json!(body))
 }
 
 /// The seed's order answer.
-fn answer(app: &App, id: OrderId, order: &Order) -> Value {
+fn answer<'a>(app: &'a App, id: OrderId, order: &'a Order) -> StoreOrder<'a> {
     let shop = order
         .shop
         .as_deref()
         .expect("orders with numbers have shop details");
     let state = Lifecycle::of(order.stage);
     let customer = shop.customer_id.and_then(|c| app.broker().customer(c));
-    json!({
-        "id": id,
-        "number": shop.number,
-        "total": shop.totals.total,
-        "tax": shop.totals.tax,
-        "serviceCharge": shop.totals.service_charge,
-        "grandTotal": shop.totals.grand_total,
-        "tableNumber": shop.table_number,
-        "channel": code_of(&shop.channel, &CHANNEL_CODES),
-        "notes": shop.notes,
-        "status": state.code(),
-        "deliveryStatus": app.broker().fulfilment_of(order).delivery_code(),
-        "statusText": state.text(),
-        "storeName": app.store_name,
-        "userID": shop.customer_id,
-        "created": order.created.get().0 / 1000,
-        "paymentMethod": shop.payment_method.as_deref().and_then(|m| code_of(m, &PAYMENT_METHOD_CODES)),
-        "paymentStatus": shop.payment_status,
-        "user": customer.map(|c| json!({"id": c.id, "name": c.name, "phone": c.phone})),
-        "delivery_info": Value::Null,
-        "version": order.version,
-    })
+    StoreOrder {
+        id,
+        number: &shop.number,
+        total: shop.totals.total,
+        tax: shop.totals.tax,
+        service_charge: shop.totals.service_charge,
+        grand_total: shop.totals.grand_total,
+        table_number: shop.table_number.as_deref(),
+        channel: code_of(&shop.channel, &CHANNEL_CODES),
+        notes: &shop.notes,
+        status: state.code(),
+        delivery_status: app.broker().fulfilment_of(order).delivery_code(),
+        status_text: state.text(),
+        store_name: &app.store_name,
+        user_id: shop.customer_id,
+        created: order.created.get().0 / 1000,
+        payment_method: shop
+            .payment_method
+            .as_deref()
+            .and_then(|m| code_of(m, &PAYMENT_METHOD_CODES)),
+        payment_status: shop.payment_status,
+        user: customer.map(|c| StoreUser {
+            id: c.id,
+            name: c.name,
+            phone: c.phone,
+        }),
+        delivery_info: None,
+        version: order.version,
+    }
 }

@@ -771,18 +771,24 @@ impl Stream {
     }
 }
 
+/// `/views`' answer: each order as the caller may see it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Views<'a> {
+    epoch: String,
+    seq: Seq,
+    /// `<epoch>-<seq>`: follow on with `/events?since=` this.
+    last_event_id: String,
+    #[schema(value_type = Vec<super::orders::OrderSchema>)]
+    new: Vec<OrderBody<'a>>,
+    #[schema(value_type = Vec<super::orders::OrderSchema>)]
+    in_progress: Vec<OrderBody<'a>>,
+    #[schema(value_type = Vec<super::orders::OrderSchema>)]
+    completed: Vec<OrderBody<'a>>,
+}
+
 /// `GET /views`: the three board views and the event id they reflect, so a
 /// client loads this and then streams `/events?since=<last_event_id>`.
 pub fn views(app: &App, viewer: Viewer) -> Response<Body> {
-    #[derive(Serialize)]
-    struct Views<'a> {
-        epoch: String,
-        seq: Seq,
-        last_event_id: String,
-        new: Vec<OrderBody<'a>>,
-        in_progress: Vec<OrderBody<'a>>,
-        completed: Vec<OrderBody<'a>>,
-    }
     let broker = app.broker();
     let _pin = broker.pin();
     let stages = [Stage::New, Stage::InProgress, Stage::Completed];

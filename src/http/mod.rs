@@ -7,6 +7,7 @@ mod analytics;
 pub mod body;
 mod catalog;
 mod cpee;
+mod docs;
 pub mod error;
 mod export;
 mod fulfilment;
@@ -91,6 +92,7 @@ pub(crate) enum Route {
     Metrics,
     Readyz,
     OpenApi,
+    Docs,
     // Process engines.
     Intake,
     NextOrder,
@@ -107,7 +109,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 51] = [
+    pub(crate) const ALL: [Route; 52] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -153,6 +155,7 @@ impl Route {
         Route::Metrics,
         Route::Readyz,
         Route::OpenApi,
+        Route::Docs,
         Route::Intake,
         Route::NextOrder,
         Route::CpeeWait,
@@ -209,6 +212,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Readyz => "readyz",
             Route::OpenApi => "openapi",
+            Route::Docs => "docs",
             Route::Intake => "intake",
             Route::NextOrder => "next_order",
             Route::CpeeWait => "cpee_wait",
@@ -219,7 +223,7 @@ impl Route {
     }
 
     /// The `Allow` header for the route.
-    fn allow(self) -> &'static str {
+    pub(crate) fn allow(self) -> &'static str {
         if let Some(same) = self.blueprint_of() {
             return same.allow();
         }
@@ -245,7 +249,8 @@ impl Route {
             Route::BulkStatus => "PUT, OPTIONS",
             Route::ProcessOrder => "GET, HEAD, PUT, DELETE, OPTIONS",
             Route::Lifecycle | Route::Intake | Route::CpeeWait => "POST, OPTIONS",
-            Route::NextOrder => "GET, HEAD, POST, OPTIONS",
+            // Not HEAD: it would take an order and throw its answer away.
+            Route::NextOrder => "GET, POST, OPTIONS",
             Route::CpeeCallback => "DELETE, OPTIONS",
             Route::Template => "GET, HEAD, DELETE, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
@@ -266,7 +271,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 48] = [
+    const FIXED: [(&'static str, Route); 50] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -280,6 +285,8 @@ impl Route {
         ("/readyz", Route::Readyz),
         ("/metrics", Route::Metrics),
         ("/openapi.json", Route::OpenApi),
+        ("/docs", Route::Docs),
+        ("/docs/{*file}", Route::Docs),
         ("/products", Route::Products),
         ("/products/{id}", Route::Product),
         ("/customers", Route::Customers),
@@ -318,6 +325,27 @@ impl Route {
         ("/store", Route::StorePage),
         ("/api/store/orders/{action}", Route::Lifecycle),
     ];
+}
+
+/// Every (path, route) the router serves: the seed's paths from the config,
+/// then the fixed ones.
+fn routes(config: &Config) -> Vec<(&str, Route)> {
+    let urls = &config.order_store;
+    let mut routes: Vec<(&str, Route)> = vec![
+        (&urls.url_update, Route::Update),
+        (&urls.url_get_all, Route::GetAll),
+        (&urls.url_get_current_order, Route::GetCurrentOrder),
+        (&urls.url_get_completed_orders, Route::GetCompletedOrders),
+        (&urls.url_get_new_orders, Route::GetNewOrders),
+        (&urls.url_get_status, Route::GetStatus),
+    ];
+    routes.extend(
+        urls.url_update_aliases
+            .iter()
+            .map(|u| (u.as_str(), Route::Update)),
+    );
+    routes.extend(Route::FIXED);
+    routes
 }
 
 /// A request whose body has been read (within the size limit).
@@ -394,23 +422,17 @@ impl App {
     /// Builds the route table from the config's URLs; two URLs that clash are
     /// a config error.
     pub fn new(broker: Broker, config: &Config) -> Result<App, ConfigError> {
-        let urls = &config.order_store;
-        let mut routes: Vec<(&str, Route)> = vec![
-            (&urls.url_update, Route::Update),
-            (&urls.url_get_all, Route::GetAll),
-            (&urls.url_get_current_order, Route::GetCurrentOrder),
-            (&urls.url_get_completed_orders, Route::GetCompletedOrders),
-            (&urls.url_get_new_orders, Route::GetNewOrders),
-            (&urls.url_get_status, Route::GetStatus),
-        ];
-        routes.extend(
-            urls.url_update_aliases
-                .iter()
-                .map(|u| (u.as_str(), Route::Update)),
-        );
-        routes.extend(Route::FIXED);
+        let routes = routes(config);
         let open_groups = access::open_groups(&config.auth);
-        let openapi = openapi::document(&routes, &open_groups);
+        let auth = crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret)
+            .with_roles(&config.auth.jwt_roles);
+        let openapi = openapi::document(
+            &routes,
+            &openapi::Policy {
+                auth: auth.enabled(),
+                open: &open_groups,
+            },
+        );
         let mut router = matchit::Router::new();
         for (path, route) in routes {
             router
@@ -445,8 +467,7 @@ impl App {
                 config.limits.max_idempotency_keys,
                 config.limits.max_idempotency_keys_per_caller,
             ),
-            auth: crate::auth::Auth::new(&config.auth.tokens, &config.auth.jwt_secret)
-                .with_roles(&config.auth.jwt_roles),
+            auth,
             open_groups,
             // Validated with the config.
             cpee_networks: config
@@ -523,6 +544,12 @@ impl App {
                 headers.append(header::VARY, HeaderValue::from_static("origin"));
             }
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            // Without this a page on another origin cannot read an order's
+            // version, where a new record lives, or the next page's cursor.
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSED),
+            );
         }
         response
     }
@@ -754,6 +781,7 @@ impl App {
             Route::Readyz if read => Ok(ops::readyz(self)),
             Route::Metrics if read => Ok(metrics::render(self)),
             Route::OpenApi if read => Ok(json_bytes(StatusCode::OK, self.openapi.clone())),
+            Route::Docs if read => docs::docs(req),
 
             Route::Products if read => catalog::list_products(self),
             Route::Products if m == Method::POST => catalog::create_product(self, req),
@@ -852,6 +880,9 @@ fn https_required(path: &str) -> Response<Body> {
 const CORS_HEADERS: &str = "content-type, authorization, if-match, idempotency-key, \
      last-event-id, cpee-callback, cpee-callback-id, cpee-instance, cpee-instance-uuid, \
      cpee-instance-url, cpee-label, cpee-activity";
+
+/// The response headers a page on another origin may read.
+const CORS_EXPOSED: &str = "etag, location, x-next-cursor, link";
 
 fn preflight(route: Route, _headers: &hyper::HeaderMap) -> Response<Body> {
     let allow = HeaderValue::from_static(route.allow());

@@ -8,6 +8,7 @@ use hyper::{Response, StatusCode};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::body::{Field, Kind, kind, parse_fields};
 use super::error::ApiError;
@@ -43,15 +44,34 @@ pub async fn update(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
         update.orderbot_id.as_deref(),
         if_match(req)?,
     )?;
-    Ok(json_bytes(StatusCode::OK, r#"{"message":"Order updated"}"#))
+    Ok(json_bytes(StatusCode::OK, UPDATED))
 }
 
-/// The fields of a JSON update; others are skipped unread.
-#[derive(serde::Deserialize)]
-struct UpdateJson {
+/// The seed's answer to an update, written once (see [`Updated`]).
+const UPDATED: &str = r#"{"message":"Order updated"}"#;
+
+/// What [`UPDATED`] is, for the API description.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Updated {
+    /// Always "Order updated".
+    message: String,
+}
+
+/// The fields of a JSON update; others are skipped unread. `id` (JSON) and
+/// `order_id` (forms) are both accepted in both; one of them and `status`
+/// are required.
+#[derive(serde::Deserialize, ToSchema)]
+pub(super) struct UpdateJson {
+    /// The order: a non-negative integer, as a number or decimal text.
+    #[schema(schema_with = super::openapi::order_number)]
     id: Option<Value>,
+    #[schema(schema_with = super::openapi::order_number)]
     order_id: Option<Value>,
+    /// The status word, at most `limits.max_text_bytes` long.
+    #[schema(value_type = String)]
     status: Option<Value>,
+    /// The orderbot now working on the order (text or a number).
+    #[schema(schema_with = super::openapi::text_or_number)]
     orderbot_id: Option<Value>,
 }
 
@@ -142,20 +162,22 @@ fn parse_order_id(field: Field<'_>) -> Result<OrderId, ApiError> {
     id.map(OrderId).ok_or_else(invalid)
 }
 
+/// One order as `get_status` shows it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Status<'a> {
+    id: OrderId,
+    order_id: OrderId,
+    status: &'a str,
+    orderbot_id: Option<&'a str>,
+    stage: Stage,
+    version: Version,
+    created: Millis,
+    updated: Millis,
+    stage_since: Millis,
+}
+
 /// `GET /get_status/{id}`: one order, or the seed's 404.
 pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiError> {
-    #[derive(Serialize)]
-    struct Status<'a> {
-        id: OrderId,
-        order_id: OrderId,
-        status: &'a str,
-        orderbot_id: Option<&'a str>,
-        stage: Stage,
-        version: Version,
-        created: Millis,
-        updated: Millis,
-        stage_since: Millis,
-    }
     let not_found = || ApiError::not_found("Order not found");
     let id = id
         .and_then(|t| parse_order_id(Field::Text(t)).ok())
@@ -181,21 +203,23 @@ pub fn get_status(app: &App, id: Option<&str>) -> Result<Response<Body>, ApiErro
     Ok(response)
 }
 
+/// A row of `get_all`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct AllRow<'a> {
+    order_id: OrderId,
+    status: &'a str,
+    orderbot_id: Option<&'a str>,
+}
+
 /// `GET /get_all`: `[{"order_id", "status", "orderbot_id"}]`, every stage.
 pub fn get_all(app: &App) -> Response<Body> {
-    #[derive(Serialize)]
-    struct Row<'a> {
-        order_id: OrderId,
-        status: &'a str,
-        orderbot_id: Option<&'a str>,
-    }
     app.views.serve(app, View::All, |broker| {
         let _pin = broker.pin();
         let orders = broker.all_orders();
         let symbols = broker.symbols();
-        let rows: Vec<Row<'_>> = orders
+        let rows: Vec<AllRow<'_>> = orders
             .iter()
-            .map(|(id, o)| Row {
+            .map(|(id, o)| AllRow {
                 order_id: *id,
                 status: symbols.text(o.status),
                 orderbot_id: o.orderbot_id.map(|b| symbols.text(b)),
@@ -205,27 +229,49 @@ pub fn get_all(app: &App) -> Response<Body> {
     })
 }
 
+/// A row of `get_current_order`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CurrentRow<'a> {
+    id: OrderId,
+    orderbot_id: Option<&'a str>,
+    status: &'a str,
+}
+
+/// `get_current_order`'s answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CurrentOrders<'a> {
+    incomplete_orders: Vec<CurrentRow<'a>>,
+}
+
+/// `get_completed_orders`' answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CompletedOrders {
+    completed_orders: Vec<OrderId>,
+}
+
+/// `get_new_orders`' answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct NewOrders {
+    new_orders: Vec<OrderId>,
+}
+
 /// `GET /get_current_order`: `{"incomplete_orders": [{"id", "orderbot_id", "status"}]}`.
 pub fn get_current_order(app: &App) -> Response<Body> {
-    #[derive(Serialize)]
-    struct Row<'a> {
-        id: OrderId,
-        orderbot_id: Option<&'a str>,
-        status: &'a str,
-    }
     app.views.serve(app, View::Current, |broker| {
         let _pin = broker.pin();
         let orders = broker.stage_orders(Stage::InProgress);
         let symbols = broker.symbols();
-        let rows: Vec<Row<'_>> = orders
+        let rows: Vec<CurrentRow<'_>> = orders
             .iter()
-            .map(|(id, o)| Row {
+            .map(|(id, o)| CurrentRow {
                 id: *id,
                 orderbot_id: o.orderbot_id.map(|b| symbols.text(b)),
                 status: symbols.text(o.status),
             })
             .collect();
-        serde_json::to_vec(&serde_json::json!({ "incomplete_orders": rows }))
+        serde_json::to_vec(&CurrentOrders {
+            incomplete_orders: rows,
+        })
     })
 }
 
@@ -233,7 +279,9 @@ pub fn get_current_order(app: &App) -> Response<Body> {
 pub fn get_completed_orders(app: &App) -> Response<Body> {
     app.views.serve(app, View::Completed, |broker| {
         let ids = broker.stage_ids(Stage::Completed);
-        serde_json::to_vec(&serde_json::json!({ "completed_orders": ids }))
+        serde_json::to_vec(&CompletedOrders {
+            completed_orders: ids,
+        })
     })
 }
 
@@ -241,7 +289,7 @@ pub fn get_completed_orders(app: &App) -> Response<Body> {
 pub fn get_new_orders(app: &App) -> Response<Body> {
     app.views.serve(app, View::New, |broker| {
         let ids = broker.stage_ids(Stage::New);
-        serde_json::to_vec(&serde_json::json!({ "new_orders": ids }))
+        serde_json::to_vec(&NewOrders { new_orders: ids })
     })
 }
 

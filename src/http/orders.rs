@@ -7,6 +7,7 @@ use hyper::header::{HeaderValue, LINK};
 use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::access::forbidden;
 use super::body::json;
@@ -27,7 +28,8 @@ const MAX_PAGE: usize = 1000;
 
 /// An order as the `/orders` API shows it: the core fields, and the shop
 /// details when it has them.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = OrderCore)]
 pub struct OrderBody<'a> {
     id: OrderId,
     status: &'a str,
@@ -38,8 +40,55 @@ pub struct OrderBody<'a> {
     updated: Millis,
     /// When the order entered its stage (for "time in stage" on a board).
     stage_since: Millis,
+    /// A shop order's details; only to whoever may read all of it.
     #[serde(flatten)]
+    #[schema(ignore)]
     shop: Option<&'a ShopOrder>,
+}
+
+/// An order as the `/orders` API shows it ([`OrderBody`]): its core
+/// fields, and a shop order's fields when it has them and the caller may
+/// see them (a seed order has no `number`).
+pub(super) struct OrderSchema;
+
+impl utoipa::PartialSchema for OrderSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Ref, Type};
+        // Without the shop fields: no `number` (an object without one).
+        let seed_only = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("number", ObjectBuilder::new().schema_type(Type::Null));
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name(OrderBody::name()))
+            .item(
+                AnyOfBuilder::new()
+                    .item(Ref::from_schema_name(ShopOrder::name()))
+                    .item(seed_only),
+            )
+            .description(Some(
+                "An order: its core fields, and a shop order's fields when it has them and \
+                 the caller may see them (an order from the seed API has no number).",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for OrderSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Order".into()
+    }
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((OrderBody::name().into(), OrderBody::schema()));
+        OrderBody::schemas(schemas);
+        schemas.push((ShopOrder::name().into(), ShopOrder::schema()));
+        ShopOrder::schemas(schemas);
+    }
 }
 
 impl<'a> OrderBody<'a> {
@@ -92,14 +141,17 @@ pub(super) fn order_id(req: &Req) -> Result<OrderId, ApiError> {
     req.id(NO_ORDER).map(OrderId)
 }
 
-#[derive(Deserialize)]
-struct OrderIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct OrderIn {
     customer_id: Option<u64>,
+    #[schema(value_type = Vec<ItemIn>)]
     items: Vec<Value>,
     #[serde(default)]
     notes: String,
+    #[schema(schema_with = super::openapi::text_or_number)]
     table_number: Option<Value>,
     /// A word, or the Order Status API's number (kept as text).
+    #[schema(schema_with = super::openapi::text_or_number)]
     channel: Option<Value>,
     /// The order's number, chosen by the client (numbers brought over from
     /// another system); unique. None: the broker makes one.
@@ -109,14 +161,16 @@ struct OrderIn {
     check_stock: bool,
     /// Only on `POST /orders/scheduled`: when the order becomes new, in ms
     /// since the epoch or as an RFC 3339 time.
+    #[schema(schema_with = super::openapi::text_or_number)]
     scheduled_for: Option<Value>,
     /// Where it is delivered, for the delivery fee (an object; read with
     /// [`super::body::object_field`], since serde would read it from a list).
+    #[schema(value_type = Option<DeliveryIn>)]
     delivery: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct DeliveryIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct DeliveryIn {
     distance_km: Option<f64>,
     zone: Option<String>,
 }
@@ -178,6 +232,16 @@ fn word_or_number(field: &str, value: Option<Value>) -> Result<String, ApiError>
             "{field} must be a word or a non-negative integer"
         ))),
     }
+}
+
+/// An item as a request names it (`parse_items` reads it).
+#[derive(ToSchema)]
+#[allow(dead_code)] // the description of what `parse_items` reads
+pub(super) struct ItemIn {
+    product_id: u64,
+    /// At least 1.
+    #[schema(minimum = 1)]
+    quantity: u64,
 }
 
 /// Reads items: each an object with `product_id` and a positive integer
@@ -461,8 +525,8 @@ pub fn get(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     Ok(order_response(app, StatusCode::OK, id, &order))
 }
 
-#[derive(Deserialize)]
-struct StatusIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct StatusIn {
     status: String,
 }
 
@@ -477,8 +541,9 @@ pub fn set_status(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
     Ok(event_response(app, StatusCode::OK, &event))
 }
 
-#[derive(Deserialize)]
-struct ItemsIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct ItemsIn {
+    #[schema(value_type = Vec<ItemIn>)]
     items: Vec<Value>,
 }
 
@@ -499,12 +564,25 @@ pub fn delete(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Response<
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-#[derive(Deserialize)]
-struct ProcessIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct ProcessIn {
+    /// true processes; false or null only reads the order.
     #[serde(default)]
+    #[schema(value_type = bool)]
     process: Value,
     #[serde(default)]
+    #[schema(value_type = Option<StrategyName>)]
     strategy: Value,
+}
+
+/// What `strategy` may name (null is adjust).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // the description of what `process` reads
+pub(super) enum StrategyName {
+    Adjust,
+    Reject,
+    Ignore,
 }
 
 /// `PUT /api/orders/{id}` `{"process": true, "strategy": "adjust"|"reject"|"ignore"}`.
@@ -522,8 +600,12 @@ pub fn process(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
             ));
         }
     };
-    if body.process != Value::Bool(true) {
-        return get(app, req);
+    match body.process {
+        Value::Bool(true) => {}
+        Value::Bool(false) | Value::Null => return get(app, req),
+        // Not read as "no": the client meant something, and would take
+        // the order it gets back for a processed one.
+        _ => return Err(ApiError::unprocessable("process must be true or false")),
     }
     let event = app.broker().process(id, strategy, if_match(req)?)?;
     Ok(event_response(app, StatusCode::OK, &event))

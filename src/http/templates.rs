@@ -4,6 +4,7 @@
 use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::access::forbidden;
 use super::body::json;
@@ -41,9 +42,10 @@ fn template(app: &App, req: &Req, caller: Option<&Caller>) -> Result<Template, A
     }
 }
 
-#[derive(Deserialize)]
-struct TemplateIn {
+#[derive(Deserialize, ToSchema)]
+pub(super) struct TemplateIn {
     name: String,
+    #[schema(value_type = Vec<super::orders::ItemIn>)]
     items: Vec<Value>,
     #[serde(default)]
     notes: String,

@@ -18,7 +18,7 @@ pub type Units = std::collections::BTreeMap<ProductId, u64>;
 /// yet put back can go back in stock. Processing fills `charged` and
 /// `items_taken`; a cancellation (from any API) gives back everything
 /// outstanding; a refund credits at most what is outstanding.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ledger {
     /// Taken from the customer's balance when the order was processed.
     pub charged: Money,
@@ -28,9 +28,11 @@ pub struct Ledger {
     pub refunded: Money,
     /// Units taken from stock when the order was placed or processed.
     #[serde(default, skip_serializing_if = "Units::is_empty", with = "units_list")]
+    #[schema(value_type = Vec<crate::shop::ReturnItem>)]
     pub items_taken: Units,
     /// Units put back in stock (by the cancellation or a restocking refund).
     #[serde(default, skip_serializing_if = "Units::is_empty", with = "units_list")]
+    #[schema(value_type = Vec<crate::shop::ReturnItem>)]
     pub items_returned: Units,
     /// When each movement happened (revenue is reported by these times).
     #[serde(default, skip_serializing_if = "Option::is_none")]
