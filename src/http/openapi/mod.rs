@@ -72,8 +72,10 @@ pub fn document(paths: &[(&str, Route)], policy: &Policy<'_>) -> Bytes {
     let mut out: Map<String, Value> = Map::new();
     let mut seen_routes: BTreeMap<&str, usize> = BTreeMap::new();
     for (path, route) in paths {
-        // A route served at several paths (the seed's update aliases) gets
-        // operation ids that name the path after the first.
+        // The store tutorial's paths are described as the routes they serve
+        // as. A route served at several paths (those, the seed's update
+        // aliases) gets operation ids that name the path after the first.
+        let route = &route.blueprint_of().unwrap_or(*route);
         let n = seen_routes.entry(route.name()).or_default();
         let suffix = if *n == 0 {
             String::new()

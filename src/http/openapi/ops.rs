@@ -259,6 +259,8 @@ pub(super) fn ops(r: &mut Registry) -> Vec<Op> {
             .answer(404, "No such file.", e()),
         op(R::Board, M::GET, "The live order board page.")
             .media(200, "HTML.", "text/html"),
+        op(R::StorePage, M::GET, "The store tutorial's web page: orders, processing, deletion.")
+            .media(200, "HTML.", "text/html"),
         op(R::Events, M::GET, "Server-sent events of every change (filters: stage, order_id; resume: Last-Event-ID or since).")
             .param(param("stage", "query", "", "Comma-separated stages to follow.", ParamType::Text))
             .param(param("order_id", "query", "", "One order to follow.", ParamType::Id))
@@ -327,14 +329,14 @@ pub(super) fn ops(r: &mut Registry) -> Vec<Op> {
             .header("ETag", ETAG)
             .answer(400, "Out of stock (with check_stock).", e())
             .answer(404, "No such customer.", e()),
-        op(R::Orders, M::GET, "Orders ascending by id, filtered and paged (X-Next-Cursor, Link).")
+        op(R::Orders, M::GET, "Orders in arrival order, filtered: every one (streamed), or with limit or after one page (X-Next-Cursor, Link).")
             .param(param("customer_id", "query", "", "Only this customer's.", ParamType::Id))
             .param(param("stage", "query", "", "Only this stage.", ParamType::OneOf(STAGES)))
             .param(param("status", "query", "", "Only this status.", ParamType::Text))
             .param(param("created_from", "query", "", "Created at or after (ms since the epoch).", ParamType::Id))
             .param(param("created_to", "query", "", "Created before (ms since the epoch).", ParamType::Id))
             .param(param("limit", "query", "", "1 to 1000 (100).", ParamType::Count(1, 1000)))
-            .param(param("after", "query", "", "The cursor: list ids above it.", ParamType::Id))
+            .param(param("after", "query", "", "The cursor (a page's X-Next-Cursor), or an order's id: list the orders after it.", ParamType::Text))
             .answer(200, "The orders.", orders_list.clone())
             .header("X-Next-Cursor", "The next page's after=, when there may be one.")
             .header("Link", "<...>; rel=\"next\": the next page."),
@@ -352,6 +354,15 @@ pub(super) fn ops(r: &mut Registry) -> Vec<Op> {
             .answer(200, "The order.", o())
             .header("ETag", ETAG)
             .answer(404, "Order not found.", e()),
+        op(R::Order, M::POST, "Place the customer's order (the Order Management API): its items' stock is taken at once.")
+            .param(param("id", "path", "1", "The customer's id.", ParamType::Id))
+            .body(r.of::<orders::OrderIn>(), r#"{"items": [{"product_id": 1, "quantity": 1}]}"#)
+            .answer(201, "Placed, its stock taken.", o())
+            .header("Location", "Where the order lives.")
+            .header("ETag", ETAG)
+            .answer(400, "Not enough in stock: nothing taken.", e())
+            .answer(404, "No such customer.", e())
+            .answer(409, "The chosen number is taken.", e()),
         op(R::Order, M::PUT, "Set an order's status (If-Match optional).")
             .id()
             .param(IF_MATCH)
@@ -391,6 +402,13 @@ pub(super) fn ops(r: &mut Registry) -> Vec<Op> {
             .answer(400, "Refused: already processed, balance, stock, strategy.", e())
             .answer(404, "Order not found.", e())
             .answer(409, "The order cannot be processed from its state.", e())
+            .answer(412, "Version mismatch.", e()),
+        op(R::ProcessOrder, M::DELETE, "Delete an order that is not processed (the store tutorial's path).")
+            .id()
+            .param(IF_MATCH)
+            .empty(204, "Deleted.")
+            .answer(404, "Order not found.", e())
+            .answer(409, "Processed orders stay.", e())
             .answer(412, "Version mismatch.", e()),
         op(R::Lifecycle, M::POST, "Order Status API: confirm, paid, complete or cancel by order number.")
             .param(param("action", "path", "confirm", "confirm, paid, complete or cancel.", ParamType::OneOf(&["confirm", "paid", "complete", "cancel"])))
@@ -574,6 +592,9 @@ mod tests {
     fn every_route_and_method_has_an_operation() {
         let ops = ops(&mut Registry::default());
         for route in Route::ALL {
+            // The store tutorial's paths are described by the routes they
+            // serve as.
+            let route = route.blueprint_of().unwrap_or(route);
             for method in route.allow().split(", ") {
                 if method == "HEAD" || method == "OPTIONS" {
                     continue; // made from GET, and for every path
