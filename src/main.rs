@@ -41,11 +41,37 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr; stdout carries only the "listening on" line.
+    // Logs go to stderr, coloured only on a terminal; stdout carries only
+    // the "listening on" line.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let source = match &cli.config {
+        Some(path) => path.display().to_string(),
+        None if std::path::Path::new(order_broker::config::DEFAULT_PATH).exists() => {
+            order_broker::config::DEFAULT_PATH.to_string()
+        }
+        None => "the embedded default (no config/broker.toml here)".to_string(),
+    };
+    if config.persistence.mode == order_broker::config::PersistenceMode::Journal {
+        let dir = &config.persistence.dir;
+        let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        tracing::info!(
+            "config: {source}; state journaled in {} (fsync = {})",
+            shown.display(),
+            format!("{:?}", config.persistence.fsync).to_lowercase()
+        );
+        // A directory another broker holds stops the start before it listens.
+        if let Err(e) = order_broker::journal::check_lock(dir) {
+            eprintln!("order-broker: {e}");
+            return ExitCode::from(2);
+        }
+    } else {
+        tracing::info!("config: {source}; state in memory only (persistence.mode = \"memory\")");
+    }
     config.limits.max_connections = raise_file_limit(config.limits.max_connections);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

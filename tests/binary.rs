@@ -426,3 +426,53 @@ fn exporting_many_orders_keeps_memory_flat() {
     );
     assert!(terminate(&mut child).success());
 }
+
+/// A second broker on a data directory in use stops before it says
+/// "listening" (anyone waiting for that line is not fooled), with status 2
+/// and a message naming the directory.
+#[test]
+fn a_second_broker_on_a_directory_in_use_stops_before_listening() {
+    let (mut first, data) = broker();
+    let mut running = first.args(["--listen", "127.0.0.1:0"]).spawn().unwrap();
+    let addr = listening_addr(&mut running);
+    wait_ready(&addr);
+    let second = Command::new(env!("CARGO_BIN_EXE_order-broker"))
+        .env_remove("RUST_LOG")
+        .env("ORDER_BROKER_PERSISTENCE_DIR", data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(!stdout.contains("listening"), "it said listening: {stdout}");
+    assert!(stderr.contains("in use by another broker"), "{stderr}");
+    assert!(terminate(&mut running).success());
+}
+
+/// Logs to a pipe carry no terminal colour codes, and the first lines say
+/// which config is used and where the state lives.
+#[test]
+fn logs_on_a_pipe_are_plain_and_say_where_the_data_lives() {
+    let (mut cmd, data) = broker();
+    let mut child = cmd.args(["--listen", "127.0.0.1:0"]).spawn().unwrap();
+    let addr = listening_addr(&mut child);
+    wait_ready(&addr);
+    assert!(terminate(&mut child).success());
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(!logs.contains('\u{1b}'), "colour codes on a pipe: {logs:?}");
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(first.contains("config: "), "{first}");
+    let dir = std::fs::canonicalize(data.path()).unwrap();
+    assert!(
+        first.contains(&*dir.display().to_string())
+            || first.contains(&*data.path().display().to_string()),
+        "the data directory is not named first: {first}"
+    );
+}

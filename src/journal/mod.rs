@@ -181,17 +181,7 @@ impl Journal {
     /// (`Broker::journal` returns it from then on).
     pub fn open(config: &Persistence, broker: &Broker) -> Result<Arc<Journal>, JournalError> {
         let dir = config.dir.as_path();
-        fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock =
-            File::create(&lock_path).map_err(|e| io_error("cannot create", &lock_path, e))?;
-        if lock.try_lock().is_err() {
-            return Err(JournalError(format!(
-                "{} is in use by another broker (it holds {})",
-                dir.display(),
-                lock_path.display()
-            )));
-        }
+        let lock = lock(dir)?;
         let _ = fs::remove_file(dir.join(SNAPSHOT_TMP));
         let started = Instant::now();
         let recovery = recover(dir, broker)?;
@@ -305,6 +295,30 @@ impl Journal {
             error!("the journal thread panicked");
         }
     }
+}
+
+/// Takes the data directory's lock (creating the directory): one broker at
+/// a time. Held as long as the returned file is open.
+fn lock(dir: &Path) -> Result<File, JournalError> {
+    fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = File::create(&lock_path).map_err(|e| io_error("cannot create", &lock_path, e))?;
+    if lock.try_lock().is_err() {
+        return Err(JournalError(format!(
+            "{} is in use by another broker (it holds {})",
+            dir.display(),
+            lock_path.display()
+        )));
+    }
+    Ok(lock)
+}
+
+/// Whether the data directory could be locked now (taken and let go at
+/// once): the binary asks before it listens, so a second broker on a
+/// directory in use stops before it says "listening". The journal takes the
+/// lock for good when it opens.
+pub fn check_lock(dir: &Path) -> Result<(), JournalError> {
+    lock(dir).map(drop)
 }
 
 fn segment_name(first: Seq) -> String {
