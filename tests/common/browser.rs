@@ -13,9 +13,12 @@ use tokio_tungstenite::tungstenite::Message;
 pub type DevToolsSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-/// The Chromium binary, if one is installed.
+/// The Chromium binary. Without one a browser test fails, saying how to
+/// install it, unless `ORDER_BROKER_SKIP_BROWSER=1` skips the browser tests
+/// on purpose (then None, and the test returns early): a skip never looks
+/// like a pass by accident. CI installs Chromium and never skips.
 pub fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
+    let found = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|bin| {
             Command::new(bin)
@@ -24,7 +27,19 @@ pub fn chromium() -> Option<&'static str> {
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
-        })
+        });
+    if found.is_none() {
+        let skip = std::env::var("ORDER_BROKER_SKIP_BROWSER").is_ok_and(|v| v == "1");
+        assert!(
+            skip && std::env::var_os("CI").is_none(),
+            "this test drives a headless Chromium, and none is installed: install it \
+             (Debian/Ubuntu: apt-get install chromium), or run with \
+             ORDER_BROKER_SKIP_BROWSER=1 to skip the browser tests on purpose \
+             (never in CI)"
+        );
+        eprintln!("SKIPPED on purpose (ORDER_BROKER_SKIP_BROWSER=1): no Chromium");
+    }
+    found
 }
 
 /// A headless Chromium on `url` with a fresh profile; killed on drop.
