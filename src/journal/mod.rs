@@ -24,13 +24,16 @@
 //! every event queued (group commit), encodes each frame and checks that it
 //! decodes back to the same record (a frame that would not read back is
 //! never written: the journal fails instead), writes them with one `write`
-//! and publishes the *written* watermark; it fsyncs (at once with `always`,
-//! at least once a second with `everysec`, only at segment switches and
-//! shutdown with `no`) and publishes the *synced* one. A change is answered
+//! and publishes the *written* watermark. A sync thread (`sync.rs`) fsyncs
+//! while the writer goes on writing (at once after the previous fsync with
+//! `always`, at least once a second with `everysec`, only at segment
+//! switches, flushes and shutdown with `no`) and publishes the *synced* one;
+//! each fsync covers what was written before it began. A change is answered
 //! once its seq is synced with `always`, written with `everysec` and `no`
-//! ([`Journal::durable`], used by `http::App`), so a crash of the process
-//! never loses an acknowledged change in any mode. After a write or fsync
-//! error nothing more is written and every later change is refused (503).
+//! ([`Journal::durable`], used by `http::App`; `durable.rs` wakes exactly
+//! the requests a watermark satisfies), so a crash of the process never
+//! loses an acknowledged change in any mode. After a write or fsync error
+//! nothing more is written and every later change is refused (503).
 //!
 //! A snapshot runs on a thread of its own and is a consistent cut: it copies
 //! every record, then applies the history's events up to a seq S read under
@@ -46,12 +49,16 @@
 //! whole ends in zeros (unwritten pages after a power loss); see
 //! `not_torn`.
 
+mod durable;
 pub mod record;
 mod recovery;
+mod sync;
 mod writer;
 
+use durable::Progress;
 pub use recovery::Recovery;
 use recovery::{Files, recover};
+use sync::Syncer;
 use writer::Writer;
 
 use std::fs::{self, File, OpenOptions};
@@ -64,7 +71,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
-use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::broker::Broker;
@@ -117,15 +123,6 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> JournalError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalFailed;
 
-/// The writer's watermarks: the newest seq handed to the OS (`write`
-/// returned) and the newest fsynced; and whether writing failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Durable {
-    written: Seq,
-    synced: Seq,
-    failed: bool,
-}
-
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Stats {
@@ -169,8 +166,7 @@ impl Stats {
 /// The open journal: the writer thread and what callers need of it.
 pub struct Journal {
     tx: Sender<Msg>,
-    durable: watch::Receiver<Durable>,
-    fsync: Fsync,
+    progress: Arc<Progress>,
     pub stats: Arc<Stats>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -206,13 +202,17 @@ impl Journal {
             "recovered state from {}",
             dir.display()
         );
-        let file = new_segment(dir, Seq(recovery.last.0 + 1))?;
+        let file = Arc::new(new_segment(dir, Seq(recovery.last.0 + 1))?);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let (durable_tx, durable) = watch::channel(Durable {
-            written: recovery.last,
-            synced: recovery.last,
-            failed: false,
-        });
+        let progress = Arc::new(Progress::new(recovery.last, config.fsync == Fsync::Always));
+        let syncer = Syncer::start(
+            file.clone(),
+            recovery.last,
+            config.fsync,
+            progress.clone(),
+            stats.clone(),
+        )
+        .map_err(|e| JournalError(format!("cannot start the journal's sync thread: {e}")))?;
         let writer = Writer {
             broker: broker.clone(),
             dir: dir.to_path_buf(),
@@ -221,9 +221,8 @@ impl Journal {
             archive: None,
             buf: Vec::with_capacity(1 << 16),
             written: recovery.last,
-            dirty: false,
-            synced_at: Instant::now(),
-            durable: durable_tx,
+            syncer,
+            progress: progress.clone(),
             stats: stats.clone(),
             every_events: config.snapshot_every_events,
             every_bytes: config.snapshot_every_bytes,
@@ -240,8 +239,7 @@ impl Journal {
             .map_err(|e| JournalError(format!("cannot start the journal thread: {e}")))?;
         let journal = Arc::new(Journal {
             tx: tx.clone(),
-            durable,
-            fsync: config.fsync,
+            progress,
             stats,
             writer: Mutex::new(Some(thread)),
         });
@@ -254,13 +252,7 @@ impl Journal {
     /// crash of the process cannot lose it) with `everysec` and `no`. Fails
     /// once the journal cannot be written and `seq` had not got that far.
     pub async fn durable(&self, seq: Seq) -> Result<(), JournalFailed> {
-        let always = self.fsync == Fsync::Always;
-        let reached = move |d: &Durable| if always { d.synced } else { d.written };
-        let mut durable = self.durable.clone();
-        match durable.wait_for(|d| d.failed || reached(d) >= seq).await {
-            Ok(d) if reached(&d) >= seq => Ok(()),
-            _ => Err(JournalFailed),
-        }
+        self.progress.reached(seq).await
     }
 
     /// Events sent to the writer and not yet written.
@@ -295,6 +287,15 @@ impl Journal {
             error!("the journal thread panicked");
         }
     }
+}
+
+/// A write or fsync failed: logged once per failure, every waiting request
+/// and every later change fails (503) until the broker is restarted.
+fn journal_failed(what: &str, e: &io::Error, stats: &Stats, progress: &Progress) {
+    error!(error = %e, "{what}: changes after seq {} are not durable; \
+           writes now fail until the broker is restarted", stats.durable_seq.load(Ordering::Relaxed));
+    stats.failed.store(true, Ordering::Relaxed);
+    progress.fail();
 }
 
 /// Takes the data directory's lock (creating the directory): one broker at

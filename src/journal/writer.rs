@@ -1,7 +1,8 @@
 //! The writer thread: takes committed events from the sequencer's channel,
 //! writes them in batches (group commit, one `write` each, every frame
-//! checked to read back), fsyncs by the policy, publishes how far the file
-//! got, keeps the archive of evicted orders, and starts snapshots.
+//! checked to read back), publishes how far the file got, hands the fsyncs
+//! to the sync thread (`sync.rs`, which runs them while the next batch is
+//! written), keeps the archive of evicted orders, and starts snapshots.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -9,13 +10,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tokio::sync::watch;
+use crossbeam_channel::{Receiver, Sender};
 use tracing::{error, info};
 
+use super::durable::Progress;
 use super::record::{ARCHIVE_MAGIC, Record};
+use super::sync::Syncer;
 use super::*;
 use crate::broker::Broker;
 use crate::config::Fsync;
@@ -28,17 +30,16 @@ pub(super) struct Writer {
     pub(super) dir: PathBuf,
     pub(super) fsync: Fsync,
     /// The newest segment, written unbuffered: each batch is one `write`.
-    pub(super) file: File,
+    pub(super) file: Arc<File>,
     /// Where evicted orders' final states go (`archive-<seq>.log`), once
     /// there is one.
-    pub(super) archive: Option<File>,
+    pub(super) archive: Option<Arc<File>>,
     pub(super) buf: Vec<u8>,
     /// Newest seq written to `file`.
     pub(super) written: Seq,
-    /// Written since the last fsync.
-    pub(super) dirty: bool,
-    pub(super) synced_at: Instant,
-    pub(super) durable: watch::Sender<Durable>,
+    /// Fsyncs what is written (its own thread).
+    pub(super) syncer: Syncer,
+    pub(super) progress: Arc<Progress>,
     pub(super) stats: Arc<Stats>,
     pub(super) every_events: u64,
     pub(super) every_bytes: u64,
@@ -90,22 +91,10 @@ impl Writer {
         let mut batch: Vec<Unit> = Vec::with_capacity(MAX_BATCH);
         let mut flushes: Vec<Sender<bool>> = Vec::new();
         loop {
-            let wait = match self.fsync {
-                Fsync::Everysec if self.dirty => {
-                    Duration::from_secs(1).saturating_sub(self.synced_at.elapsed())
-                }
-                _ => Duration::from_secs(3600),
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(msg) => msg,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.sync();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.sync();
-                    return;
-                }
+            let Ok(first) = rx.recv() else {
+                self.syncer.sync_all();
+                self.syncer.stop();
+                return;
             };
             // Group commit: everything queued behind the first message.
             let mut stop = take(first, &mut batch, &mut flushes);
@@ -115,24 +104,25 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let before = self.written;
             self.write(&batch);
             batch.clear();
-            let due = match self.fsync {
-                Fsync::Always => true,
-                Fsync::Everysec => self.synced_at.elapsed() >= Duration::from_secs(1),
-                Fsync::No => false,
-            };
-            if due || stop || !flushes.is_empty() {
-                self.sync();
-            } else {
-                // `everysec` and `no`: what is written may be acknowledged
-                // (a crash of the process cannot lose it any more).
-                self.publish(false);
+            if self.written > before {
+                // `always`: the sync thread fsyncs it as soon as the fsync
+                // running now (if any) is done. `everysec` and `no`: what is
+                // written may be acknowledged (a crash of the process cannot
+                // lose it any more).
+                self.syncer.wrote(self.written, self.fsync == Fsync::Always);
+                self.progress.written(self.written);
             }
-            for reply in flushes.drain(..) {
-                let _ = reply.send(!self.failed);
+            if stop || !flushes.is_empty() {
+                let synced = self.syncer.sync_all();
+                for reply in flushes.drain(..) {
+                    let _ = reply.send(synced && !self.failed);
+                }
             }
             if stop {
+                self.syncer.stop();
                 // A snapshot being written completes first, so the files
                 // are settled when the broker exits.
                 if let Some(snapshot) = self.snapshot.take() {
@@ -150,6 +140,10 @@ impl Writer {
     /// then the journal fails (a frame recovery cannot read would stop every
     /// later start).
     fn write(&mut self, batch: &[Unit]) {
+        if self.progress.failed() {
+            // A write or fsync failed: nothing more is written.
+            self.failed = true;
+        }
         if batch.is_empty() || self.failed {
             return;
         }
@@ -196,7 +190,7 @@ impl Writer {
         }
         let batch = &batch[..good];
         if !batch.is_empty() {
-            if let Err(e) = self.file.write_all(&self.buf) {
+            if let Err(e) = (&*self.file).write_all(&self.buf) {
                 self.fail("cannot write the journal", e);
                 return;
             }
@@ -219,7 +213,6 @@ impl Writer {
             self.stats
                 .written_seq
                 .store(self.written.0, Ordering::Release);
-            self.dirty = true;
         }
         if self.buf.capacity() > 1 << 22 {
             self.buf = Vec::with_capacity(1 << 16);
@@ -238,20 +231,6 @@ impl Writer {
         }
     }
 
-    /// Tells waiting requests how far the file got (and how far it is
-    /// fsynced, when `synced`).
-    fn publish(&mut self, synced: bool) {
-        let written = self.written;
-        self.durable.send_if_modified(|d| {
-            let before = *d;
-            d.written = written;
-            if synced {
-                d.synced = written;
-            }
-            *d != before
-        });
-    }
-
     /// Appends evicted orders' final records to this run's archive file,
     /// created at the first eviction.
     fn archive(&mut self, first: Seq, frames: &[u8]) -> io::Result<()> {
@@ -262,44 +241,18 @@ impl Writer {
                 file.write_all(ARCHIVE_MAGIC)?;
             }
             sync_dir(&self.dir)?;
+            let file = Arc::new(file);
+            self.syncer.set_archive(file.clone());
             self.archive = Some(file);
         }
-        self.archive
-            .as_mut()
-            .expect("opened above")
-            .write_all(frames)
-    }
-
-    fn sync(&mut self) {
-        if self.failed {
-            return;
-        }
-        if !self.dirty {
-            // Nothing new since the last fsync; what was written is synced.
-            self.publish(true);
-            return;
-        }
-        let started = Instant::now();
-        let archived = self.archive.as_ref().map_or(Ok(()), File::sync_data);
-        if let Err(e) = archived.and_then(|()| self.file.sync_data()) {
-            self.fail("cannot fsync the journal", e);
-            return;
-        }
-        self.stats.fsynced(started.elapsed());
-        self.dirty = false;
-        self.synced_at = Instant::now();
-        self.stats
-            .durable_seq
-            .store(self.written.0, Ordering::Relaxed);
-        self.publish(true);
+        let archive = self.archive.as_deref().expect("opened above");
+        let mut archive = archive;
+        archive.write_all(frames)
     }
 
     fn fail(&mut self, what: &str, e: io::Error) {
-        error!(error = %e, "{what}: changes after seq {} are not durable; \
-               writes now fail until the broker is restarted", self.stats.durable_seq.load(Ordering::Relaxed));
         self.failed = true;
-        self.stats.failed.store(true, Ordering::Relaxed);
-        self.durable.send_modify(|d| d.failed = true);
+        journal_failed(what, &e, &self.stats, &self.progress);
     }
 
     /// Past the configured events or bytes, starts a new segment and writes
@@ -311,9 +264,15 @@ impl Writer {
         }
         // The old segment is complete and on disk before the new one gets a
         // record, so only the newest segment can ever have a torn tail.
-        self.sync();
+        if !self.syncer.sync_all() {
+            self.snapshotting.store(false, Ordering::Release);
+            return;
+        }
         match new_segment(&self.dir, Seq(self.written.0 + 1)) {
-            Ok(file) => self.file = file,
+            Ok(file) => {
+                self.file = Arc::new(file);
+                self.syncer.switch_segment(self.file.clone());
+            }
             Err(e) => {
                 self.snapshotting.store(false, Ordering::Release);
                 error!(error = %e, "cannot start a new journal segment; the current one grows on");
