@@ -6,9 +6,12 @@
 //! Options (after `--`): `--seconds N` per run (5), `--rounds N` (3),
 //! `--connections N` (32), `--only update|sse|view|journal`.
 //!
-//! `journal` compares `PUT /update_order` with the journal on (fsync
-//! `everysec`, then `always`) against the same broker in memory mode, and
-//! prints how many requests shared each fsync (group commit).
+//! `journal` compares `PUT /update_order` on a bare server, the broker in
+//! memory mode, with the journal fsynced `everysec` and `always`, and Redis
+//! HSET with `appendfsync always` and `everysec` (when `redis-server` and
+//! `redis-benchmark` are installed), in alternating runs; it prints the
+//! ratios, how many writes shared each fsync (group commit) and the fsync
+//! time (mean, p99).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -412,42 +415,343 @@ fn sse_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
     );
 }
 
-/// `PUT /update_order` with the journal on, against memory mode.
+/// What one journal broker's fsyncs did during a run (from its counters).
+#[derive(Clone, Copy)]
+struct FsyncRun {
+    records: u64,
+    fsyncs: u64,
+    mean: Duration,
+    p99: Duration,
+}
+
+/// The journal's counters now: records, fsyncs, fsync time, histogram.
+fn journal_counters(broker: &Broker) -> (u64, u64, u64, Vec<u64>) {
+    let stats = &broker.journal().expect("journal mode").stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    (
+        get(&stats.records),
+        get(&stats.fsyncs),
+        get(&stats.fsync_micros),
+        stats.fsync_buckets.iter().map(get).collect(),
+    )
+}
+
+/// The fsyncs between two readings of [`journal_counters`]; the p99 is
+/// interpolated inside its histogram bucket.
+fn fsync_run(before: &(u64, u64, u64, Vec<u64>), after: &(u64, u64, u64, Vec<u64>)) -> FsyncRun {
+    let fsyncs = after.1 - before.1;
+    let counts: Vec<u64> = after.3.iter().zip(&before.3).map(|(a, b)| a - b).collect();
+    let target = (fsyncs as f64 * 0.99).ceil() as u64;
+    let mut seen = 0;
+    let mut p99 = 0.0;
+    for (i, count) in counts.iter().enumerate() {
+        if *count > 0 && seen + count >= target {
+            let low = if i == 0 {
+                0.0
+            } else {
+                order_broker::journal::FSYNC_BUCKETS[i - 1]
+            };
+            let high = order_broker::journal::FSYNC_BUCKETS
+                .get(i)
+                .copied()
+                .unwrap_or(low * 2.0);
+            p99 = low + (high - low) * (target - seen) as f64 / *count as f64;
+            break;
+        }
+        seen += count;
+    }
+    FsyncRun {
+        records: after.0 - before.0,
+        fsyncs,
+        mean: Duration::from_micros((after.2 - before.2) / fsyncs.max(1)),
+        p99: Duration::from_secs_f64(p99),
+    }
+}
+
+/// A `redis-server` on a free port in a temporary directory, with the
+/// append-only file fsynced `always` or `everysec`; stopped on drop.
+struct Redis {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(appendfsync: &str) -> Option<Redis> {
+        let dir = tempfile::tempdir().ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                appendfsync,
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis {
+            port,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    /// `redis-benchmark` HSET over 10,000 keys with `connections` clients:
+    /// `requests` in all.
+    fn hset(&self, connections: usize, requests: u64) -> Stats {
+        let out = std::process::Command::new("redis-benchmark")
+            .args(["-p", &self.port.to_string(), "-c", &connections.to_string()])
+            .args(["-n", &requests.to_string(), "-r", "10000", "--csv"])
+            .args(["HSET", "order:__rand_int__", "status", "Mixing"])
+            .output()
+            .expect("redis-benchmark runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+        let line = text.lines().last().unwrap_or_default();
+        let field = |i: usize| {
+            line.split(',')
+                .nth(i)
+                .and_then(|f| f.trim_matches('"').parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Stats {
+            rps: field(1),
+            server_cpu: Duration::ZERO,
+            p50: Duration::from_secs_f64(field(4) / 1e3),
+            p99: Duration::from_secs_f64(field(6) / 1e3),
+            errors: u64::from(!out.status.success()),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One system the journal scenario drives.
+enum System {
+    Http {
+        addr: SocketAddr,
+        /// The broker, when it journals (for its fsync counters).
+        journal: Option<Broker>,
+    },
+    Redis {
+        redis: Redis,
+        /// Requests per run, from the warm-up's rate.
+        requests: u64,
+    },
+}
+
+/// `PUT /update_order` over 10,000 orders: a bare hyper server, the broker
+/// in memory mode, with the journal fsynced `everysec` and `always`, and
+/// (when `redis-server` and `redis-benchmark` are installed) Redis HSET with
+/// `appendfsync always` and `everysec` on the same machine, in alternating
+/// runs. Prints each run, then each system's median with the spread and its
+/// ratios to memory mode and to Redis `always` in the same rounds.
 fn journal_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
-    let memory = servers.block_on(broker_server(Broker::new(&memory_config())));
+    let ok = Bytes::from_static(br#"{"message":"Order updated"}"#);
+    let mut systems: Vec<(String, System)> = vec![
+        (
+            "bare".into(),
+            System::Http {
+                addr: servers.block_on(bare_server(ok)),
+                journal: None,
+            },
+        ),
+        (
+            "memory".into(),
+            System::Http {
+                addr: servers.block_on(broker_server(Broker::new(&memory_config()))),
+                journal: None,
+            },
+        ),
+    ];
+    let mut dirs = Vec::new();
     for fsync in [Fsync::Everysec, Fsync::Always] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.persistence.dir = dir.path().to_path_buf();
         config.persistence.fsync = fsync;
         let broker = Broker::new(&config);
-        let addr = servers.block_on(serve_with(broker, config));
+        let addr = servers.block_on(serve_with(broker.clone(), config));
+        dirs.push(dir);
         let label = format!("{fsync:?}").to_lowercase();
-        compare_labelled(
-            &format!("PUT /update_order, journal fsync = {label} vs memory mode"),
-            opts,
-            client,
-            ("memory", memory),
-            (&label, addr),
-            update_requests(),
-        );
-        let metrics = client.block_on(get(addr, "/metrics"));
-        let metrics = String::from_utf8_lossy(&metrics);
-        let value = |name: &str| {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or(0.0)
+        systems.push((
+            label,
+            System::Http {
+                addr,
+                journal: Some(broker),
+            },
+        ));
+    }
+    for appendfsync in ["always", "everysec"] {
+        match Redis::start(appendfsync) {
+            Some(redis) => {
+                // Warm up, and size the runs to about `seconds` each.
+                let warm = redis.hset(opts.connections, 20_000);
+                let requests = (warm.rps * opts.seconds as f64) as u64;
+                systems.push((
+                    format!("redis-{appendfsync}"),
+                    System::Redis {
+                        redis,
+                        requests: requests.max(10_000),
+                    },
+                ));
+            }
+            None => println!(
+                "\n(redis-server or redis-benchmark not found: Redis {appendfsync} left out)"
+            ),
+        }
+    }
+    println!(
+        "\nPUT /update_order over 10,000 orders, journal vs memory vs Redis HSET  \
+         ({} connections, {} s per run, {} rounds)",
+        opts.connections, opts.seconds, opts.rounds
+    );
+    println!(
+        "  {:<15} {:>9} {:>9} {:>9} {:>9}  {}",
+        "system", "req/s", "p50", "p99", "CPU/req", "fsyncs"
+    );
+    for (_, system) in &systems {
+        if let System::Http { addr, .. } = system {
+            client.block_on(drive(*addr, opts.connections, 1, update_requests()));
+        }
+    }
+    let mut runs: Vec<Vec<Stats>> = systems.iter().map(|_| Vec::new()).collect();
+    let mut fsyncs: Vec<Vec<FsyncRun>> = systems.iter().map(|_| Vec::new()).collect();
+    for _ in 0..opts.rounds {
+        for (i, (label, system)) in systems.iter().enumerate() {
+            let (stats, fsync) = match system {
+                System::Http { addr, journal } => {
+                    let before = journal.as_ref().map(journal_counters);
+                    let stats = client.block_on(drive(
+                        *addr,
+                        opts.connections,
+                        opts.seconds,
+                        update_requests(),
+                    ));
+                    let fsync = journal
+                        .as_ref()
+                        .zip(before)
+                        .map(|(broker, before)| fsync_run(&before, &journal_counters(broker)));
+                    (stats, fsync)
+                }
+                System::Redis { redis, requests } => {
+                    (redis.hset(opts.connections, *requests), None)
+                }
+            };
+            let cpu = if stats.server_cpu.is_zero() {
+                "-".to_string()
+            } else {
+                format!("{:.1?}", stats.server_cpu)
+            };
+            let fsync_text = fsync.map_or(String::new(), |f| {
+                format!(
+                    "{:.1} writes/fsync, mean {:.0?}, p99 {:.0?}",
+                    f.records as f64 / f.fsyncs.max(1) as f64,
+                    f.mean,
+                    f.p99
+                )
+            });
+            println!(
+                "  {label:<15} {:>9.0} {:>9.1?} {:>9.1?} {cpu:>9}  {fsync_text}{}",
+                stats.rps,
+                stats.p50,
+                stats.p99,
+                if stats.errors > 0 {
+                    format!("  ({} errors)", stats.errors)
+                } else {
+                    String::new()
+                }
+            );
+            runs[i].push(stats);
+            if let Some(f) = fsync {
+                fsyncs[i].push(f);
+            }
+        }
+    }
+    let index = |name: &str| systems.iter().position(|(l, _)| l == name);
+    // Ratios are taken round by round (runs next to each other in time).
+    let ratio = |i: usize, base: usize| -> String {
+        let mut r: Vec<f64> = runs[i]
+            .iter()
+            .zip(&runs[base])
+            .map(|(a, b)| a.rps / b.rps)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        format!("{:.2}x ({:.2}-{:.2})", r[r.len() / 2], r[0], r[r.len() - 1])
+    };
+    println!("\n  median of {} runs (spread):", opts.rounds);
+    println!(
+        "  {:<15} {:>22} {:>9} {:>9} {:>18} {:>18} {:>18}",
+        "system", "req/s", "p50", "p99", "vs bare", "vs memory", "vs redis-always"
+    );
+    for (i, (label, _)) in systems.iter().enumerate() {
+        let mut rps: Vec<f64> = runs[i].iter().map(|s| s.rps).collect();
+        rps.sort_by(f64::total_cmp);
+        let mut p50: Vec<Duration> = runs[i].iter().map(|s| s.p50).collect();
+        let mut p99: Vec<Duration> = runs[i].iter().map(|s| s.p99).collect();
+        p50.sort();
+        p99.sort();
+        let versus = |base: Option<usize>| {
+            base.filter(|b| *b != i)
+                .map_or("-".to_string(), |b| ratio(i, b))
         };
-        let records = value("order_broker_journal_records_total");
-        let fsyncs = value("order_broker_journal_fsync_seconds_count");
-        let fsync_time = value("order_broker_journal_fsync_seconds_sum");
         println!(
-            "  journal: {records:.0} records, {fsyncs:.0} fsyncs ({:.1} records per fsync, mean fsync {:.2} ms), {:.1} MB written",
-            records / fsyncs.max(1.0),
-            fsync_time * 1e3 / fsyncs.max(1.0),
-            value("order_broker_journal_bytes_total") / 1e6
+            "  {label:<15} {:>22} {:>9.1?} {:>9.1?} {:>18} {:>18} {:>18}",
+            format!(
+                "{:.0} ({:.0}-{:.0})",
+                rps[rps.len() / 2],
+                rps[0],
+                rps[rps.len() - 1]
+            ),
+            p50[p50.len() / 2],
+            p99[p99.len() / 2],
+            versus(index("bare")),
+            versus(index("memory")),
+            versus(index("redis-always")),
         );
+        if !fsyncs[i].is_empty() {
+            let mut per: Vec<f64> = fsyncs[i]
+                .iter()
+                .map(|f| f.records as f64 / f.fsyncs.max(1) as f64)
+                .collect();
+            per.sort_by(f64::total_cmp);
+            let mut mean: Vec<Duration> = fsyncs[i].iter().map(|f| f.mean).collect();
+            let mut p99: Vec<Duration> = fsyncs[i].iter().map(|f| f.p99).collect();
+            mean.sort();
+            p99.sort();
+            println!(
+                "  {:<15} writes per fsync {:.1} ({:.1}-{:.1}), fsync mean {:.0?}, p99 {:.0?}",
+                "",
+                per[per.len() / 2],
+                per[0],
+                per[per.len() - 1],
+                mean[mean.len() / 2],
+                p99[p99.len() / 2]
+            );
+        }
     }
 }
 

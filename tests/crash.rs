@@ -207,3 +207,71 @@ fn an_orderbot_that_left_while_its_work_was_made_durable_does_not_keep_it() {
     );
     broker.stop();
 }
+
+/// The journal preallocates its segment, so a broker killed mid-run leaves
+/// zeros after its last record. The next start keeps every acknowledged
+/// change, cuts the unused space without calling it a torn write, and a
+/// clean stop leaves every segment ending at its last record.
+#[test]
+fn a_killed_brokers_unused_preallocated_space_is_cut_and_nothing_is_lost() {
+    let data = tempfile::tempdir().unwrap();
+    let newest = |dir: &std::path::Path| {
+        let mut segments: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("journal-")
+            })
+            .collect();
+        segments.sort();
+        segments.pop().unwrap()
+    };
+    let broker = Start::new(data.path()).start().unwrap();
+    for id in 1..=20 {
+        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
+        assert_eq!(broker.request("PUT", "/update_order", &body).0, 200);
+    }
+    let segment = newest(data.path());
+    let bytes = std::fs::read(&segment).unwrap();
+    let used = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
+    assert!(
+        bytes.len() >= 1 << 20 && used < 20 * 200,
+        "the segment is preallocated: {} bytes, {used} in use",
+        bytes.len()
+    );
+    broker.kill();
+
+    let restarted = Start::new(data.path()).start().unwrap();
+    assert_eq!(restarted.order_ids(), (1..=20).collect::<Vec<_>>());
+    let log = restarted.stderr();
+    assert!(log.contains("unused preallocated space"), "{log}");
+    assert!(
+        !log.contains("torn"),
+        "unused space is no torn write: {log}"
+    );
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len() as usize,
+        used,
+        "cut at its last record"
+    );
+    for id in 21..=25 {
+        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
+        assert_eq!(restarted.request("PUT", "/update_order", &body).0, 200);
+    }
+    let segment = newest(data.path());
+    restarted.stop();
+    let bytes = std::fs::read(&segment).unwrap();
+    assert_ne!(bytes.last(), Some(&0), "a clean stop seals the segment");
+    let again = Start::new(data.path()).start().unwrap();
+    assert_eq!(again.order_ids(), (1..=25).collect::<Vec<_>>());
+    assert!(
+        !again.stderr().contains("preallocated"),
+        "{}",
+        again.stderr()
+    );
+    again.stop();
+}

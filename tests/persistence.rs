@@ -12,7 +12,7 @@ use common::{Reply, TestServer};
 use hyper::{Method, StatusCode};
 use order_broker::Config;
 use order_broker::config::{Fsync, PersistenceMode};
-use order_broker::journal::record::{Frames, Record};
+use order_broker::journal::record::{FrameError, Frames, Record};
 use serde_json::{Value, json};
 
 fn durable_config(dir: &Path) -> Config {
@@ -58,8 +58,10 @@ async fn wait_for_snapshot(dir: &Path) {
     }
 }
 
-/// Every record in a journal segment, with the offset each starts at.
-fn records(path: &Path) -> Vec<(u64, Record)> {
+/// Every record in a journal segment, with the offset each starts at, and
+/// where the records end (a segment being written ends in preallocated
+/// zeros: a zero length is its end).
+fn records_to_end(path: &Path) -> (Vec<(u64, Record)>, u64) {
     let len = fs::metadata(path).unwrap().len();
     let mut input = std::io::BufReader::new(File::open(path).unwrap());
     let mut magic = [0u8; 8];
@@ -68,11 +70,16 @@ fn records(path: &Path) -> Vec<(u64, Record)> {
     let mut out = Vec::new();
     loop {
         let at = frames.offset();
-        match frames.next_payload().unwrap().unwrap() {
-            Some(payload) => out.push((at, Record::decode(payload).unwrap())),
-            None => return out,
+        match frames.next_payload().unwrap() {
+            Ok(Some(payload)) => out.push((at, Record::decode(payload).unwrap())),
+            Ok(None) | Err(FrameError::BadLength(0)) => return (out, at),
+            Err(e) => panic!("{} at byte {at}: {e}", path.display()),
         }
     }
+}
+
+fn records(path: &Path) -> Vec<(u64, Record)> {
+    records_to_end(path).0
 }
 
 /// Everything a client can read back, to compare before and after a restart.
@@ -711,7 +718,7 @@ async fn processing_is_one_frame_and_a_torn_tail_never_shows_half_of_it() {
     let server = TestServer::with_config(durable_config(dir.path())).await;
     let id = one_shop_order(&server).await;
     let segment = files(dir.path(), "journal-").pop().unwrap();
-    let before = fs::metadata(&segment).unwrap().len();
+    let before = records_to_end(&segment).1;
     let process = format!("/api/orders/{id}");
     let reply = send(&server, Method::PUT, &process, json!({"process": true})).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);

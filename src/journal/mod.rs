@@ -86,8 +86,12 @@ const CURRENT_TMP: &str = "CURRENT.tmp";
 const LOCK_FILE: &str = "LOCK";
 /// Most events the writer takes into one write (and one fsync).
 const MAX_BATCH: usize = 8192;
+/// Journal space preallocated at a time (see `writer::preallocate`).
+const PREALLOCATE: u64 = 8 << 20;
 /// Upper bounds of the fsync latency histogram, in seconds.
-pub const FSYNC_BUCKETS: [f64; 9] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0];
+pub const FSYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.0002, 0.0003, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0,
+];
 
 /// What the sequencer and the server send the writer.
 pub enum Msg {
@@ -213,14 +217,16 @@ impl Journal {
             stats.clone(),
         )
         .map_err(|e| JournalError(format!("cannot start the journal's sync thread: {e}")))?;
-        let writer = Writer {
+        let mut writer = Writer {
             broker: broker.clone(),
             dir: dir.to_path_buf(),
             fsync: config.fsync,
-            file,
+            file: file.clone(),
             archive: None,
             buf: Vec::with_capacity(1 << 16),
             written: recovery.last,
+            position: 0,
+            allocated: None,
             syncer,
             progress: progress.clone(),
             stats: stats.clone(),
@@ -233,6 +239,7 @@ impl Journal {
             failed: false,
             _lock: lock,
         };
+        writer.start_segment(file);
         let thread = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || writer.run(rx))
@@ -441,7 +448,8 @@ mod tests {
         input.seek(SeekFrom::Start(8)).unwrap();
         let mut frames = Frames::new(input, 8, len);
         let mut seqs = Vec::new();
-        while let Some(payload) = frames.next_payload().unwrap().unwrap() {
+        // A segment being written ends in preallocated zeros.
+        while let Ok(Some(payload)) = frames.next_payload().unwrap() {
             let record = Record::decode(payload).unwrap();
             seqs.extend(record.changes().iter().filter_map(|r| r.seq()).map(|s| s.0));
         }

@@ -275,10 +275,24 @@ fn replay_segment(
         if !newest {
             return Err(corrupt(at, bad.to_string()));
         }
+        if bad == FrameError::BadLength(0) && zero_from(path, at).map_err(read)? {
+            // The writer preallocates space, and a broker that stopped
+            // without sealing the segment (a crash) leaves its unused rest:
+            // zeros to the end, no record in them.
+            info!(
+                file = %path.display(),
+                offset = at,
+                "the newest journal segment ends in unused preallocated space; cut"
+            );
+            cut(path, at).map_err(|e| io_error("cannot cut the unused space of", path, e))?;
+            return Ok(());
+        }
         if let Some(why) = not_torn(path, at, bad).map_err(read)? {
             return Err(corrupt(at, format!("{bad}, and {why}")));
         }
-        return cut(path, at, len, recovery);
+        cut(path, at).map_err(|e| io_error("cannot cut the torn tail of", path, e))?;
+        recovery.torn = Some((path.to_path_buf(), at, len - at));
+        return Ok(());
     }
 }
 
@@ -350,17 +364,11 @@ pub(super) fn next_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Cuts the newest segment's torn tail at `at`.
-fn cut(path: &Path, at: u64, len: u64, recovery: &mut Recovery) -> Result<(), JournalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| io_error("cannot open", path, e))?;
-    file.set_len(at)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("cannot cut the torn tail of", path, e))?;
-    recovery.torn = Some((path.to_path_buf(), at, len - at));
-    Ok(())
+/// Cuts the newest segment at `at` (its torn tail or unused space).
+fn cut(path: &Path, at: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(at)?;
+    file.sync_all()
 }
 
 /// Whether every byte of the file from `from` on is zero.

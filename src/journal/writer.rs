@@ -37,6 +37,11 @@ pub(super) struct Writer {
     pub(super) buf: Vec<u8>,
     /// Newest seq written to `file`.
     pub(super) written: Seq,
+    /// Bytes of `file` in use (where the next batch goes).
+    pub(super) position: u64,
+    /// The file's length with its preallocated space (None: the file system
+    /// cannot preallocate, so each batch extends the file).
+    pub(super) allocated: Option<u64>,
     /// Fsyncs what is written (its own thread).
     pub(super) syncer: Syncer,
     pub(super) progress: Arc<Progress>,
@@ -92,7 +97,9 @@ impl Writer {
         let mut flushes: Vec<Sender<bool>> = Vec::new();
         loop {
             let Ok(first) = rx.recv() else {
-                self.syncer.sync_all();
+                if self.syncer.sync_all() {
+                    self.seal();
+                }
                 self.syncer.stop();
                 return;
             };
@@ -122,6 +129,9 @@ impl Writer {
                 }
             }
             if stop {
+                if !self.failed && !self.progress.failed() {
+                    self.seal();
+                }
                 self.syncer.stop();
                 // A snapshot being written completes first, so the files
                 // are settled when the broker exits.
@@ -190,10 +200,12 @@ impl Writer {
         }
         let batch = &batch[..good];
         if !batch.is_empty() {
+            self.make_room(self.buf.len() as u64);
             if let Err(e) = (&*self.file).write_all(&self.buf) {
                 self.fail("cannot write the journal", e);
                 return;
             }
+            self.position += self.buf.len() as u64;
             if !evicted.is_empty() {
                 let first = Seq(self.written.0 + 1);
                 if let Err(e) = self.archive(first, &evicted) {
@@ -250,6 +262,51 @@ impl Writer {
         archive.write_all(frames)
     }
 
+    /// Writes go into `file` from its magic on, with space preallocated.
+    pub(super) fn start_segment(&mut self, file: Arc<File>) {
+        self.file = file;
+        self.position = record::JOURNAL_MAGIC.len() as u64;
+        self.allocated = preallocate(&self.file, 0, PREALLOCATE);
+    }
+
+    /// Makes sure `len` more bytes fit in the preallocated space, with half
+    /// a chunk to spare, so an fsync rarely has a new file length to write.
+    fn make_room(&mut self, len: u64) {
+        let Some(end) = self.allocated else {
+            return;
+        };
+        let need = self.position + len + PREALLOCATE / 2;
+        if need > end {
+            let grow = (need - end).next_multiple_of(PREALLOCATE);
+            self.allocated = preallocate(&self.file, end, grow);
+        }
+    }
+
+    /// Cuts the unused preallocated space off the segment and fsyncs it
+    /// (before the next segment starts, and at a clean stop): only the
+    /// newest segment may end in unwritten space. False if that failed
+    /// (then the journal fails: a sealed segment with a zero tail would be
+    /// refused at the next start).
+    fn seal(&mut self) -> bool {
+        if self.allocated.is_none() {
+            return true;
+        }
+        match self
+            .file
+            .set_len(self.position)
+            .and_then(|()| self.file.sync_all())
+        {
+            Ok(()) => {
+                self.allocated = None;
+                true
+            }
+            Err(e) => {
+                self.fail("cannot cut the journal segment's preallocated space", e);
+                false
+            }
+        }
+    }
+
     fn fail(&mut self, what: &str, e: io::Error) {
         self.failed = true;
         journal_failed(what, &e, &self.stats, &self.progress);
@@ -264,13 +321,13 @@ impl Writer {
         }
         // The old segment is complete and on disk before the new one gets a
         // record, so only the newest segment can ever have a torn tail.
-        if !self.syncer.sync_all() {
+        if !self.syncer.sync_all() || !self.seal() {
             self.snapshotting.store(false, Ordering::Release);
             return;
         }
         match new_segment(&self.dir, Seq(self.written.0 + 1)) {
             Ok(file) => {
-                self.file = Arc::new(file);
+                self.start_segment(Arc::new(file));
                 self.syncer.switch_segment(self.file.clone());
             }
             Err(e) => {
@@ -323,6 +380,21 @@ impl Writer {
                 self.snapshotting.store(false, Ordering::Release);
                 error!(error = %e, "cannot start the snapshot thread");
             }
+        }
+    }
+}
+
+/// Preallocates `len` bytes of `file` from `from` (the file grows; the new
+/// space reads as zeros): writes into it, then fdatasync, need no new
+/// blocks and no new length in the file system's journal, which makes each
+/// fsync of a small batch cheaper. Where the file system cannot
+/// preallocate, None: the file grows with each write instead.
+fn preallocate(file: &File, from: u64, len: u64) -> Option<u64> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, len) {
+        Ok(()) => Some(from + len),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot preallocate journal space; the file grows per write");
+            None
         }
     }
 }
