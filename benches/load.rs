@@ -630,8 +630,8 @@ fn journal_scenario(opts: &Options, servers: &Runtime, client: &Runtime) {
         opts.connections, opts.seconds, opts.rounds
     );
     println!(
-        "  {:<15} {:>9} {:>9} {:>9} {:>9}  {}",
-        "system", "req/s", "p50", "p99", "CPU/req", "fsyncs"
+        "  {:<15} {:>9} {:>9} {:>9} {:>9}  fsyncs",
+        "system", "req/s", "p50", "p99", "CPU/req"
     );
     for (_, system) in &systems {
         if let System::Http { addr, .. } = system {
