@@ -373,6 +373,9 @@ pub struct Board {
     pub title: String,
     /// Seconds a completed order stays on the board.
     pub completed_linger_secs: u64,
+    /// Seconds in New or In progress after which a card is marked "waiting
+    /// long" (0: never); the page's `?waiting_long=<secs>` overrides it.
+    pub waiting_long_secs: u64,
 }
 
 impl Default for Board {
@@ -380,6 +383,7 @@ impl Default for Board {
         Board {
             title: "Orders".into(),
             completed_linger_secs: 120,
+            waiting_long_secs: 600,
         }
     }
 }

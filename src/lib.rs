@@ -36,7 +36,9 @@
 //!   `CURRENT` and snapshots (a consistent cut) in `journal/mod.rs`; the
 //!   writer thread (group commit, fsync policy, read-back check, the
 //!   archive of evicted orders) in `journal/writer.rs`; recovery at start
-//!   (torn tails, damage) in `journal/recovery.rs`; the file format in
+//!   (torn tails, damage) and the checks of it that read no record, which
+//!   the binary runs before it listens (`preflight`), in
+//!   `journal/recovery.rs`; the file format in
 //!   `journal/record.rs`.
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.

@@ -64,8 +64,10 @@ fn main() -> ExitCode {
             shown.display(),
             format!("{:?}", config.persistence.fsync).to_lowercase()
         );
-        // A directory another broker holds stops the start before it listens.
-        if let Err(e) = order_broker::journal::check_lock(dir) {
+        // A directory another broker holds, or one recovery would refuse
+        // for what it can tell without replaying, stops the start before
+        // it listens.
+        if let Err(e) = order_broker::journal::preflight(dir) {
             eprintln!("order-broker: {e}");
             return ExitCode::from(2);
         }

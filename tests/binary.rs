@@ -476,3 +476,173 @@ fn logs_on_a_pipe_are_plain_and_say_where_the_data_lives() {
         "the data directory is not named first: {first}"
     );
 }
+
+/// A data directory made by the binary: three runs of one order each, so
+/// segments `journal-…1.log`, `…2.log` and `…3.log` (the newest, named by
+/// `CURRENT`); their paths, oldest first.
+fn three_segments() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    let data = tempfile::tempdir().unwrap();
+    for id in 1..=3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_order-broker"))
+            .env_remove("RUST_LOG")
+            .env("ORDER_BROKER_PERSISTENCE_DIR", data.path())
+            .env("ORDER_BROKER_PERSISTENCE_FSYNC", "no")
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = listening_addr(&mut child);
+        wait_ready(&addr);
+        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
+        assert_eq!(
+            RawClient::connect(&addr).put_json("/update_order", &body),
+            Some(200)
+        );
+        assert!(terminate(&mut child).success());
+    }
+    let mut segments: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("journal-")
+        })
+        .collect();
+    segments.sort();
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    (data, segments)
+}
+
+/// Runs the binary on `dir` until it exits (killed after 20 s): its status,
+/// stdout and stderr.
+fn run_until_exit(dir: &Path) -> (Option<i32>, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_order-broker"))
+        .env_remove("RUST_LOG")
+        .env("ORDER_BROKER_PERSISTENCE_DIR", dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A data directory that recovery would refuse for what it can tell
+/// without replaying stops the start before "listening", with status 2
+/// and the reason naming the file; damage inside a record is found by the
+/// replay after the broker listens, and ends it with status 1 and the
+/// reason (README, Persistence).
+#[test]
+fn a_data_directory_recovery_would_refuse_stops_the_start_before_listening() {
+    let (fixture, segments) = three_segments();
+    let name = |i: usize| {
+        segments[i]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    type Damage = Box<dyn Fn(&Path)>;
+    let write = |file: &'static str, text: &'static str| -> Damage {
+        Box::new(move |dir: &Path| std::fs::write(dir.join(file), text).unwrap())
+    };
+    let remove = |file: String| -> Damage {
+        Box::new(move |dir: &Path| std::fs::remove_file(dir.join(&file)).unwrap())
+    };
+    let rows: Vec<(&str, Damage, Vec<String>)> = vec![
+        (
+            "CURRENT names a missing segment",
+            write("CURRENT", "journal-00000000000000000099.log\n"),
+            vec!["journal-00000000000000000099.log".into(), "missing".into()],
+        ),
+        (
+            "the newest segment deleted",
+            remove(name(2)),
+            vec![name(2), "missing".into(), "CURRENT".into()],
+        ),
+        (
+            "CURRENT corrupt",
+            write("CURRENT", "garbage"),
+            vec!["CURRENT".into(), "corrupt".into()],
+        ),
+        (
+            "the first segment deleted",
+            remove(name(0)),
+            vec![name(1), "expected the change with seq 1, found 2".into()],
+        ),
+        (
+            "an older segment's magic overwritten",
+            Box::new({
+                let s = name(1);
+                move |dir: &Path| {
+                    let mut bytes = std::fs::read(dir.join(&s)).unwrap();
+                    bytes[..8].copy_from_slice(b"NOTMAGIC");
+                    std::fs::write(dir.join(&s), bytes).unwrap();
+                }
+            }),
+            vec![name(1), "does not start like a journal segment".into()],
+        ),
+        (
+            "a snapshot that is not one",
+            write(
+                "snapshot-00000000000000000002.snap",
+                "not a snapshot at all",
+            ),
+            vec![
+                "snapshot-00000000000000000002.snap".into(),
+                "does not start like a snapshot".into(),
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (damage, apply, words) in &rows {
+        let copy = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture.path()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+        }
+        apply(copy.path());
+        let (code, stdout, stderr) = run_until_exit(copy.path());
+        let missing: Vec<_> = words.iter().filter(|w| !stderr.contains(*w)).collect();
+        if code != Some(2) || stdout.contains("listening") || !missing.is_empty() {
+            failures.push(format!(
+                "- {damage}: status {code:?}, stdout {stdout:?}, not naming {missing:?}: {stderr}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // A deleted middle segment shows only in the replay (segment 3's first
+    // record is not the change after segment 1's last): after listening.
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture.path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_file(copy.path().join(name(1))).unwrap();
+    let (code, stdout, stderr) = run_until_exit(copy.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.contains("listening"), "{stdout}");
+    assert!(
+        stderr.contains(&name(2)) && stderr.contains("expected the change with seq 2, found 3"),
+        "{stderr}"
+    );
+}

@@ -819,7 +819,8 @@ pub fn views(app: &App, viewer: Viewer) -> Response<Body> {
     json_response(StatusCode::OK, &views)
 }
 
-/// The board page, with the config's title and linger time filled in.
+/// The board page, with the config's title, linger time and "waiting
+/// long" threshold filled in.
 pub fn board_page(config: &crate::config::Board) -> Bytes {
     let title = config
         .title
@@ -831,7 +832,11 @@ pub fn board_page(config: &crate::config::Board) -> Bytes {
         .replace("{{TITLE}}", &title)
         .replace(
             "{{LINGER_MS}}",
-            &(config.completed_linger_secs * 1000).to_string(),
+            &(config.completed_linger_secs.saturating_mul(1000)).to_string(),
+        )
+        .replace(
+            "{{WAITING_LONG_MS}}",
+            &(config.waiting_long_secs.saturating_mul(1000)).to_string(),
         );
     Bytes::from(page)
 }

@@ -47,7 +47,9 @@
 //! logged only if no well-formed frame follows it, the frame is not complete
 //! (a damaged length field would hide that), and a frame the file holds
 //! whole ends in zeros (unwritten pages after a power loss); see
-//! `not_torn`.
+//! `not_torn`. What of that reads no record (`CURRENT`, the magics, a
+//! missing first segment) the binary checks before it listens
+//! ([`preflight`]), so such a directory stops the start before "listening".
 
 mod durable;
 pub mod record;
@@ -321,12 +323,16 @@ fn lock(dir: &Path) -> Result<File, JournalError> {
     Ok(lock)
 }
 
-/// Whether the data directory could be locked now (taken and let go at
-/// once): the binary asks before it listens, so a second broker on a
-/// directory in use stops before it says "listening". The journal takes the
-/// lock for good when it opens.
-pub fn check_lock(dir: &Path) -> Result<(), JournalError> {
-    lock(dir).map(drop)
+/// What the binary checks before it listens, so a directory recovery would
+/// refuse stops the start with its reason before "listening": that the
+/// directory can be locked now (taken, and let go at once: the journal
+/// takes it for good when it opens), and, under the lock, the checks of
+/// recovery that read no record (`CURRENT`, magics, a missing first
+/// segment; see `recovery::preflight`). Damage inside records is found
+/// only by the replay, after the server listens.
+pub fn preflight(dir: &Path) -> Result<(), JournalError> {
+    let _lock = lock(dir)?;
+    recovery::preflight(dir)
 }
 
 fn segment_name(first: Seq) -> String {

@@ -96,33 +96,18 @@ pub(super) fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalEr
     let files = Files::scan(dir).map_err(|e| io_error("cannot read", dir, e))?;
     let mut recovery = Recovery::default();
     if let Some((seq, path)) = files.snapshots.last() {
-        recovery.snapshot_records = load_snapshot(path, *seq, broker).map_err(|why| {
-            JournalError(format!(
-                "snapshot {} is corrupt: {why}. Refusing to start rather than lose \
-                 the orders in it; restore the data directory from a backup",
-                path.display()
-            ))
-        })?;
+        recovery.snapshot_records =
+            load_snapshot(path, *seq, broker).map_err(|why| corrupt_snapshot(path, &why))?;
         recovery.snapshot = Some(*seq);
         recovery.last = *seq;
     }
     let current = read_current(dir)?;
-    match &current {
-        Some((seq, name)) if !files.segments.iter().any(|(s, _)| s == seq) => {
-            return Err(JournalError(format!(
-                "journal segment {} is missing: {} names it as the newest segment. A journal \
-                 file was deleted or lost; refusing to start rather than silently drop the \
-                 changes in it; restore the data directory from a backup",
-                dir.join(name).display(),
-                dir.join(CURRENT).display()
-            )));
-        }
-        Some(_) => {}
-        None if files.segments.is_empty() && files.snapshots.is_empty() => {}
-        None => info!(
+    check_current(dir, &files, &current)?;
+    if current.is_none() && !(files.segments.is_empty() && files.snapshots.is_empty()) {
+        info!(
             "{} has no {CURRENT} file (written by an older version); it gets one now",
             dir.display()
-        ),
+        );
     }
     let newest = files.segments.len().saturating_sub(1);
     for (i, (first, path)) in files.segments.iter().enumerate() {
@@ -142,6 +127,123 @@ pub(super) fn recover(dir: &Path, broker: &Broker) -> Result<Recovery, JournalEr
     Ok(recovery)
 }
 
+/// The checks of [`recover`] that read no record, so the binary can run
+/// them before it listens (`journal::preflight`): the directory is
+/// readable, `CURRENT` is well-formed and names a segment that exists, the
+/// newest snapshot and every segment start with their magic (but a torn
+/// creation recovery removes), and the oldest segment does not start after
+/// the change that follows the snapshot (a deleted first segment or
+/// snapshot). Changes nothing. Damage inside records (checksums, seqs,
+/// a deleted middle segment) is found only by the replay.
+pub(super) fn preflight(dir: &Path) -> Result<(), JournalError> {
+    let files = Files::scan(dir).map_err(|e| io_error("cannot read", dir, e))?;
+    let snapshot = files.snapshots.last();
+    if let Some((_, path)) = snapshot {
+        let read = |e: io::Error| corrupt_snapshot(path, &e.to_string());
+        let mut magic = [0u8; 8];
+        let mut file = File::open(path).map_err(read)?;
+        if file.read_exact(&mut magic).is_err() || &magic != SNAPSHOT_MAGIC {
+            return Err(corrupt_snapshot(path, NOT_A_SNAPSHOT));
+        }
+    }
+    let current = read_current(dir)?;
+    check_current(dir, &files, &current)?;
+    let newest = files.segments.len().saturating_sub(1);
+    let mut oldest = None;
+    for (i, (first, path)) in files.segments.iter().enumerate() {
+        let named = current.as_ref().is_some_and(|(seq, _)| seq == first);
+        let read = |e: io::Error| io_error("cannot read", path, e);
+        match segment_header(path, i == newest, named).map_err(read)? {
+            Header::Good => {
+                oldest.get_or_insert((*first, path));
+            }
+            Header::TornCreation(_) => {}
+            Header::Bad => return Err(bad_header(path)),
+        }
+    }
+    let next = snapshot.map_or(1, |(seq, _)| seq.0 + 1);
+    match oldest {
+        Some((first, path)) if first.0 > next => Err(JournalError(format!(
+            "journal {} starts at seq {} (its name), but no snapshot or segment holds the \
+             changes before it: expected the change with seq {next}, found {} (a journal \
+             file is missing). Refusing to start rather than silently drop those changes; \
+             restore the data directory from a backup",
+            path.display(),
+            first.0,
+            first.0
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `CURRENT`, if there is one, names a segment that exists.
+fn check_current(
+    dir: &Path,
+    files: &Files,
+    current: &Option<(Seq, String)>,
+) -> Result<(), JournalError> {
+    match current {
+        Some((seq, name)) if !files.segments.iter().any(|(s, _)| s == seq) => {
+            Err(JournalError(format!(
+                "journal segment {} is missing: {} names it as the newest segment. A journal \
+                 file was deleted or lost; refusing to start rather than silently drop the \
+                 changes in it; restore the data directory from a backup",
+                dir.join(name).display(),
+                dir.join(CURRENT).display()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+const NOT_A_SNAPSHOT: &str = "it does not start like a snapshot";
+
+fn corrupt_snapshot(path: &Path, why: &str) -> JournalError {
+    JournalError(format!(
+        "snapshot {} is corrupt: {why}. Refusing to start rather than lose \
+         the orders in it; restore the data directory from a backup",
+        path.display()
+    ))
+}
+
+fn corrupt_segment(path: &Path, at: u64, why: &str) -> JournalError {
+    JournalError(format!(
+        "journal {} is corrupt at byte {at}: {why}. Refusing to start rather than \
+         silently drop the changes after it; restore the data directory from a backup",
+        path.display()
+    ))
+}
+
+fn bad_header(path: &Path) -> JournalError {
+    corrupt_segment(path, 0, "it does not start like a journal segment")
+}
+
+/// What a segment's first 8 bytes say.
+enum Header {
+    Good,
+    /// A torn creation (recovery removes it): the file's length.
+    TornCreation(u64),
+    Bad,
+}
+
+/// `named`: `CURRENT` names this segment, so its magic was on disk before
+/// any record could go in (a bad header there is damage, not a torn creation).
+fn segment_header(path: &Path, newest: bool, named: bool) -> io::Result<Header> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut magic = [0u8; 8];
+    if len >= 8 && file.read_exact(&mut magic).is_ok() && &magic == JOURNAL_MAGIC {
+        return Ok(Header::Good);
+    }
+    // A segment is created with its magic fsynced before `CURRENT` names
+    // it and before any record, so a bad header is only a torn creation
+    // in a newest segment `CURRENT` does not name yet, holding nothing.
+    if newest && !named && (len <= 8 || zero_from(path, 0)?) {
+        return Ok(Header::TornCreation(len));
+    }
+    Ok(Header::Bad)
+}
+
 /// Loads a snapshot into `broker`; how many records it held.
 fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<u64, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
@@ -149,7 +251,7 @@ fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<u64, String
     let mut input = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
     if len < 8 || input.read_exact(&mut magic).is_err() || &magic != SNAPSHOT_MAGIC {
-        return Err("it does not start like a snapshot".into());
+        return Err(NOT_A_SNAPSHOT.into());
     }
     let mut frames = Frames::new(input, 8, len);
     let mut records = 0u64;
@@ -179,8 +281,7 @@ fn load_snapshot(path: &Path, named: Seq, broker: &Broker) -> Result<u64, String
     Ok(records)
 }
 
-/// `named`: `CURRENT` names this segment, so its magic was on disk before
-/// any record could go in (a bad header there is damage, not a torn creation).
+/// `named`: `CURRENT` names this segment (see [`segment_header`]).
 fn replay_segment(
     path: &Path,
     newest: bool,
@@ -188,33 +289,21 @@ fn replay_segment(
     broker: &Broker,
     recovery: &mut Recovery,
 ) -> Result<(), JournalError> {
-    let corrupt = |at: u64, why: String| {
-        JournalError(format!(
-            "journal {} is corrupt at byte {at}: {why}. Refusing to start rather than \
-             silently drop the changes after it; restore the data directory from a backup",
-            path.display()
-        ))
-    };
+    let corrupt = |at: u64, why: String| corrupt_segment(path, at, &why);
     let read = |e: io::Error| io_error("cannot read", path, e);
-    let file = File::open(path).map_err(read)?;
-    let len = file.metadata().map_err(read)?.len();
-    let mut input = BufReader::with_capacity(1 << 20, file);
-    let mut magic = [0u8; 8];
-    let header_ok = len >= 8 && input.read_exact(&mut magic).is_ok() && &magic == JOURNAL_MAGIC;
-    if !header_ok {
-        // A segment is created with its magic fsynced before `CURRENT` names
-        // it and before any record, so a bad header is only a torn creation
-        // in a newest segment `CURRENT` does not name yet, holding nothing.
-        if newest && !named && (len <= 8 || zero_from(path, 0).map_err(read)?) {
+    match segment_header(path, newest, named).map_err(read)? {
+        Header::Good => {}
+        Header::TornCreation(len) => {
             fs::remove_file(path).map_err(|e| io_error("cannot remove", path, e))?;
             recovery.torn = Some((path.to_path_buf(), 0, len));
             return Ok(());
         }
-        return Err(corrupt(
-            0,
-            "it does not start like a journal segment".into(),
-        ));
+        Header::Bad => return Err(bad_header(path)),
     }
+    let mut file = File::open(path).map_err(read)?;
+    let len = file.metadata().map_err(read)?.len();
+    file.seek(SeekFrom::Start(8)).map_err(read)?;
+    let input = BufReader::with_capacity(1 << 20, file);
     let mut frames = Frames::new(input, 8, len);
     let snapshot = recovery.snapshot.unwrap_or(Seq(0));
     loop {
