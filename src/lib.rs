@@ -33,9 +33,12 @@
 //!   orders (`broker/evict.rs`), reclaiming unused words
 //!   (`broker/reclaim.rs`).
 //! - [`journal`]: durability: the handle requests wait on, segments,
-//!   `CURRENT` and snapshots (a consistent cut) in `journal/mod.rs`; the
-//!   writer thread (group commit, fsync policy, read-back check, the
-//!   archive of evicted orders) in `journal/writer.rs`; recovery at start
+//!   `CURRENT` and snapshots (a consistent cut) in `journal/mod.rs`;
+//!   writing batches (group commit, read-back check, preallocation, the
+//!   archive of evicted orders; by the waiting request or the writer
+//!   thread) in `journal/writer.rs`; the fsyncs, pipelined, in
+//!   `journal/sync.rs`; the watermarks and the requests waiting on them in
+//!   `journal/durable.rs`; recovery at start
 //!   (torn tails, damage) and the checks of it that read no record, which
 //!   the binary runs before it listens (`preflight`), in
 //!   `journal/recovery.rs`; the file format in

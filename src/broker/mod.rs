@@ -283,7 +283,7 @@ struct Sequencer {
     history: History,
     /// The journal writer, once recovery is done (`persistence.mode = "journal"`).
     /// Sent to under this lock, so it gets events in `seq` order.
-    journal: Option<crossbeam_channel::Sender<crate::journal::Msg>>,
+    journal: Option<crate::journal::Queue>,
     /// While an atomic change commits (see [`Sequencer::group`]): its events
     /// so far, sent to the journal as one group when it ends.
     group: Option<Vec<Event>>,
@@ -336,9 +336,7 @@ impl Sequencer {
         if let Some(group) = &mut self.group {
             group.push(event.clone());
         } else if let Some(journal) = &self.journal {
-            // The writer lives as long as the broker serves; after shutdown
-            // stopped it, nothing is acknowledged any more.
-            let _ = journal.send(crate::journal::Msg::Event(event.clone()));
+            journal.send(crate::journal::Msg::Event(event.clone()));
         }
         event
     }
@@ -358,7 +356,7 @@ impl Sequencer {
                 if let Some(journal) = &self.0.journal
                     && !events.is_empty()
                 {
-                    let _ = journal.send(crate::journal::Msg::Group(events));
+                    journal.send(crate::journal::Msg::Group(events));
                 }
             }
         }

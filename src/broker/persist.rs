@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::{Broker, Order};
 use crate::feed::{Change, History};
 use crate::journal::record::{Record, StoredOrder};
-use crate::journal::{Journal, JournalFailed, Msg};
+use crate::journal::{Journal, JournalFailed};
 use crate::model::{Arrival, OrderId, Seq, Stage, Stamp, Version};
 
 /// How often a snapshot starts over when the history ring no longer reaches
@@ -299,11 +299,7 @@ impl Broker {
     }
 
     /// From now on every committed event goes to the journal writer too.
-    pub(crate) fn attach_journal(
-        &self,
-        writer: crossbeam_channel::Sender<Msg>,
-        journal: Arc<Journal>,
-    ) {
+    pub(crate) fn attach_journal(&self, writer: crate::journal::Queue, journal: Arc<Journal>) {
         self.sequencer().journal = Some(writer);
         let _ = self.inner.journal.set(journal);
     }

@@ -80,6 +80,11 @@ impl Progress {
         waiting.await.map_err(|_| JournalFailed)
     }
 
+    /// Whether everything up to `seq` was handed to the OS already.
+    pub(super) fn written_reached(&self, seq: Seq) -> bool {
+        self.state.lock().written >= seq
+    }
+
     /// Everything up to `seq` was handed to the OS.
     pub(super) fn written(&self, seq: Seq) {
         self.advance(|state| state.written = state.written.max(seq));

@@ -67,7 +67,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -95,17 +95,46 @@ pub const FSYNC_BUCKETS: [f64; 12] = [
     0.0001, 0.0002, 0.0003, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0,
 ];
 
-/// What the sequencer and the server send the writer.
+/// What the sequencer queues for the journal.
 pub enum Msg {
     Event(Event),
     /// Events committed together under one sequencer lock (an atomic change,
     /// e.g. processing an order): written as one frame, so recovery applies
     /// all of them or none.
     Group(Vec<Event>),
+}
+
+/// What the server tells the writer thread.
+enum Control {
     /// Write and fsync everything queued before it, then answer.
     Flush(Sender<bool>),
     /// Write and fsync everything queued before it, then stop.
     Stop,
+}
+
+/// Where the sequencer queues committed changes (under its lock, so in seq
+/// order), and a bell that wakes the writer thread.
+#[derive(Clone)]
+pub struct Queue {
+    changes: Sender<Msg>,
+    bell: Sender<()>,
+}
+
+/// Queued changes past which the sequencer rings the writer thread's bell
+/// (below it, the request waiting for a change writes it, or the writer
+/// thread's poll finds it).
+const BELL_AT: usize = 1024;
+
+impl Queue {
+    pub fn send(&self, msg: Msg) {
+        // The writer lives as long as the broker serves; after shutdown
+        // stopped it, nothing is acknowledged any more.
+        if self.changes.send(msg).is_ok() && self.changes.len() >= BELL_AT {
+            // A ring already waiting covers this change too: the writer
+            // takes everything queued after it hears one.
+            let _ = self.bell.try_send(());
+        }
+    }
 }
 
 /// Why the journal could not be opened; the broker must not start.
@@ -171,7 +200,10 @@ impl Stats {
 
 /// The open journal: the writer thread and what callers need of it.
 pub struct Journal {
-    tx: Sender<Msg>,
+    queue: crossbeam_channel::Receiver<Msg>,
+    bell: Sender<()>,
+    control: Sender<Control>,
+    core: Arc<Mutex<Writer>>,
     progress: Arc<Progress>,
     pub stats: Arc<Stats>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -209,7 +241,9 @@ impl Journal {
             dir.display()
         );
         let file = Arc::new(new_segment(dir, Seq(recovery.last.0 + 1))?);
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (changes, queue) = crossbeam_channel::unbounded();
+        let (bell, rung) = crossbeam_channel::bounded(1);
+        let (control, commands) = crossbeam_channel::unbounded();
         let progress = Arc::new(Progress::new(recovery.last, config.fsync == Fsync::Always));
         let syncer = Syncer::start(
             file.clone(),
@@ -227,6 +261,7 @@ impl Journal {
             archive: None,
             buf: Vec::with_capacity(1 << 16),
             written: recovery.last,
+            batch: Vec::with_capacity(MAX_BATCH),
             position: 0,
             allocated: None,
             syncer,
@@ -239,20 +274,27 @@ impl Journal {
             snapshotting: Arc::new(AtomicBool::new(false)),
             snapshot: None,
             failed: false,
-            _lock: lock,
+            lock: Some(lock),
         };
         writer.start_segment(file);
-        let thread = std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| JournalError(format!("cannot start the journal thread: {e}")))?;
+        let core = Arc::new(Mutex::new(writer));
+        let thread = {
+            let (core, queue) = (core.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name("journal".into())
+                .spawn(move || writer::run(&core, &queue, &rung, &commands))
+                .map_err(|e| JournalError(format!("cannot start the journal thread: {e}")))?
+        };
         let journal = Arc::new(Journal {
-            tx: tx.clone(),
+            queue,
+            bell: bell.clone(),
+            control,
+            core,
             progress,
             stats,
             writer: Mutex::new(Some(thread)),
         });
-        broker.attach_journal(tx, journal.clone());
+        broker.attach_journal(Queue { changes, bell }, journal.clone());
         Ok(journal)
     }
 
@@ -260,13 +302,43 @@ impl Journal {
     /// with `fsync = "always"`, written to the file (handed to the OS, so a
     /// crash of the process cannot lose it) with `everysec` and `no`. Fails
     /// once the journal cannot be written and `seq` had not got that far.
+    ///
+    /// A caller whose change is not written yet writes what is queued
+    /// itself when no other thread is writing (one `write` into the page
+    /// cache; fsyncs stay on the sync thread), so the change goes out at
+    /// once instead of after the writer thread was woken and scheduled.
     pub async fn durable(&self, seq: Seq) -> Result<(), JournalFailed> {
+        if !self.progress.written_reached(seq) {
+            self.help();
+        }
         self.progress.reached(seq).await
     }
 
-    /// Events sent to the writer and not yet written.
+    /// Writes one batch of what is queued on this thread, unless another
+    /// thread is writing. Then that one sees this caller's change when it
+    /// looks at the queue after it let go of the lock: the change was
+    /// queued before the fence here and the holder looks after a fence of
+    /// its own, so either this `try_lock` succeeds or the holder sees the
+    /// change (the store-buffering case SeqCst fences rule out). What is
+    /// still queued after one batch, and a snapshot that is due, are left to
+    /// the writer thread, rung.
+    fn help(&self) {
+        fence(Ordering::SeqCst);
+        let Some(mut writer) = self.core.try_lock() else {
+            return;
+        };
+        writer.drain(&self.queue);
+        let snapshot_due = writer.snapshot_due();
+        drop(writer);
+        fence(Ordering::SeqCst);
+        if snapshot_due || !self.queue.is_empty() {
+            let _ = self.bell.try_send(());
+        }
+    }
+
+    /// Changes queued and not yet written.
     pub fn queued(&self) -> usize {
-        self.tx.len()
+        self.queue.len()
     }
 
     pub fn failed(&self) -> bool {
@@ -276,7 +348,7 @@ impl Journal {
     /// Writes and fsyncs everything sent so far (blocking).
     pub fn sync(&self) -> Result<(), JournalFailed> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.tx.send(Msg::Flush(tx)).is_err() {
+        if self.control.send(Control::Flush(tx)).is_err() {
             return Err(JournalFailed);
         }
         match rx.recv() {
@@ -291,7 +363,7 @@ impl Journal {
         let Some(thread) = self.writer.lock().take() else {
             return;
         };
-        let _ = self.tx.send(Msg::Stop);
+        let _ = self.control.send(Control::Stop);
         if thread.join().is_err() {
             error!("the journal thread panicked");
         }

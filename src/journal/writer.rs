@@ -8,11 +8,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
 use tracing::{error, info};
 
 use super::durable::Progress;
@@ -37,6 +38,8 @@ pub(super) struct Writer {
     pub(super) buf: Vec<u8>,
     /// Newest seq written to `file`.
     pub(super) written: Seq,
+    /// The batch being written (kept for its allocation).
+    pub(super) batch: Vec<Unit>,
     /// Bytes of `file` in use (where the next batch goes).
     pub(super) position: u64,
     /// The file's length with its preallocated space (None: the file system
@@ -53,15 +56,18 @@ pub(super) struct Writer {
     pub(super) snapshotting: Arc<AtomicBool>,
     /// The snapshot thread last started; joined before the writer stops.
     pub(super) snapshot: Option<JoinHandle<()>>,
-    /// A write or fsync failed: nothing more is written.
+    /// A write or fsync failed, or the journal stopped: nothing more is
+    /// written.
     pub(super) failed: bool,
     /// Held (locked) while the writer runs.
-    pub(super) _lock: File,
+    /// (let go when the writer stops, so another broker may start on the
+    /// directory while this one's `Journal` is still referenced).
+    pub(super) lock: Option<File>,
 }
 
-/// What the writer takes from the channel: one event, or a group that is
+/// What the writer takes from the queue: one event, or a group that is
 /// one frame.
-enum Unit {
+pub(super) enum Unit {
     One(Event),
     Group(Vec<Event>),
 }
@@ -91,57 +97,124 @@ impl Unit {
     }
 }
 
-impl Writer {
-    pub(super) fn run(mut self, rx: Receiver<Msg>) {
-        let mut batch: Vec<Unit> = Vec::with_capacity(MAX_BATCH);
-        let mut flushes: Vec<Sender<bool>> = Vec::new();
-        loop {
-            let Ok(first) = rx.recv() else {
-                if self.syncer.sync_all() {
-                    self.seal();
-                }
-                self.syncer.stop();
-                return;
-            };
-            // Group commit: everything queued behind the first message.
-            let mut stop = take(first, &mut batch, &mut flushes);
-            while !stop && batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(msg) => stop = take(msg, &mut batch, &mut flushes),
-                    Err(_) => break,
-                }
+/// The writer thread: writes what no request's thread wrote (see
+/// [`Writer::drain`]): changes nobody waits for (background work) within
+/// [`POLL_MAX`], at once when the bell rings (a backlog, or a request's
+/// thread that stopped after one batch); it alone answers flushes,
+/// switches segments and starts snapshots, and stops the journal.
+pub(super) fn run(
+    core: &Mutex<Writer>,
+    queue: &Receiver<Msg>,
+    bell: &Receiver<()>,
+    control: &Receiver<Control>,
+) {
+    let mut poll = POLL_MIN;
+    let mut again = false;
+    loop {
+        let command = if again {
+            None
+        } else {
+            crossbeam_channel::select! {
+                recv(bell) -> rung => match rung {
+                    Ok(()) => None,
+                    Err(_) => Some(Control::Stop),
+                },
+                recv(control) -> command => Some(command.unwrap_or(Control::Stop)),
+                default(poll) => None,
             }
-            let before = self.written;
-            self.write(&batch);
-            batch.clear();
-            if self.written > before {
-                // `always`: the sync thread fsyncs it as soon as the fsync
-                // running now (if any) is done. `everysec` and `no`: what is
-                // written may be acknowledged (a crash of the process cannot
-                // lose it any more).
-                self.syncer.wrote(self.written, self.fsync == Fsync::Always);
-                self.progress.written(self.written);
-            }
-            if stop || !flushes.is_empty() {
-                let synced = self.syncer.sync_all();
-                for reply in flushes.drain(..) {
-                    let _ = reply.send(synced && !self.failed);
-                }
-            }
-            if stop {
-                if !self.failed && !self.progress.failed() {
-                    self.seal();
-                }
-                self.syncer.stop();
-                // A snapshot being written completes first, so the files
-                // are settled when the broker exits.
-                if let Some(snapshot) = self.snapshot.take() {
-                    let _ = snapshot.join();
-                }
-                return;
-            }
-            self.maybe_snapshot();
+        };
+        let mut writer = core.lock();
+        let mut wrote = false;
+        while writer.drain(queue) {
+            wrote = true;
         }
+        match command {
+            None => {}
+            Some(Control::Flush(reply)) => {
+                let synced = writer.syncer.sync_all();
+                let _ = reply.send(synced && !writer.failed);
+            }
+            Some(Control::Stop) => {
+                writer.stop();
+                return;
+            }
+        }
+        writer.maybe_snapshot();
+        drop(writer);
+        // A request's thread that found the lock taken left its change to
+        // whoever held it (see `Journal::help`).
+        fence(Ordering::SeqCst);
+        again = !queue.is_empty();
+        // Poll often while changes come without waiters, rarely when idle.
+        poll = if wrote {
+            POLL_MIN
+        } else {
+            (poll * 2).min(POLL_MAX)
+        };
+    }
+}
+
+/// How soon the writer thread looks at the queue after it last wrote
+/// something, and at most when idle.
+const POLL_MIN: Duration = Duration::from_millis(1);
+pub(super) const POLL_MAX: Duration = Duration::from_millis(64);
+
+impl Writer {
+    /// Writes one batch of what is queued (group commit: everything queued,
+    /// up to [`MAX_BATCH`] changes) and publishes how far the file got.
+    /// Called with the writer's lock held, by the writer thread or by a
+    /// request's thread that waits for its change ([`Journal::durable`]), so
+    /// a change is usually written by the thread that waits for it, without
+    /// waiting for the writer thread to be woken and scheduled. Only the
+    /// lock holder takes from the queue, so the file gets changes in seq
+    /// order. True if it wrote anything.
+    pub(super) fn drain(&mut self, queue: &Receiver<Msg>) -> bool {
+        let mut batch = std::mem::take(&mut self.batch);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(Msg::Event(event)) => batch.push(Unit::One(event)),
+                Ok(Msg::Group(events)) if events.len() == 1 => {
+                    batch.extend(events.into_iter().map(Unit::One));
+                }
+                Ok(Msg::Group(events)) => batch.push(Unit::Group(events)),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            self.batch = batch;
+            return false;
+        }
+        let before = self.written;
+        self.write(&batch);
+        batch.clear();
+        self.batch = batch;
+        if self.written > before {
+            // `always`: the sync thread fsyncs it as soon as the fsync
+            // running now (if any) is done. `everysec` and `no`: what is
+            // written may be acknowledged (a crash of the process cannot
+            // lose it any more).
+            self.syncer.wrote(self.written, self.fsync == Fsync::Always);
+            self.progress.written(self.written);
+        }
+        true
+    }
+
+    /// Fsyncs and seals what is written, stops the sync thread, and waits
+    /// for a snapshot being written, so the files are settled when the
+    /// broker exits.
+    fn stop(&mut self) {
+        if self.syncer.sync_all() && !self.failed {
+            self.seal();
+        }
+        self.syncer.stop();
+        if let Some(snapshot) = self.snapshot.take() {
+            let _ = snapshot.join();
+        }
+        // Nothing more is written: a change made after this is never
+        // acknowledged (its waiter fails).
+        self.failed = true;
+        self.progress.fail();
+        self.lock = None;
     }
 
     /// Encodes the batch (one frame per unit), checks that every frame
@@ -312,11 +385,18 @@ impl Writer {
         journal_failed(what, &e, &self.stats, &self.progress);
     }
 
+    /// Whether the configured events or bytes were written since the last
+    /// snapshot (a request's thread that wrote them rings the writer
+    /// thread, which takes it).
+    pub(super) fn snapshot_due(&self) -> bool {
+        !self.failed
+            && (self.since_events >= self.every_events || self.since_bytes >= self.every_bytes)
+    }
+
     /// Past the configured events or bytes, starts a new segment and writes
     /// a snapshot in the background (unless one is still being written).
     fn maybe_snapshot(&mut self) {
-        let due = self.since_events >= self.every_events || self.since_bytes >= self.every_bytes;
-        if !due || self.failed || self.snapshotting.swap(true, Ordering::AcqRel) {
+        if !self.snapshot_due() || self.snapshotting.swap(true, Ordering::AcqRel) {
             return;
         }
         // The old segment is complete and on disk before the new one gets a
@@ -406,18 +486,4 @@ fn reads_back(record: &Record, payload: &[u8]) -> Result<(), String> {
         Ok(_) => Err("it decodes to a different record".into()),
         Err(e) => Err(format!("it does not decode: {e}")),
     }
-}
-
-/// Files one message into the batch; true for `Stop`.
-fn take(msg: Msg, batch: &mut Vec<Unit>, flushes: &mut Vec<Sender<bool>>) -> bool {
-    match msg {
-        Msg::Event(event) => batch.push(Unit::One(event)),
-        Msg::Group(events) if events.len() == 1 => {
-            batch.extend(events.into_iter().map(Unit::One));
-        }
-        Msg::Group(events) => batch.push(Unit::Group(events)),
-        Msg::Flush(reply) => flushes.push(reply),
-        Msg::Stop => return true,
-    }
-    false
 }
