@@ -1,6 +1,8 @@
 //! The real `order-broker` binary: command line, config files, environment
 //! overrides, and a clean exit on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -501,18 +503,7 @@ fn three_segments() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
         );
         assert!(terminate(&mut child).success());
     }
-    let mut segments: Vec<_> = std::fs::read_dir(data.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("journal-")
-        })
-        .collect();
-    segments.sort();
+    let segments = common::files(data.path(), "journal-");
     assert_eq!(segments.len(), 3, "{segments:?}");
     (data, segments)
 }

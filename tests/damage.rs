@@ -7,9 +7,10 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
+use common::files;
 use common::process::{Broker, Start};
 use order_broker::journal::record::{Frames, Record};
 
@@ -61,17 +62,6 @@ fn snapshot_fixture() -> &'static Path {
         dir
     })
     .path()
-}
-
-/// Files in `dir` whose names start with `prefix`, sorted (by seq).
-fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
-        .collect();
-    found.sort();
-    found
 }
 
 /// Offset and payload length of every frame in a journal segment.

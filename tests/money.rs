@@ -313,17 +313,8 @@ async fn an_amount_at_the_bound_survives_a_restart_exactly() {
 
     // The journal holds the decimal text, not a float's rendering.
     let mut journal = Vec::new();
-    for entry in std::fs::read_dir(dir.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("journal-")
-        {
-            journal.extend(std::fs::read(path).unwrap());
-        }
+    for path in common::files(dir.path(), "journal-") {
+        journal.extend(std::fs::read(path).unwrap());
     }
     let journal = String::from_utf8_lossy(&journal);
     for exact in [

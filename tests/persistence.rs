@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use common::{Reply, TestServer};
+use common::{Reply, TestServer, files};
 use hyper::{Method, StatusCode};
 use order_broker::Config;
 use order_broker::config::{Fsync, PersistenceMode};
@@ -35,17 +35,6 @@ async fn update_all(server: &TestServer, ids: std::ops::RangeInclusive<u64>, sta
         let reply = server.put_json("/update_order", &body.to_string()).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
-}
-
-/// Files in `dir` whose names start with `prefix`, sorted.
-fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
-        .collect();
-    found.sort();
-    found
 }
 
 /// Waits (up to 5 s) until a background snapshot has been written.

@@ -17,14 +17,19 @@
 //!   broker. Same frames as the journal (`OBARCH01` magic).
 //! - `LOCK`: held while a broker uses the directory.
 //!
-//! The sequencer sends each event down a crossbeam channel while it holds
-//! its lock, so the writer receives events in `seq` order; the events of an
-//! atomic change (`Sequencer::group`: processing, giving back) come as one
-//! [`Msg::Group`] and become one frame ([`Record::Group`]). The writer takes
-//! every event queued (group commit), encodes each frame and checks that it
+//! The sequencer queues each event ([`Queue`], a crossbeam channel) while it
+//! holds its lock, so the queue is in `seq` order; the events of an atomic
+//! change (`Sequencer::group`: processing, giving back) come as one
+//! [`Msg::Group`] and become one frame ([`Record::Group`]). Whoever holds
+//! the writer's lock takes from the queue: usually the request waiting for
+//! its change ([`Journal::durable`]), else the writer thread, which polls
+//! for changes nobody waits for and alone switches segments, snapshots,
+//! flushes and stops (`writer.rs`). It takes every event queued (group
+//! commit), encodes each frame and checks that it
 //! decodes back to the same record (a frame that would not read back is
 //! never written: the journal fails instead), writes them with one `write`
-//! and publishes the *written* watermark. A sync thread (`sync.rs`) fsyncs
+//! into space preallocated 8 MiB at a time (cut off when a segment is done,
+//! and by recovery after a crash) and publishes the *written* watermark. A sync thread (`sync.rs`) fsyncs
 //! while the writer goes on writing (at once after the previous fsync with
 //! `always`, at least once a second with `everysec`, only at segment
 //! switches, flushes and shutdown with `no`) and publishes the *synced* one;

@@ -157,7 +157,7 @@ pub(super) fn run(
 /// How soon the writer thread looks at the queue after it last wrote
 /// something, and at most when idle.
 const POLL_MIN: Duration = Duration::from_millis(1);
-pub(super) const POLL_MAX: Duration = Duration::from_millis(64);
+const POLL_MAX: Duration = Duration::from_millis(64);
 
 impl Writer {
     /// Writes one batch of what is queued (group commit: everything queued,

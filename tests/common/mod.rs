@@ -366,3 +366,15 @@ pub async fn send_json(
         .send(method, path, &[("content-type", "application/json")], &body)
         .await
 }
+
+/// The files in `dir` whose names start with `prefix` (`journal-`,
+/// `snapshot-`, `archive-`), sorted (by seq).
+pub fn files(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .collect();
+    found.sort();
+    found
+}
