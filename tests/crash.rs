@@ -22,10 +22,7 @@ fn acknowledged_means_written(fsync: &str) {
         .slow("write", 150_000)
         .start()
         .unwrap();
-    for id in 1..=3 {
-        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
-        assert_eq!(broker.request("PUT", "/update_order", &body).0, 200);
-    }
+    broker.update_orders(1..=3);
     broker.kill();
     let restarted = Start::new(data.path()).start().unwrap();
     assert_eq!(
@@ -217,10 +214,7 @@ fn a_killed_brokers_unused_preallocated_space_is_cut_and_nothing_is_lost() {
     let data = tempfile::tempdir().unwrap();
     let newest = |dir: &std::path::Path| common::files(dir, "journal-").pop().unwrap();
     let broker = Start::new(data.path()).start().unwrap();
-    for id in 1..=20 {
-        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
-        assert_eq!(broker.request("PUT", "/update_order", &body).0, 200);
-    }
+    broker.update_orders(1..=20);
     let segment = newest(data.path());
     let bytes = std::fs::read(&segment).unwrap();
     let used = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
@@ -244,10 +238,7 @@ fn a_killed_brokers_unused_preallocated_space_is_cut_and_nothing_is_lost() {
         used,
         "cut at its last record"
     );
-    for id in 21..=25 {
-        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
-        assert_eq!(restarted.request("PUT", "/update_order", &body).0, 200);
-    }
+    restarted.update_orders(21..=25);
     let segment = newest(data.path());
     restarted.stop();
     let bytes = std::fs::read(&segment).unwrap();
@@ -276,10 +267,7 @@ fn a_crash_between_a_segment_switch_and_its_snapshot_loses_nothing() {
         .slow("rename", 1_500_000)
         .start()
         .unwrap();
-    for id in 1..=25 {
-        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
-        assert_eq!(broker.request("PUT", "/update_order", &body).0, 200);
-    }
+    broker.update_orders(1..=25);
     let segments = common::files(data.path(), "journal-");
     assert!(
         segments.len() >= 2 && common::files(data.path(), "snapshot-").is_empty(),

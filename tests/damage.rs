@@ -11,20 +11,11 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use common::files;
-use common::process::{Broker, Start};
+use common::process::Start;
 use order_broker::journal::record::{Frames, Record};
 
 /// Orders written per run of the broker while the fixtures are made.
 const PER_RUN: u64 = 100;
-
-/// Writes orders `ids` through the seed API, each acknowledged.
-fn write_orders(broker: &Broker, ids: std::ops::RangeInclusive<u64>) {
-    for id in ids {
-        let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
-        let (status, answer) = broker.request("PUT", "/update_order", &body);
-        assert_eq!(status, 200, "{answer}");
-    }
-}
 
 /// Three runs of 100 orders each, no snapshot: segments starting at seq 1,
 /// 101 and 201 (the newest), and `CURRENT` naming the newest.
@@ -37,7 +28,7 @@ fn journal_fixture() -> &'static Path {
                 .env("ORDER_BROKER_PERSISTENCE_FSYNC", "no")
                 .start()
                 .unwrap();
-            write_orders(&broker, run * PER_RUN + 1..=(run + 1) * PER_RUN);
+            broker.update_orders(run * PER_RUN + 1..=(run + 1) * PER_RUN);
             broker.stop();
         }
         dir
@@ -56,7 +47,7 @@ fn snapshot_fixture() -> &'static Path {
             .env("ORDER_BROKER_PERSISTENCE_SNAPSHOT_EVERY_EVENTS", 150)
             .start()
             .unwrap();
-        write_orders(&broker, 1..=2 * PER_RUN);
+        broker.update_orders(1..=2 * PER_RUN);
         broker.stop();
         assert_eq!(files(dir.path(), "snapshot-").len(), 1, "one snapshot");
         dir

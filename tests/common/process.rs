@@ -182,6 +182,16 @@ impl Broker {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// `PUT /update_order` with status "Mixing" for each id, each answered
+    /// 200 (acknowledged).
+    pub fn update_orders(&self, ids: std::ops::RangeInclusive<u64>) {
+        for id in ids {
+            let body = format!(r#"{{"order_id": {id}, "status": "Mixing"}}"#);
+            let (status, answer) = self.request("PUT", "/update_order", &body);
+            assert_eq!(status, 200, "order {id}: {answer}");
+        }
+    }
+
     /// Every order id `/get_all` lists.
     pub fn order_ids(&self) -> Vec<u64> {
         let all = self.json("/get_all");
