@@ -25,6 +25,9 @@ pub struct Start<'a> {
     /// `(syscall, microseconds)`: every call of it waits that long first
     /// (`strace -e inject=SYSCALL:delay_enter=US`).
     pub slow: Option<(&'a str, u64)>,
+    /// `--listen` (default `127.0.0.1:0`): a fixed port, for brokers whose
+    /// address others must know before they start (cluster tests).
+    pub listen: Option<String>,
 }
 
 impl<'a> Start<'a> {
@@ -33,7 +36,13 @@ impl<'a> Start<'a> {
             dir,
             env: Vec::new(),
             slow: None,
+            listen: None,
         }
+    }
+
+    pub fn listen(mut self, addr: impl ToString) -> Self {
+        self.listen = Some(addr.to_string());
+        self
     }
 
     pub fn env(mut self, key: &'a str, value: impl ToString) -> Self {
@@ -64,7 +73,8 @@ impl<'a> Start<'a> {
                 cmd
             }
         };
-        cmd.args(["--listen", "127.0.0.1:0"])
+        let listen = self.listen.as_deref().unwrap_or("127.0.0.1:0");
+        cmd.args(["--listen", listen])
             .env_remove("RUST_LOG")
             .env("ORDER_BROKER_PERSISTENCE_DIR", self.dir)
             .env("ORDER_BROKER_PERSISTENCE_MODE", "journal")
@@ -90,9 +100,11 @@ impl<'a> Start<'a> {
             }
         });
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        // Keep reading: a broker that prints again (one that re-executes
+        // itself in place) must not meet a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let Some(addr) = line
             .trim()
             .strip_prefix("order-broker listening on http://")
@@ -236,7 +248,7 @@ impl Drop for Broker {
 }
 
 /// A chunked body (`/orders` and exports stream) put back together.
-fn dechunk(mut body: &str) -> Option<String> {
+pub fn dechunk(mut body: &str) -> Option<String> {
     let mut out = String::new();
     loop {
         let (size, rest) = body.split_once("\r\n")?;
