@@ -18,6 +18,17 @@ use crate::journal::record::Record;
 /// Header naming what a message is: `fence` (a new leader's first
 /// message) or absent (a committed change).
 pub(super) const KIND_HEADER: &str = "Order-Broker-Kind";
+/// Header naming the node that sent a fence.
+pub(super) const NODE_HEADER: &str = "Order-Broker-Node";
+
+/// The first seq a message's record carries.
+fn first_seq(record: &Record) -> crate::model::Seq {
+    let first = match record {
+        Record::Group { records } => records.first().and_then(Record::seq),
+        other => other.seq(),
+    };
+    first.unwrap_or_default()
+}
 
 pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
     loop {
@@ -61,14 +72,26 @@ pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
             if at <= cluster.applied_stream.load(Ordering::Acquire) {
                 continue;
             }
-            let fence = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(KIND_HEADER))
-                .is_some_and(|k| k.as_str() == "fence");
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let fence = header(KIND_HEADER).is_some_and(|k| k == "fence");
+            let leading = cluster.role() == super::Role::Leader;
+            if fence && leading && header(NODE_HEADER).as_deref() != Some(&cluster.config.node_id) {
+                cluster.step_down("another node fenced the stream");
+            }
             if !fence {
                 match Record::decode(&message.payload) {
                     Ok(record) => {
+                        // A leader's own changes are applied already; one
+                        // it has not made is another leader's.
+                        if leading && first_seq(&record) > cluster.broker.last_seq() {
+                            cluster.step_down("another node appended to the stream");
+                        }
                         let last = cluster.broker.apply_replicated(record);
                         cluster.applied.send_replace(last);
                     }

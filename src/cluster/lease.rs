@@ -69,19 +69,27 @@ pub(super) async fn stream(js: &Context, config: &ClusterConfig) -> Result<Strea
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Until it answers: a node without a quorum of NATS servers stays
+    // "starting" (503 on /readyz) rather than exiting.
+    let mut said = Instant::now() - Duration::from_secs(10);
     loop {
         match js.get_or_create_stream(wanted.clone()).await {
             Ok(stream) => return Ok(stream),
-            Err(e) if Instant::now() < deadline => {
-                warn!(error = %e, stream = %config.stream, "cluster: stream not available yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => {
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::context::CreateStreamErrorKind::InvalidStreamName =>
+            {
                 return Err(ClusterError(format!(
                     "cannot open the JetStream stream {}: {e}",
                     config.stream
                 )));
+            }
+            Err(e) => {
+                if said.elapsed() >= Duration::from_secs(5) {
+                    said = Instant::now();
+                    warn!(error = %e, stream = %config.stream, "cluster: stream not available yet; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
     }
@@ -213,7 +221,7 @@ async fn take_over(cluster: &Arc<Cluster>, js: &Context, stream: &Stream, until:
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(super::follow::KIND_HEADER, "fence");
-        headers.insert("Order-Broker-Node", cluster.config.node_id.as_str());
+        headers.insert(super::follow::NODE_HEADER, cluster.config.node_id.as_str());
         let fence = async_nats::jetstream::message::PublishMessage::build()
             .headers(headers)
             .payload(bytes::Bytes::new())

@@ -208,8 +208,14 @@ impl Cluster {
         self.counters.lease_changes.fetch_add(1, Ordering::Relaxed);
         // Wake the waiters: they fail now.
         self.acked.send_modify(|_| {});
-        let ahead = self.broker.last_seq() > *self.acked.borrow();
-        warn!(why, ahead, "cluster: stepping down as leader");
+        let (last, acked) = (self.broker.last_seq(), *self.acked.borrow());
+        let ahead = last > acked;
+        warn!(
+            why,
+            seq = last.0,
+            acked = acked.0,
+            "cluster: stepping down as leader"
+        );
         if ahead {
             warn!(
                 "cluster: this node holds changes the stream did not acknowledge; \

@@ -115,7 +115,7 @@ async fn send(
                     .counters
                     .publish_failures
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "cluster: publishing a change failed");
+                warn!(seq = seq.0, error = %e, "cluster: publishing a change failed");
                 cluster.step_down("a change could not be published");
                 return;
             }
@@ -138,7 +138,7 @@ async fn acknowledged(
                     .counters
                     .publish_failures
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "cluster: a change was not acknowledged");
+                warn!(seq = seq.0, error = %e, "cluster: a change was not acknowledged");
                 cluster.step_down("a change was not acknowledged by JetStream");
                 return;
             }
