@@ -110,8 +110,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The cluster of `broker`, attached to it (it reports "starting"
+    /// until [`join`] returns).
     pub fn new(config: &ClusterConfig, broker: Broker) -> Arc<Cluster> {
-        Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             config: config.clone(),
             broker,
             role: AtomicU8::new(Role::Starting as u8),
@@ -124,7 +126,9 @@ impl Cluster {
             deposed: AtomicBool::new(false),
             counters: Counters::default(),
             client: forward::client(),
-        })
+        });
+        cluster.broker.attach_cluster(cluster.clone());
+        cluster
     }
 
     pub fn role(&self) -> Role {
@@ -272,7 +276,6 @@ pub async fn join(cluster: Arc<Cluster>) -> Result<(), ClusterError> {
     cluster.broker.set_epoch(created.unsigned_abs() as u64);
     let end = info.state.last_sequence;
     cluster.stream_seq.store(end, Ordering::Release);
-    cluster.broker.attach_cluster(cluster.clone());
     tokio::spawn(follow::follow(cluster.clone(), stream.clone()));
     // Caught up with what was there when we came.
     let mut applied = cluster.applied.subscribe();
