@@ -48,6 +48,91 @@ pub struct Config {
     pub returns: Returns,
     /// Delivery fees of orders delivered to a distance or a zone.
     pub delivery: DeliveryFees,
+    /// Several brokers sharing one state through NATS JetStream (off by
+    /// default: `nats_urls` empty).
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS servers to connect to (`nats://host:port`); empty: a single
+    /// node with its own journal.
+    pub nats_urls: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node_id: String,
+    /// This node's base URL as the other nodes reach it (they forward
+    /// writes to the leader there).
+    pub advertise_url: String,
+    /// The JetStream stream that is the journal; its lease bucket is
+    /// `<stream>_lease`.
+    pub stream: String,
+    /// Replicas of the stream and the lease bucket.
+    pub replicas: usize,
+    /// How long a leader's lease lasts without renewal.
+    pub lease_ms: u64,
+    /// NATS credentials: a `.creds` file, or a user and password, or a token.
+    pub creds_file: String,
+    pub user: String,
+    pub password: String,
+    pub token: String,
+    /// CA certificate (PEM) for `tls://` NATS servers with a private CA.
+    pub ca_file: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_urls: Vec::new(),
+            node_id: String::new(),
+            advertise_url: String::new(),
+            stream: "ORDER_BROKER".into(),
+            replicas: 3,
+            lease_ms: 3000,
+            creds_file: String::new(),
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            ca_file: String::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.nats_urls.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let bad = |why: &str| Err(ConfigError(format!("cluster: {why}")));
+        if self.node_id.is_empty() || self.node_id.len() > 64 {
+            return bad("node_id must be 1 to 64 bytes when nats_urls is set");
+        }
+        if !(self.advertise_url.starts_with("http://")
+            || self.advertise_url.starts_with("https://"))
+        {
+            return bad("advertise_url must be this node's http:// or https:// base URL");
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !name_ok(&self.stream) {
+            return bad("stream must be 1 to 64 letters, digits, '_' or '-'");
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return bad("replicas must be 1 to 5 (JetStream's limit)");
+        }
+        if !(500..=600_000).contains(&self.lease_ms) {
+            return bad("lease_ms must be 500 to 600000");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -492,6 +577,7 @@ impl Default for Config {
             persistence: Persistence::default(),
             returns: Returns::default(),
             delivery: DeliveryFees::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -876,7 +962,7 @@ impl Config {
                 return Err(ConfigError(format!("{key} must be greater than 0")));
             }
         }
-        Ok(())
+        self.cluster.validate()
     }
 }
 

@@ -43,6 +43,9 @@
 //!   the binary runs before it listens (`preflight`), in
 //!   `journal/recovery.rs`; the file format in
 //!   `journal/record.rs`.
+//! - [`cluster`]: several brokers on one NATS JetStream stream: the
+//!   stream as the journal, the lease and its fence, following the stream,
+//!   forwarding writes to the leader (`cluster/`, its module docs first).
 //! - [`feed`]: change events (orders, products, customers), the bounded
 //!   history ring, and subscriptions.
 //! - [`cpee`]: CPEE's protocol: calls, pending callbacks and their checks
@@ -90,6 +93,7 @@ pub mod analytics;
 pub mod auth;
 pub mod broker;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod cpee;
 pub mod feed;

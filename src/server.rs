@@ -59,12 +59,30 @@ pub async fn serve(
     tokio::spawn(app.live.clone().render(app.broker().clone()));
     // Recovery reads files: off the async threads. Until it is done the
     // server answers, but only `/healthz`, `/readyz` and `/metrics` (503 else).
-    let mut recovery = {
-        let app = app.clone();
-        let persistence = config.persistence.clone();
-        tokio::task::spawn_blocking(move || recover(&app, &persistence))
+    // In a cluster the stream is the journal: the node catches up with it
+    // instead (`cluster::join`), and no local journal is written.
+    let cluster = config
+        .cluster
+        .enabled()
+        .then(|| crate::cluster::Cluster::new(&config.cluster, app.broker().clone()));
+    let mut recovery = match &cluster {
+        Some(cluster) => {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                crate::cluster::join(cluster)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+        None => {
+            let app = app.clone();
+            let persistence = config.persistence.clone();
+            tokio::task::spawn_blocking(move || {
+                recover(&app, &persistence).map_err(|e| e.to_string())
+            })
+        }
     };
-    let mut recovering = config.persistence.mode == PersistenceMode::Journal;
+    let mut recovering = cluster.is_some() || config.persistence.mode == PersistenceMode::Journal;
     let mut analytics = None;
     if !recovering {
         analytics = Some(open(&app));
@@ -101,7 +119,7 @@ pub async fn serve(
                         analytics = Some(open(&app));
                         continue;
                     }
-                    Ok(Err(e)) => return Err(io::Error::other(e.to_string())),
+                    Ok(Err(e)) => return Err(io::Error::other(e)),
                     Err(e) => return Err(io::Error::other(format!("recovery panicked: {e}"))),
                 }
             }
@@ -224,6 +242,10 @@ async fn housekeeping(app: Arc<App>, limits: Limits) {
     loop {
         tick.tick().await;
         if !app.ready.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        // In a cluster only the leader changes orders on its own.
+        if app.broker().cluster().is_some_and(|c| !c.may_commit()) {
             continue;
         }
         for id in app.broker().release_due(Millis::now()) {

@@ -28,6 +28,7 @@ mod fulfilment;
 mod persist;
 mod process;
 mod reclaim;
+mod replica;
 mod returns;
 mod schedule;
 mod shop;
@@ -267,8 +268,11 @@ struct Inner {
     bulk_active: std::sync::atomic::AtomicBool,
     /// The journal, once recovery attached it (`persistence.mode = "journal"`).
     journal: std::sync::OnceLock<Arc<crate::journal::Journal>>,
-    /// Random per boot, so a client can tell a restart from a gap in `seq`.
-    epoch: u64,
+    /// Random per boot, so a client can tell a restart from a gap in `seq`
+    /// (in a cluster: the stream's, see `replica.rs`).
+    epoch: AtomicU64,
+    /// The cluster this node is part of, once it joined (`cluster.nats_urls`).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     max_text_bytes: usize,
     /// `limits.max_quantity` and `limits.max_amount`: what a request may set.
     max_quantity: u64,
@@ -455,7 +459,8 @@ impl Broker {
                 journal: std::sync::OnceLock::new(),
                 bulk: Mutex::new(()),
                 bulk_active: std::sync::atomic::AtomicBool::new(false),
-                epoch: random_epoch(),
+                epoch: AtomicU64::new(random_epoch()),
+                cluster: std::sync::OnceLock::new(),
                 max_text_bytes: config.limits.max_text_bytes,
                 // Validated with the config.
                 max_quantity: config.limits.max_quantity.min(crate::money::MAX_UNITS),
@@ -828,7 +833,7 @@ impl Broker {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch
+        self.inner.epoch.load(Ordering::Relaxed)
     }
 
     /// The newest sequence number issued (0 before the first change).

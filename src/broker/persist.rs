@@ -249,7 +249,7 @@ impl Broker {
         }
     }
 
-    fn restored(&self, stored: StoredOrder) -> Order {
+    pub(super) fn restored(&self, stored: StoredOrder) -> Order {
         let symbols = &self.inner.symbols;
         let status = symbols.restore(&stored.status);
         let stage = self.stage_of(status);
@@ -312,10 +312,22 @@ impl Broker {
     /// Waits until every change published so far may be acknowledged (see
     /// [`Journal::durable`]); at once in memory mode.
     pub async fn durable(&self) -> Result<(), JournalFailed> {
+        if let Some(cluster) = self.cluster() {
+            return cluster.durable(self.published_seq()).await;
+        }
         match self.journal() {
             Some(journal) => journal.durable(self.published_seq()).await,
             None => Ok(()),
         }
+    }
+
+    /// The cluster this node is part of (`cluster.nats_urls`), once joined.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.inner.cluster.get()
+    }
+
+    pub(crate) fn attach_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
     }
 }
 

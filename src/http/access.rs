@@ -75,7 +75,12 @@ pub fn group(route: Route) -> Option<ApiGroup> {
         return group(same);
     }
     Some(match route {
-        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage | Route::Docs => {
+        Route::Healthz
+        | Route::Readyz
+        | Route::Cluster
+        | Route::Board
+        | Route::StorePage
+        | Route::Docs => {
             return None;
         }
         Route::Update => ApiGroup::SeedWrites,
@@ -146,9 +151,12 @@ pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
     }
     let read = method == Method::GET || method == Method::HEAD;
     match route {
-        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage | Route::Docs => {
-            Need::Nobody
-        }
+        Route::Healthz
+        | Route::Readyz
+        | Route::Cluster
+        | Route::Board
+        | Route::StorePage
+        | Route::Docs => Need::Nobody,
         Route::Metrics | Route::OpenApi => Need::Anyone,
         Route::GetAll
         | Route::GetCurrentOrder

@@ -279,6 +279,9 @@ pub fn render(app: &App) -> Response<Body> {
             journal.queued() as f64,
         );
     }
+    if let Some(cluster) = app.broker().cluster() {
+        render_cluster(&mut out, cluster);
+    }
     let mut response = Response::new(full(out));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -292,6 +295,68 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
     );
+}
+
+/// The cluster's gauges and counters (only with `cluster.nats_urls`).
+fn render_cluster(out: &mut String, cluster: &crate::cluster::Cluster) {
+    use crate::cluster::Role;
+    let role = cluster.role();
+    let name = "order_broker_cluster_role";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 for this node's role in the cluster.\n# TYPE {name} gauge"
+    );
+    for (label, r) in [
+        ("starting", Role::Starting),
+        ("follower", Role::Follower),
+        ("leader", Role::Leader),
+    ] {
+        let _ = writeln!(out, "{name}{{role=\"{label}\"}} {}", u8::from(role == r));
+    }
+    let status = cluster.status();
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let c = &cluster.counters;
+    let values: [(&str, &str, &str, f64); 6] = [
+        (
+            "order_broker_cluster_applied_seq",
+            "gauge",
+            "The newest stream sequence this node applied.",
+            status.applied_seq as f64,
+        ),
+        (
+            "order_broker_cluster_lag",
+            "gauge",
+            "Stream messages this node has yet to apply (as far as it knows).",
+            cluster.lag() as f64,
+        ),
+        (
+            "order_broker_cluster_lease_changes_total",
+            "counter",
+            "Times this node took or lost the lease.",
+            get(&c.lease_changes),
+        ),
+        (
+            "order_broker_cluster_forwarded_total",
+            "counter",
+            "Writes this node forwarded to the leader.",
+            get(&c.forwarded),
+        ),
+        (
+            "order_broker_cluster_publish_failures_total",
+            "counter",
+            "Changes the stream refused or did not acknowledge (each ends a leadership).",
+            get(&c.publish_failures),
+        ),
+        (
+            "order_broker_cluster_leader",
+            "gauge",
+            "1 while this node may commit (it leads and its lease is current).",
+            f64::from(u8::from(cluster.may_commit())),
+        ),
+    ];
+    for (name, kind, help, value) in values {
+        metric(out, name, kind, help, value);
+    }
 }
 
 /// The journal's counters (only in `persistence.mode = "journal"`).

@@ -91,6 +91,7 @@ pub(crate) enum Route {
     Board,
     Metrics,
     Readyz,
+    Cluster,
     OpenApi,
     Docs,
     // Process engines.
@@ -109,7 +110,7 @@ const _: () = assert!(Route::Healthz as usize + 1 == Route::ALL.len());
 
 impl Route {
     /// Every route, in declaration order (`route as usize` indexes it).
-    pub(crate) const ALL: [Route; 52] = [
+    pub(crate) const ALL: [Route; 53] = [
         Route::Update,
         Route::GetAll,
         Route::GetCurrentOrder,
@@ -154,6 +155,7 @@ impl Route {
         Route::Board,
         Route::Metrics,
         Route::Readyz,
+        Route::Cluster,
         Route::OpenApi,
         Route::Docs,
         Route::Intake,
@@ -211,6 +213,7 @@ impl Route {
             Route::Board => "board",
             Route::Metrics => "metrics",
             Route::Readyz => "readyz",
+            Route::Cluster => "cluster",
             Route::OpenApi => "openapi",
             Route::Docs => "docs",
             Route::Intake => "intake",
@@ -271,7 +274,7 @@ impl Route {
     }
 
     /// The fixed paths; the seed's come from the config.
-    const FIXED: [(&'static str, Route); 50] = [
+    const FIXED: [(&'static str, Route); 51] = [
         ("/orders/intake", Route::Intake),
         ("/cpee/next-order", Route::NextOrder),
         ("/cpee/wait", Route::CpeeWait),
@@ -283,6 +286,7 @@ impl Route {
         ("/orders/{id}/tracking-stream", Route::TrackingStream),
         ("/healthz", Route::Healthz),
         ("/readyz", Route::Readyz),
+        ("/cluster", Route::Cluster),
         ("/metrics", Route::Metrics),
         ("/openapi.json", Route::OpenApi),
         ("/docs", Route::Docs),
@@ -619,7 +623,7 @@ impl App {
         let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
         let ops = matches!(
             route,
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi
+            Route::Healthz | Route::Readyz | Route::Cluster | Route::Metrics | Route::OpenApi
         );
         if !ops && !self.ready.load(std::sync::atomic::Ordering::Acquire) {
             // EventSource gives up for good on any answer but 200: tell it
@@ -710,6 +714,9 @@ impl App {
         req: &Req,
         caller: Option<&crate::auth::Caller>,
     ) -> Result<Response<Body>, ApiError> {
+        if let Some(cluster) = self.broker.cluster() {
+            return self.dispatch_clustered(cluster, route, req, caller).await;
+        }
         let journal = self.broker.journal();
         // Reads do not wait, except for the one that hands out work.
         let Some(journal) = journal.filter(|_| {
@@ -729,6 +736,62 @@ impl App {
             ));
         }
         response
+    }
+
+    /// [`App::dispatch`] in a cluster: reads are answered here; a change
+    /// is made by the leader (forwarded there from a follower) and answered
+    /// once JetStream acknowledged it, with its seq in
+    /// [`crate::cluster::SEQ_HEADER`] so the follower that forwarded it
+    /// answers once it applied it.
+    async fn dispatch_clustered(
+        &self,
+        cluster: &crate::cluster::Cluster,
+        route: Route,
+        req: &Req,
+        caller: Option<&crate::auth::Caller>,
+    ) -> Result<Response<Body>, ApiError> {
+        let read = req.method == Method::GET || req.method == Method::HEAD;
+        // Handing out work and waiting for a state register on the leader,
+        // which delivers.
+        let leader_only = matches!(route, Route::NextOrder | Route::CpeeWait);
+        if read && !leader_only {
+            return self.handler(route, req, caller).await;
+        }
+        let unavailable = |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why);
+        if !cluster.may_commit() {
+            if req.headers.contains_key(crate::cluster::FORWARDED_HEADER) {
+                return Err(unavailable(
+                    "this node does not lead the cluster (any more); retry".into(),
+                ));
+            }
+            let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            let long = leader_only;
+            let forwarded = cluster
+                .forward(&req.method, path, &req.headers, req.body.clone(), long)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let mut response = Response::new(full(forwarded.body));
+            *response.status_mut() = forwarded.status;
+            *response.headers_mut() = forwarded.headers;
+            return Ok(response);
+        }
+        let before = self.broker.published_seq();
+        let response = self.handler(route, req, caller).await;
+        let after = self.broker.published_seq();
+        if after > before && cluster.durable(after).await.is_err() {
+            return Err(unavailable(
+                "the change was not acknowledged by the cluster's stream (the leader \
+                 stepped down or lost its quorum); it is not durable, retry"
+                    .into(),
+            ));
+        }
+        let mut response = response?;
+        if let Ok(value) = HeaderValue::from_str(&after.0.to_string()) {
+            response
+                .headers_mut()
+                .insert(crate::cluster::SEQ_HEADER, value);
+        }
+        Ok(response)
     }
 
     /// Sends a request to its handler by route and method.
@@ -779,6 +842,7 @@ impl App {
             Route::GetStatus if read => order_store::get_status(self, req.param.as_deref()),
             Route::Healthz if read => Ok(ops::healthz(self)),
             Route::Readyz if read => Ok(ops::readyz(self)),
+            Route::Cluster if read => Ok(ops::cluster(self)),
             Route::Metrics if read => Ok(metrics::render(self)),
             Route::OpenApi if read => Ok(json_bytes(StatusCode::OK, self.openapi.clone())),
             Route::Docs if read => docs::docs(req),

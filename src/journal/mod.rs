@@ -131,6 +131,12 @@ pub struct Queue {
 const BELL_AT: usize = 1024;
 
 impl Queue {
+    /// A queue read by something other than the journal writer (a
+    /// cluster's publisher): changes go to `changes`, rings to `bell`.
+    pub(crate) fn new(changes: Sender<Msg>, bell: Sender<()>) -> Queue {
+        Queue { changes, bell }
+    }
+
     pub fn send(&self, msg: Msg) {
         // The writer lives as long as the broker serves; after shutdown
         // stopped it, nothing is acknowledged any more.

@@ -249,6 +249,8 @@ pub(super) fn ops(r: &mut Registry) -> Vec<Op> {
         op(R::Readyz, M::GET, "Ready to serve: recovery done and the journal writable.")
             .answer(200, "Ready.", r.of::<health::Readiness>())
             .answer(503, "Recovering, or the journal failed.", r.of::<health::Readiness>()),
+        op(R::Cluster, M::GET, "This node's view of the cluster: role, leader, applied and stream seqs.")
+            .answer(200, "The node's view (role `single` when not in a cluster).", r.of::<crate::cluster::ClusterStatus>()),
         op(R::Metrics, M::GET, "Prometheus metrics.")
             .media(200, "Text exposition format 0.0.4.", "text/plain"),
         op(R::OpenApi, M::GET, "This description.")

@@ -1,0 +1,113 @@
+//! Following the stream: every message, in stream order, applied to this
+//! node's state (`Broker::apply_replicated`). The leader follows too: its
+//! own changes are skipped (their seqs are applied already), and it sees
+//! a takeover's fence.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::stream::Stream;
+use futures_util::StreamExt;
+use tracing::{error, warn};
+
+use super::Cluster;
+use crate::journal::record::Record;
+
+/// Header naming what a message is: `fence` (a new leader's first
+/// message) or absent (a committed change).
+pub(super) const KIND_HEADER: &str = "Order-Broker-Kind";
+/// Header naming the node that sent a fence.
+pub(super) const NODE_HEADER: &str = "Order-Broker-Node";
+
+/// The first seq a message's record carries.
+fn first_seq(record: &Record) -> crate::model::Seq {
+    let first = match record {
+        Record::Group { records } => records.first().and_then(Record::seq),
+        other => other.seq(),
+    };
+    first.unwrap_or_default()
+}
+
+pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
+    loop {
+        let from = cluster.applied_stream.load(Ordering::Acquire) + 1;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await;
+        let messages = match consumer {
+            Ok(consumer) => consumer.messages().await,
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot follow the stream; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot read the stream; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cluster: reading the stream failed; following again");
+                    break;
+                }
+            };
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let at = info.stream_sequence;
+            if at <= cluster.applied_stream.load(Ordering::Acquire) {
+                continue;
+            }
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let fence = header(KIND_HEADER).is_some_and(|k| k == "fence");
+            let leading = cluster.role() == super::Role::Leader;
+            if fence && leading && header(NODE_HEADER).as_deref() != Some(&cluster.config.node_id) {
+                cluster.step_down("another node fenced the stream");
+            }
+            if !fence {
+                match Record::decode(&message.payload) {
+                    Ok(record) => {
+                        // A leader's own changes are applied already; one
+                        // it has not made is another leader's.
+                        if leading && first_seq(&record) > cluster.broker.last_seq() {
+                            cluster.step_down("another node appended to the stream");
+                        }
+                        let last = cluster.broker.apply_replicated(record);
+                        cluster.applied.send_replace(last);
+                    }
+                    Err(e) => {
+                        // Nothing after it can be applied in order: this
+                        // node stops following (and is not ready).
+                        error!(stream_seq = at, error = %e,
+                            "cluster: a stream message does not decode; this node stops following");
+                        cluster.set_role(super::Role::Starting);
+                        return;
+                    }
+                }
+            }
+            cluster.applied_stream.store(at, Ordering::Release);
+            cluster.stream_seq.fetch_max(at, Ordering::AcqRel);
+            cluster.applied.send_modify(|_| {});
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! A follower's writes go to the leader: the request as it came (method,
+//! path, headers, body) to the leader's `advertise_url`, and its answer
+//! back once this node applied the change it made (the leader names the
+//! seq in [`SEQ_HEADER`]), so a client reads its own write on the node it
+//! talks to.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Cluster, FORWARDED_HEADER};
+use crate::model::Seq;
+
+/// On the leader's answer to a change: the newest seq the request's
+/// change(s) may have, so the node that forwarded it waits for that seq.
+pub const SEQ_HEADER: &str = "order-broker-seq";
+
+pub(super) type Client = HyperClient<HttpConnector, Full<Bytes>>;
+
+pub(super) fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// The leader's answer to a forwarded request.
+pub struct Forwarded {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why a request could not be forwarded (the client gets 503).
+#[derive(Debug)]
+pub enum ForwardError {
+    NoLeader,
+    Unreachable(String),
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::NoLeader => f.write_str("the cluster has no leader right now; retry"),
+            ForwardError::Unreachable(e) => write!(f, "the cluster's leader did not answer: {e}"),
+        }
+    }
+}
+
+/// Hop-by-hop headers, not forwarded (RFC 9110 7.6.1), and the length,
+/// which the client sets for the body it sends.
+const HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+];
+
+impl Cluster {
+    /// Sends a write to the leader and returns its answer once this node
+    /// applied the change (at most `cluster.lease_ms` + 5 s after the
+    /// answer; then the answer goes back anyway, the change being durable).
+    /// `long`: the request may wait on the leader for a long time (a CPEE
+    /// long poll), so no deadline is set for the answer.
+    pub async fn forward(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        long: bool,
+    ) -> Result<Forwarded, ForwardError> {
+        let leader = self.leader.lock().clone().ok_or(ForwardError::NoLeader)?;
+        if leader.node_id == self.config.node_id {
+            // The lease names this node, which does not lead (any more).
+            return Err(ForwardError::NoLeader);
+        }
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{}", leader.url, path_and_query));
+        for (name, value) in headers {
+            if !HOP.contains(name) {
+                request = request.header(name, value);
+            }
+        }
+        let request = request
+            .header(
+                FORWARDED_HEADER,
+                HeaderValue::from_str(&self.config.node_id)
+                    .unwrap_or(HeaderValue::from_static("node")),
+            )
+            .body(Full::new(body))
+            .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        let answer = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| ForwardError::Unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, ForwardError>((parts, body))
+        };
+        let (parts, body) = if long {
+            answer.await?
+        } else {
+            tokio::time::timeout(Duration::from_secs(30), answer)
+                .await
+                .map_err(|_| ForwardError::Unreachable("no answer within 30 s".into()))??
+        };
+        let seq = parts
+            .headers
+            .get(SEQ_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map(Seq);
+        if let Some(seq) = seq {
+            let wait = Duration::from_millis(self.config.lease_ms) + Duration::from_secs(5);
+            if !self.applied(seq, wait).await {
+                tracing::warn!(
+                    seq = seq.0,
+                    "cluster: a forwarded change is not applied here yet; answering anyway"
+                );
+            }
+        }
+        let mut headers = parts.headers;
+        for name in &HOP {
+            headers.remove(name);
+        }
+        Ok(Forwarded {
+            status: parts.status,
+            headers,
+            body,
+        })
+    }
+}

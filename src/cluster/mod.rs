@@ -1,0 +1,289 @@
+//! Several brokers sharing one state through NATS JetStream
+//! (`cluster.nats_urls`; see DESIGN, "Scale beyond one machine").
+//!
+//! - **The stream is the journal** (`publish.rs`): the leader sends each
+//!   committed change (an atomic change whole, as the journal writes it) as
+//!   one message, pipelined, each fenced by `Nats-Expected-Last-Sequence`;
+//!   a change is acknowledged once JetStream stored it on a quorum.
+//! - **Every node follows the stream** (`follow.rs`) and applies it with
+//!   `Broker::apply_replicated`, so reads, views, the board and `/events`
+//!   are served by every node, with the same seqs (event ids) everywhere.
+//! - **One writer, fenced** (`lease.rs`): a key in the KV bucket
+//!   `<stream>_lease` whose TTL is `cluster.lease_ms`, renewed by
+//!   compare-and-set. A node that takes it applies the stream to its end,
+//!   appends a fence message expecting exactly that end (so anything a
+//!   deposed leader still sends is refused), and only then commits. A
+//!   leader that loses the lease, or whose publish is refused, stops
+//!   committing; if it holds changes the stream does not, it starts again
+//!   in place (`exec`) and rebuilds its state from the stream.
+//! - **Any node takes any request** (`forward.rs`): a follower forwards
+//!   writes to the leader's `advertise_url` and answers once it applied
+//!   the change itself (the leader says which seq in `Order-Broker-Seq`).
+//!
+//! Leader-only work (scheduled release, eviction) runs on the leader only.
+
+mod follow;
+mod forward;
+mod lease;
+mod publish;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::ClusterConfig;
+use crate::journal::JournalFailed;
+use crate::model::Seq;
+
+pub use forward::SEQ_HEADER;
+/// Set on a forwarded request, so a node that is not the leader any more
+/// answers 503 instead of forwarding it again.
+pub const FORWARDED_HEADER: &str = "order-broker-forwarded";
+
+/// This node's part in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Catching up with the stream; serves nothing but probes.
+    Starting,
+    Follower,
+    Leader,
+}
+
+/// Who leads, as the lease names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LeaderInfo {
+    pub node_id: String,
+    pub url: String,
+}
+
+/// `GET /cluster`'s answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClusterStatus {
+    pub node_id: String,
+    #[schema(value_type = String, example = "leader")]
+    pub role: Role,
+    #[schema(value_type = Option<Object>)]
+    pub leader: Option<LeaderInfo>,
+    /// The newest stream sequence applied here.
+    pub applied_seq: u64,
+    /// The stream's newest sequence, as last seen.
+    pub stream_seq: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub lease_changes: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub publish_failures: AtomicU64,
+}
+
+/// The cluster as this node sees it; shared by the tasks and the handlers.
+pub struct Cluster {
+    config: ClusterConfig,
+    broker: Broker,
+    role: AtomicU8,
+    leader: Mutex<Option<LeaderInfo>>,
+    /// Until when this node's lease is surely still its own (leader only):
+    /// the time its last renewal was sent, plus `lease_ms`.
+    lease_until: Mutex<Option<Instant>>,
+    /// Newest stream sequence applied here.
+    applied_stream: AtomicU64,
+    /// The stream's newest sequence as last seen.
+    stream_seq: AtomicU64,
+    /// Newest broker seq applied here (followers wait on it for the
+    /// changes they forwarded).
+    applied: watch::Sender<Seq>,
+    /// Newest broker seq JetStream acknowledged (the leader's acks).
+    acked: watch::Sender<Seq>,
+    /// This node's leadership ended; its unacknowledged changes fail.
+    deposed: AtomicBool,
+    pub counters: Counters,
+    client: forward::Client,
+}
+
+impl Cluster {
+    /// The cluster of `broker`, attached to it (it reports "starting"
+    /// until [`join`] returns).
+    pub fn new(config: &ClusterConfig, broker: Broker) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            config: config.clone(),
+            broker,
+            role: AtomicU8::new(Role::Starting as u8),
+            leader: Mutex::new(None),
+            lease_until: Mutex::new(None),
+            applied_stream: AtomicU64::new(0),
+            stream_seq: AtomicU64::new(0),
+            applied: watch::Sender::new(Seq(0)),
+            acked: watch::Sender::new(Seq(0)),
+            deposed: AtomicBool::new(false),
+            counters: Counters::default(),
+            client: forward::client(),
+        });
+        cluster.broker.attach_cluster(cluster.clone());
+        cluster
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Acquire) {
+            2 => Role::Leader,
+            1 => Role::Follower,
+            _ => Role::Starting,
+        }
+    }
+
+    fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Release);
+    }
+
+    /// True while this node may commit: it leads and its lease cannot have
+    /// run out (a leader that was paused stops here before it learns that
+    /// another node took over).
+    pub fn may_commit(&self) -> bool {
+        self.role() == Role::Leader
+            && !self.deposed.load(Ordering::Acquire)
+            && self.lease_until.lock().is_some_and(|t| Instant::now() < t)
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            node_id: self.config.node_id.clone(),
+            role: self.role(),
+            leader: self.leader.lock().clone(),
+            applied_seq: self.applied_stream.load(Ordering::Acquire),
+            stream_seq: self
+                .stream_seq
+                .load(Ordering::Acquire)
+                .max(self.applied_stream.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Stream messages the node has yet to apply (as far as it knows).
+    pub fn lag(&self) -> u64 {
+        self.stream_seq
+            .load(Ordering::Acquire)
+            .saturating_sub(self.applied_stream.load(Ordering::Acquire))
+    }
+
+    /// Waits until JetStream acknowledged every change up to `seq` (the
+    /// leader), or fails when this node may not commit (a follower never
+    /// commits changes of its own; a deposed leader's are not in the stream).
+    pub async fn durable(&self, seq: Seq) -> Result<(), JournalFailed> {
+        let mut acked = self.acked.subscribe();
+        loop {
+            if *acked.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            if self.deposed.load(Ordering::Acquire) || self.role() != Role::Leader {
+                return Err(JournalFailed);
+            }
+            if acked.changed().await.is_err() {
+                return Err(JournalFailed);
+            }
+        }
+    }
+
+    /// Waits until this node applied `seq` (a change it forwarded), at
+    /// most `wait`; false if it did not get there in time.
+    async fn applied(&self, seq: Seq, wait: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        let reached = applied.wait_for(|s| *s >= seq);
+        matches!(tokio::time::timeout(wait, reached).await, Ok(Ok(_)))
+    }
+
+    /// Ends this node's leadership: no more commits, the changes not yet
+    /// acknowledged fail. If the node holds changes the stream may not
+    /// have, its state is not the stream's any more: it starts again in
+    /// place and rebuilds from the stream.
+    fn step_down(&self, why: &str) {
+        if self.deposed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.broker.set_replication(None);
+        self.set_role(Role::Follower);
+        *self.lease_until.lock() = None;
+        self.counters.lease_changes.fetch_add(1, Ordering::Relaxed);
+        // Wake the waiters: they fail now.
+        self.acked.send_modify(|_| {});
+        let (last, acked) = (self.broker.last_seq(), *self.acked.borrow());
+        let ahead = last > acked;
+        warn!(
+            why,
+            seq = last.0,
+            acked = acked.0,
+            "cluster: stepping down as leader"
+        );
+        if ahead {
+            warn!(
+                "cluster: this node holds changes the stream did not acknowledge; \
+                 starting again to rebuild its state from the stream"
+            );
+            // Let the failed requests' answers go out first.
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                restart_in_place();
+            });
+        } else {
+            info!("cluster: following the stream");
+        }
+    }
+}
+
+/// Replaces this process with a fresh start of the same binary and
+/// arguments (same pid): the way a node whose memory is ahead of the stream
+/// gets back to the stream's state.
+fn restart_in_place() {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        std::process::exit(75);
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    tracing::error!(error = %err, "cluster: cannot start again; exiting");
+    std::process::exit(75);
+}
+
+/// Why the node cannot join the cluster.
+#[derive(Debug)]
+pub struct ClusterError(pub String);
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Joins the cluster: connects to NATS, makes sure the stream and the lease
+/// bucket exist, starts following the stream and taking part in the lease,
+/// and returns once this node applied the stream up to where it ended when
+/// the node started (then it may serve).
+pub async fn join(cluster: Arc<Cluster>) -> Result<(), ClusterError> {
+    let nats = lease::connect(&cluster.config).await?;
+    let js = async_nats::jetstream::new(nats);
+    let stream = lease::stream(&js, &cluster.config).await?;
+    let info = stream.cached_info().clone();
+    // Event ids name the stream: the same change has the same id on
+    // every node, and a replaced stream (new creation time) is told apart.
+    let created = info.created.unix_timestamp_nanos() / 1_000;
+    cluster.broker.set_epoch(created.unsigned_abs() as u64);
+    let end = info.state.last_sequence;
+    cluster.stream_seq.store(end, Ordering::Release);
+    tokio::spawn(follow::follow(cluster.clone(), stream.clone()));
+    // Caught up with what was there when we came.
+    let mut applied = cluster.applied.subscribe();
+    while cluster.applied_stream.load(Ordering::Acquire) < end {
+        let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
+    }
+    info!(applied = end, "cluster: caught up with the stream");
+    cluster.set_role(Role::Follower);
+    tokio::spawn(lease::run(cluster.clone(), js, stream));
+    Ok(())
+}
