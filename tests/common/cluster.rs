@@ -550,11 +550,16 @@ impl NatsCluster {
         self.servers
             .iter()
             .map(|s| {
-                format!(
-                    "=== {} stderr:\n{}\n",
-                    s.name,
-                    tail(&s.log.lock().unwrap(), 30)
-                )
+                // Routes to a killed server are retried every second: noise.
+                let log: String = s
+                    .log
+                    .lock()
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.contains("Error trying to connect to route"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                format!("=== {} stderr:\n{}\n", s.name, tail(&log, 30))
             })
             .collect()
     }
@@ -673,7 +678,15 @@ impl BrokerCluster {
             .collect();
         let mut cluster = BrokerCluster {
             nodes,
-            nats_urls: nats.urls().join(","),
+            // A TOML list (README: "a TOML list").
+            nats_urls: format!(
+                "[{}]",
+                nats.urls()
+                    .iter()
+                    .map(|u| format!("{u:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             replicas: nats.len().min(3),
             extra_env: env
                 .iter()
@@ -909,6 +922,10 @@ pub struct Write {
     pub end: Instant,
     /// The status, or None when no answer came (refused, reset, timeout).
     pub status: Option<u16>,
+    /// For an acknowledged write: what `GET /get_status/{order}` on the same
+    /// node answered right after, when that did not show this step or a
+    /// later one (read-your-writes broken).
+    pub stale_read: Option<String>,
 }
 
 impl Write {
@@ -948,15 +965,30 @@ impl Load {
                             &body,
                             Duration::from_secs(10),
                         );
-                        let write = Write {
+                        let mut write = Write {
                             order,
                             step,
                             node,
                             start,
                             end: Instant::now(),
                             status: answer.ok().map(|(s, _)| s),
+                            stale_read: None,
                         };
                         let acked = write.acked();
+                        if acked {
+                            let path = format!("/get_status/{order}");
+                            let read = get_json(&addrs[node], &path, Duration::from_secs(10));
+                            let fresh = read.as_ref().is_ok_and(|o| {
+                                o["status"]
+                                    .as_str()
+                                    .and_then(|s| s.strip_prefix("step-"))
+                                    .and_then(|s| s.parse::<u64>().ok())
+                                    .is_some_and(|s| s >= step)
+                            });
+                            if !fresh {
+                                write.stale_read = Some(format!("{read:?}"));
+                            }
+                        }
                         writes.push(write);
                         std::thread::sleep(if acked {
                             pause
@@ -979,6 +1011,40 @@ impl Load {
             .flat_map(|t| t.join().unwrap())
             .collect()
     }
+}
+
+/// Answers per node in each second from `since` (`t+Ns: [a] 200×n 503×m;
+/// …`), for messages.
+pub fn timeline(writes: &[Write], since: Instant, nodes: usize) -> String {
+    let mut buckets: BTreeMap<(u64, usize), BTreeMap<String, usize>> = BTreeMap::new();
+    for w in writes.iter().filter(|w| w.start >= since) {
+        let second = (w.start - since).as_secs();
+        let answer = w.status.map_or("none".to_string(), |s| s.to_string());
+        *buckets
+            .entry((second, w.node))
+            .or_default()
+            .entry(answer)
+            .or_default() += 1;
+    }
+    let mut out = String::new();
+    let last = buckets.keys().map(|k| k.0).max().unwrap_or(0);
+    for second in 0..=last {
+        out.push_str(&format!("  t+{second}s:"));
+        for node in 0..nodes {
+            let counts = buckets
+                .get(&(second, node))
+                .map(|c| {
+                    c.iter()
+                        .map(|(a, n)| format!("{a}×{n}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(" [{}] {counts};", (b'a' + node as u8) as char));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// What the writes to one order add up to.
@@ -1020,6 +1086,15 @@ pub fn step_of(order: &Value) -> u64 {
 /// acknowledged step or a later one, and `acked <= version <= attempted`;
 /// all nodes agree. Polls (up to 20 s) for nodes still applying.
 pub fn check_writes(cluster: &BrokerCluster, nodes: &[usize], writes: &[Write]) {
+    let stale: Vec<&Write> = writes.iter().filter(|w| w.stale_read.is_some()).collect();
+    assert!(
+        stale.is_empty(),
+        "{} acknowledged writes were not seen by a read on the same node right after \
+         (read-your-writes), e.g. {:?}\n{}",
+        stale.len(),
+        &stale[..stale.len().min(3)],
+        cluster.diagnostics()
+    );
     let orders = by_order(writes);
     let total_acked: u64 = orders.values().map(|o| o.acked).sum();
     assert!(
