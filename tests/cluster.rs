@@ -671,7 +671,11 @@ fn event_stream_resumes_on_another_node_without_gap() {
         &mut resumed,
         Duration::from_secs(30),
         all_seen,
-        "events on B up to every order's final version",
+        &format!(
+            "events on B (node {}) after Last-Event-ID {last_id} (A's last: {})",
+            brokers.node(b).id,
+            seen.last().unwrap().data
+        ),
         || brokers.diagnostics(),
     );
     eprintln!(
@@ -705,4 +709,20 @@ fn event_stream_resumes_on_another_node_without_gap() {
             "order {id}: versions seen on A then B (every change once, in order)"
         );
     }
+}
+
+/// The environment takes a list as comma-separated text too (besides a
+/// TOML array, which the other tests use): one node on three NATS servers
+/// named so starts and leads.
+#[test]
+fn nats_urls_from_the_environment_as_comma_separated_text() {
+    if cluster::nats_missing() {
+        return;
+    }
+    let nats = NatsCluster::start(3);
+    let urls = nats.urls().join(",");
+    let brokers = BrokerCluster::start_with(&nats, 1, &[("ORDER_BROKER_CLUSTER_NATS_URLS", &urls)]);
+    assert_eq!(brokers.wait_leader(Duration::from_secs(10)), 0);
+    let (status, body) = brokers.node(0).update(1, "Mixing").unwrap();
+    assert_eq!(status, 200, "{body}");
 }

@@ -977,15 +977,25 @@ impl Load {
                         let acked = write.acked();
                         if acked {
                             let path = format!("/get_status/{order}");
-                            let read = get_json(&addrs[node], &path, Duration::from_secs(10));
-                            let fresh = read.as_ref().is_ok_and(|o| {
-                                o["status"]
-                                    .as_str()
-                                    .and_then(|s| s.strip_prefix("step-"))
-                                    .and_then(|s| s.parse::<u64>().ok())
-                                    .is_some_and(|s| s >= step)
-                            });
-                            if !fresh {
+                            // A node that answers with an older state (or
+                            // none) broke the promise; one that is gone (the
+                            // test killed it) did not.
+                            let read =
+                                http(&addrs[node], "GET", &path, &[], "", Duration::from_secs(10));
+                            let stale = match &read {
+                                Ok((200, body)) => serde_json::from_str::<Value>(body)
+                                    .ok()
+                                    .and_then(|o| {
+                                        o["status"]
+                                            .as_str()
+                                            .and_then(|s| s.strip_prefix("step-"))
+                                            .and_then(|s| s.parse::<u64>().ok())
+                                    })
+                                    .is_none_or(|s| s < step),
+                                Ok((404, _)) => true,
+                                _ => false,
+                            };
+                            if stale {
                                 write.stale_read = Some(format!("{read:?}"));
                             }
                         }
