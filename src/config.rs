@@ -71,6 +71,9 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long a leader's lease lasts without renewal.
     pub lease_ms: u64,
+    /// The leader stores a snapshot after the stream grew by this many
+    /// messages, and purges the stream below the snapshot before it.
+    pub snapshot_every_changes: u64,
     /// NATS credentials: a `.creds` file, or a user and password, or a token.
     pub creds_file: String,
     pub user: String,
@@ -89,6 +92,7 @@ impl Default for ClusterConfig {
             stream: "ORDER_BROKER".into(),
             replicas: 3,
             lease_ms: 3000,
+            snapshot_every_changes: 100_000,
             creds_file: String::new(),
             user: String::new(),
             password: String::new(),
@@ -129,6 +133,9 @@ impl ClusterConfig {
         }
         if !(500..=600_000).contains(&self.lease_ms) {
             return bad("lease_ms must be 500 to 600000");
+        }
+        if self.snapshot_every_changes == 0 {
+            return bad("snapshot_every_changes must be greater than 0");
         }
         Ok(())
     }
