@@ -71,6 +71,9 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long a leader's lease lasts without renewal.
     pub lease_ms: u64,
+    /// The leader stores a snapshot after the stream grew by this many
+    /// messages, and purges the stream below the snapshot before it.
+    pub snapshot_every_changes: u64,
     /// NATS credentials: a `.creds` file, or a user and password, or a token.
     pub creds_file: String,
     pub user: String,
@@ -89,6 +92,7 @@ impl Default for ClusterConfig {
             stream: "ORDER_BROKER".into(),
             replicas: 3,
             lease_ms: 3000,
+            snapshot_every_changes: 100_000,
             creds_file: String::new(),
             user: String::new(),
             password: String::new(),
@@ -111,10 +115,9 @@ impl ClusterConfig {
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return bad("node_id must be 1 to 64 bytes when nats_urls is set");
         }
-        if !(self.advertise_url.starts_with("http://")
-            || self.advertise_url.starts_with("https://"))
-        {
-            return bad("advertise_url must be this node's http:// or https:// base URL");
+        if !self.advertise_url.starts_with("http://") {
+            return bad("advertise_url must be this node's http:// base URL \
+                 (forwarding to https is not built yet)");
         }
         let name_ok = |n: &str| {
             !n.is_empty()
@@ -130,6 +133,9 @@ impl ClusterConfig {
         }
         if !(500..=600_000).contains(&self.lease_ms) {
             return bad("lease_ms must be 500 to 600000");
+        }
+        if self.snapshot_every_changes == 0 {
+            return bad("snapshot_every_changes must be greater than 0");
         }
         Ok(())
     }

@@ -69,8 +69,21 @@ pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
                 continue;
             };
             let at = info.stream_sequence;
-            if at <= cluster.applied_stream.load(Ordering::Acquire) {
+            let applied = cluster.applied_stream.load(Ordering::Acquire);
+            if at <= applied {
                 continue;
+            }
+            if at != applied + 1 {
+                // The stream was purged past what this node applied (it
+                // fell more than a snapshot interval behind): only the
+                // snapshot has what is missing.
+                error!(
+                    applied,
+                    next = at,
+                    "cluster: the stream no longer holds this node's next message; \
+                     starting again from the newest snapshot"
+                );
+                super::restart_in_place();
             }
             let header = |name: &str| {
                 message

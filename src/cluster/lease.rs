@@ -241,6 +241,7 @@ async fn take_over(cluster: &Arc<Cluster>, js: &Context, stream: &Stream, until:
         // after it: this node's state is the stream's.
         cluster.deposed.store(false, Ordering::Release);
         cluster.acked.send_replace(cluster.broker.last_seq());
+        cluster.acked_stream.store(at, Ordering::Release);
         *cluster.lease_until.lock() = Some(until);
         publish::start(cluster.clone(), js.clone(), subject.clone(), at);
         cluster.set_role(Role::Leader);

@@ -26,6 +26,7 @@ mod follow;
 mod forward;
 mod lease;
 mod publish;
+mod snapshot;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -103,6 +104,9 @@ pub struct Cluster {
     applied: watch::Sender<Seq>,
     /// Newest broker seq JetStream acknowledged (the leader's acks).
     acked: watch::Sender<Seq>,
+    /// The stream position of the newest message JetStream acknowledged to
+    /// this node as leader (the fence, then its changes).
+    acked_stream: AtomicU64,
     /// This node's leadership ended; its unacknowledged changes fail.
     deposed: AtomicBool,
     pub counters: Counters,
@@ -123,6 +127,7 @@ impl Cluster {
             stream_seq: AtomicU64::new(0),
             applied: watch::Sender::new(Seq(0)),
             acked: watch::Sender::new(Seq(0)),
+            acked_stream: AtomicU64::new(0),
             deposed: AtomicBool::new(false),
             counters: Counters::default(),
             client: forward::client(),
@@ -276,6 +281,12 @@ pub async fn join(cluster: Arc<Cluster>) -> Result<(), ClusterError> {
     cluster.broker.set_epoch(created.unsigned_abs() as u64);
     let end = info.state.last_sequence;
     cluster.stream_seq.store(end, Ordering::Release);
+    let snapshots = snapshot::store(&js, &cluster).await;
+    let from = snapshot::load(&cluster, &snapshots, info.state.first_sequence).await?;
+    cluster
+        .applied_stream
+        .store(from.saturating_sub(1), Ordering::Release);
+    cluster.applied.send_replace(cluster.broker.last_seq());
     tokio::spawn(follow::follow(cluster.clone(), stream.clone()));
     // Caught up with what was there when we came.
     let mut applied = cluster.applied.subscribe();
@@ -284,6 +295,7 @@ pub async fn join(cluster: Arc<Cluster>) -> Result<(), ClusterError> {
     }
     info!(applied = end, "cluster: caught up with the stream");
     cluster.set_role(Role::Follower);
+    tokio::spawn(snapshot::run(cluster.clone(), snapshots, stream.clone()));
     tokio::spawn(lease::run(cluster.clone(), js, stream));
     Ok(())
 }

@@ -131,6 +131,7 @@ async fn acknowledged(
         match ack.await {
             Ok(ack) => {
                 cluster.stream_seq.fetch_max(ack.sequence, Ordering::AcqRel);
+                cluster.acked_stream.store(ack.sequence, Ordering::Release);
                 cluster.acked.send_replace(seq);
             }
             Err(e) => {
