@@ -781,6 +781,19 @@ impl Config {
                         .join(", ")
                 )));
             };
+            // NATS's own tools take a comma-separated server list: so may this.
+            let raw =
+                if name == "ORDER_BROKER_CLUSTER_NATS_URLS" && !raw.trim_start().starts_with('[') {
+                    let urls: Vec<String> = raw
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(|u| format!("{u:?}"))
+                        .collect();
+                    format!("[{}]", urls.join(", "))
+                } else {
+                    raw
+                };
             set_path(&mut table, path, &raw).map_err(|e| ConfigError(format!("{name}: {e}")))?;
         }
         toml::Value::Table(table)

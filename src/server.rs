@@ -56,7 +56,6 @@ pub async fn serve(
     // A client that opens a connection and never says hello holds a
     // place like one that never sends its headers: as long as that.
     let handshake_deadline = Duration::from_secs(config.limits.header_read_timeout_secs);
-    tokio::spawn(app.live.clone().render(app.broker().clone()));
     // Recovery reads files: off the async threads. Until it is done the
     // server answers, but only `/healthz`, `/readyz` and `/metrics` (503 else).
     // In a cluster the stream is the journal: the node catches up with it
@@ -65,6 +64,8 @@ pub async fn serve(
         .cluster
         .enabled()
         .then(|| crate::cluster::Cluster::new(&config.cluster, app.broker().clone()));
+    // After the cluster is attached: the renderer shows what is in the stream.
+    tokio::spawn(app.live.clone().render(app.broker().clone()));
     let mut recovery = match &cluster {
         Some(cluster) => {
             let cluster = cluster.clone();

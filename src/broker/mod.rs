@@ -859,8 +859,31 @@ impl Broker {
         Subscription {
             broker: self.clone(),
             next: from,
-            watch: self.inner.notifier.watch(),
+            watch: match self.cluster() {
+                Some(cluster) => cluster.visible_watch(),
+                None => self.inner.notifier.watch(),
+            },
         }
+    }
+
+    /// The newest seq readers of the feed may see: every change
+    /// published, or in a cluster only those in the stream (acknowledged
+    /// by JetStream on the leader, applied on a follower), so an event id
+    /// a stream sent is never given to another change after a failover.
+    pub fn visible_seq(&self) -> Seq {
+        match self.cluster() {
+            Some(cluster) => cluster.visible(),
+            None => self.published_seq(),
+        }
+    }
+
+    /// [`Broker::events_since`], up to [`Broker::visible_seq`].
+    pub fn visible_events_since(&self, from: Seq, max: usize) -> Result<Vec<Event>, Lagged> {
+        let cap = self.visible_seq();
+        let mut events = self.events_since(from, max)?;
+        let shown = events.partition_point(|e| e.seq <= cap);
+        events.truncate(shown);
+        Ok(events)
     }
 }
 
@@ -976,7 +999,7 @@ impl Subscription {
     /// The next batch of events (at most 1024; empty if there is none
     /// yet), read under `pin`: resolve their texts before it drops.
     pub fn take(&mut self, _pin: &Pin<'_>) -> Result<Vec<Event>, Lagged> {
-        let batch = self.broker.events_since(self.next, 1024)?;
+        let batch = self.broker.visible_events_since(self.next, 1024)?;
         if let Some(last) = batch.last() {
             self.next = Seq(last.seq.0 + 1);
         }

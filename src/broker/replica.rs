@@ -21,17 +21,20 @@ impl Broker {
     /// Applies the records of one committed change (a group whole, under
     /// the sequencer lock, so no reader of the history sees half of it).
     /// Records at or below the newest seq here are skipped (already
-    /// applied). Returns the newest seq applied.
+    /// applied, e.g. the leader's own). Returns the newest seq the message
+    /// holds (this node has everything up to it).
     pub(crate) fn apply_replicated(&self, record: Record) -> Seq {
         let records = match record {
             Record::Group { records } => records,
             other => vec![other],
         };
         let mut sequencer = self.sequencer();
+        let mut newest = Seq(0);
         for record in records {
             let Some(seq) = record.seq() else {
                 continue;
             };
+            newest = newest.max(seq);
             if seq <= sequencer.last {
                 continue;
             }
@@ -40,7 +43,7 @@ impl Broker {
         let last = sequencer.last;
         drop(sequencer);
         self.inner.notifier.publish(last);
-        last
+        newest.min(last)
     }
 
     fn apply_one(&self, sequencer: &mut Sequencer, seq: Seq, record: Record) {

@@ -30,6 +30,9 @@ fn first_seq(record: &Record) -> crate::model::Seq {
     first.unwrap_or_default()
 }
 
+/// How long the consumer may stay quiet while the stream holds more.
+const STALL: Duration = Duration::from_secs(1);
+
 pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
     loop {
         let from = cluster.applied_stream.load(Ordering::Acquire) + 1;
@@ -57,7 +60,24 @@ pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
                 continue;
             }
         };
-        while let Some(message) = messages.next().await {
+        loop {
+            // A consumer whose server died may go quiet instead of failing:
+            // when the stream is known to hold more, follow again.
+            let message = match tokio::time::timeout(STALL, messages.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => {
+                    let applied = cluster.applied_stream.load(Ordering::Acquire);
+                    if cluster.stream_seq.load(Ordering::Acquire) > applied {
+                        warn!(
+                            applied,
+                            "cluster: the stream holds more than arrives; following again"
+                        );
+                        break;
+                    }
+                    continue;
+                }
+            };
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
@@ -106,6 +126,7 @@ pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
                             cluster.step_down("another node appended to the stream");
                         }
                         let last = cluster.broker.apply_replicated(record);
+                        cluster.in_stream(last);
                         cluster.applied.send_replace(last);
                     }
                     Err(e) => {

@@ -167,10 +167,8 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
             }
             continue;
         }
-        if cluster.deposed.load(Ordering::Acquire)
-            && cluster.broker.last_seq() > *cluster.acked.borrow()
-        {
-            // Restarting in place (see `step_down`): take no part.
+        if cluster.restarting.load(Ordering::Acquire) {
+            // Starting again in place (see `step_down`): take no part.
             continue;
         }
         match store.entry(LEASE_KEY).await {
@@ -241,6 +239,7 @@ async fn take_over(cluster: &Arc<Cluster>, js: &Context, stream: &Stream, until:
         // after it: this node's state is the stream's.
         cluster.deposed.store(false, Ordering::Release);
         cluster.acked.send_replace(cluster.broker.last_seq());
+        cluster.in_stream(cluster.broker.last_seq());
         cluster.acked_stream.store(at, Ordering::Release);
         *cluster.lease_until.lock() = Some(until);
         publish::start(cluster.clone(), js.clone(), subject.clone(), at);

@@ -104,11 +104,17 @@ pub struct Cluster {
     applied: watch::Sender<Seq>,
     /// Newest broker seq JetStream acknowledged (the leader's acks).
     acked: watch::Sender<Seq>,
+    /// Newest broker seq known to be in the stream (acknowledged or
+    /// applied): what readers of the feed may see.
+    visible: watch::Sender<Seq>,
     /// The stream position of the newest message JetStream acknowledged to
     /// this node as leader (the fence, then its changes).
     acked_stream: AtomicU64,
     /// This node's leadership ended; its unacknowledged changes fail.
     deposed: AtomicBool,
+    /// It ended with changes the stream may not hold: the node is starting
+    /// again in place and takes no part in the lease meanwhile.
+    restarting: AtomicBool,
     pub counters: Counters,
     client: forward::Client,
 }
@@ -127,8 +133,10 @@ impl Cluster {
             stream_seq: AtomicU64::new(0),
             applied: watch::Sender::new(Seq(0)),
             acked: watch::Sender::new(Seq(0)),
+            visible: watch::Sender::new(Seq(0)),
             acked_stream: AtomicU64::new(0),
             deposed: AtomicBool::new(false),
+            restarting: AtomicBool::new(false),
             counters: Counters::default(),
             client: forward::client(),
         });
@@ -168,6 +176,24 @@ impl Cluster {
                 .load(Ordering::Acquire)
                 .max(self.applied_stream.load(Ordering::Acquire)),
         }
+    }
+
+    /// The newest broker seq known to be in the stream.
+    pub fn visible(&self) -> Seq {
+        *self.visible.borrow()
+    }
+
+    pub fn visible_watch(&self) -> watch::Receiver<Seq> {
+        self.visible.subscribe()
+    }
+
+    /// Every change up to `seq` is in the stream.
+    fn in_stream(&self, seq: Seq) {
+        self.visible.send_if_modified(|v| {
+            let moved = seq > *v;
+            *v = (*v).max(seq);
+            moved
+        });
     }
 
     /// Stream messages the node has yet to apply (as far as it knows).
@@ -214,6 +240,8 @@ impl Cluster {
         self.broker.set_replication(None);
         self.set_role(Role::Follower);
         *self.lease_until.lock() = None;
+        // Until the lease names the new leader, writes get 503.
+        *self.leader.lock() = None;
         self.counters.lease_changes.fetch_add(1, Ordering::Relaxed);
         // Wake the waiters: they fail now.
         self.acked.send_modify(|_| {});
@@ -226,6 +254,7 @@ impl Cluster {
             "cluster: stepping down as leader"
         );
         if ahead {
+            self.restarting.store(true, Ordering::Release);
             warn!(
                 "cluster: this node holds changes the stream did not acknowledge; \
                  starting again to rebuild its state from the stream"
@@ -272,7 +301,12 @@ impl std::fmt::Display for ClusterError {
 /// the node started (then it may serve).
 pub async fn join(cluster: Arc<Cluster>) -> Result<(), ClusterError> {
     let nats = lease::connect(&cluster.config).await?;
-    let js = async_nats::jetstream::new(nats);
+    // Short request and ack timeouts: while NATS fails over, a leader
+    // learns soon that its publishes are lost, and a starting node asks again.
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .ack_timeout(Duration::from_secs(2))
+        .build(nats);
     let stream = lease::stream(&js, &cluster.config).await?;
     let info = stream.cached_info().clone();
     // Event ids name the stream: the same change has the same id on
@@ -287,6 +321,7 @@ pub async fn join(cluster: Arc<Cluster>) -> Result<(), ClusterError> {
         .applied_stream
         .store(from.saturating_sub(1), Ordering::Release);
     cluster.applied.send_replace(cluster.broker.last_seq());
+    cluster.in_stream(cluster.broker.last_seq());
     tokio::spawn(follow::follow(cluster.clone(), stream.clone()));
     // Caught up with what was there when we came.
     let mut applied = cluster.applied.subscribe();

@@ -133,6 +133,7 @@ async fn acknowledged(
                 cluster.stream_seq.fetch_max(ack.sequence, Ordering::AcqRel);
                 cluster.acked_stream.store(ack.sequence, Ordering::Release);
                 cluster.acked.send_replace(seq);
+                cluster.in_stream(seq);
             }
             Err(e) => {
                 cluster

@@ -744,7 +744,7 @@ impl Stream {
                 self.push(&rendered);
                 continue;
             }
-            match self.broker.events_since(self.next, want) {
+            match self.broker.visible_events_since(self.next, want) {
                 Ok(events) if events.is_empty() => return true,
                 Ok(events) => {
                     for event in &events {
