@@ -167,8 +167,9 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
             }
             continue;
         }
-        if cluster.restarting.load(Ordering::Acquire) {
-            // Starting again in place (see `step_down`): take no part.
+        if cluster.settling.load(Ordering::Acquire) {
+            // The old leadership's last changes are not settled yet (see
+            // `publish::settle`): take no part.
             continue;
         }
         match store.entry(LEASE_KEY).await {
@@ -242,7 +243,13 @@ async fn take_over(cluster: &Arc<Cluster>, js: &Context, stream: &Stream, until:
         cluster.in_stream(cluster.broker.last_seq());
         cluster.acked_stream.store(at, Ordering::Release);
         *cluster.lease_until.lock() = Some(until);
-        publish::start(cluster.clone(), js.clone(), subject.clone(), at);
+        publish::start(
+            cluster.clone(),
+            js.clone(),
+            stream.clone(),
+            subject.clone(),
+            at,
+        );
         cluster.set_role(Role::Leader);
         cluster
             .counters

@@ -112,9 +112,10 @@ pub struct Cluster {
     acked_stream: AtomicU64,
     /// This node's leadership ended; its unacknowledged changes fail.
     deposed: AtomicBool,
-    /// It ended with changes the stream may not hold: the node is starting
-    /// again in place and takes no part in the lease meanwhile.
-    restarting: AtomicBool,
+    /// It ended with changes not known to be in the stream: until the
+    /// publisher settled them (`publish::settle`: in the stream, or the
+    /// node starts again in place) the node takes no part in the lease.
+    settling: AtomicBool,
     pub counters: Counters,
     client: forward::Client,
 }
@@ -136,7 +137,7 @@ impl Cluster {
             visible: watch::Sender::new(Seq(0)),
             acked_stream: AtomicU64::new(0),
             deposed: AtomicBool::new(false),
-            restarting: AtomicBool::new(false),
+            settling: AtomicBool::new(false),
             counters: Counters::default(),
             client: forward::client(),
         });
@@ -230,12 +231,16 @@ impl Cluster {
     }
 
     /// Ends this node's leadership: no more commits, the changes not yet
-    /// acknowledged fail. If the node holds changes the stream may not
-    /// have, its state is not the stream's any more: it starts again in
-    /// place and rebuilds from the stream.
+    /// acknowledged fail (their requests get 503). Whether the stream holds
+    /// them anyway the publisher finds out (`publish::settle`); if not, the
+    /// node's state is not the stream's and it starts again in place.
     fn step_down(&self, why: &str) {
         if self.deposed.swap(true, Ordering::AcqRel) {
             return;
+        }
+        let (last, acked) = (self.broker.last_seq(), *self.acked.borrow());
+        if last > acked {
+            self.settling.store(true, Ordering::Release);
         }
         self.broker.set_replication(None);
         self.set_role(Role::Follower);
@@ -245,28 +250,12 @@ impl Cluster {
         self.counters.lease_changes.fetch_add(1, Ordering::Relaxed);
         // Wake the waiters: they fail now.
         self.acked.send_modify(|_| {});
-        let (last, acked) = (self.broker.last_seq(), *self.acked.borrow());
-        let ahead = last > acked;
         warn!(
             why,
             seq = last.0,
             acked = acked.0,
             "cluster: stepping down as leader"
         );
-        if ahead {
-            self.restarting.store(true, Ordering::Release);
-            warn!(
-                "cluster: this node holds changes the stream did not acknowledge; \
-                 starting again to rebuild its state from the stream"
-            );
-            // Let the failed requests' answers go out first.
-            std::thread::spawn(|| {
-                std::thread::sleep(Duration::from_millis(300));
-                restart_in_place();
-            });
-        } else {
-            info!("cluster: following the stream");
-        }
     }
 }
 
