@@ -6,8 +6,8 @@
 //!
 //! Real processes: three `nats-server`s and three brokers per test (see
 //! tests/common/cluster.rs). Without `nats-server` each test says SKIPPED on
-//! stderr and passes. Run them one at a time:
-//! `cargo test --test cluster -- --test-threads=1`.
+//! stderr and passes. They take turns (`cluster::alone`), one cluster at a
+//! time: `cargo test --test cluster`.
 
 mod common;
 
@@ -23,9 +23,9 @@ use common::cluster::{
 /// after the leader is killed the other two elect one again.
 #[test]
 fn nats_cluster_starts_with_jetstream() {
-    if cluster::nats_missing() {
+    let Some(_alone) = cluster::alone() else {
         return;
-    }
+    };
     let mut nats = NatsCluster::start(3);
     assert_eq!(nats.urls().len(), 3);
     // Each client port speaks NATS.
@@ -122,9 +122,9 @@ fn outcomes(writes: &[&Write]) -> BTreeMap<(usize, String), usize> {
 /// nodes see it with the same id; `/cluster` agrees everywhere.
 #[test]
 fn write_through_a_follower_is_read_everywhere_with_one_event_id() {
-    if cluster::nats_missing() {
+    let Some(_alone) = cluster::alone() else {
         return;
-    }
+    };
     let nats = NatsCluster::start(3);
     let brokers = BrokerCluster::start(&nats, 3);
     let leader = brokers.wait_leader(Duration::from_secs(10));
@@ -289,9 +289,9 @@ fn write_through_a_follower_is_read_everywhere_with_one_event_id() {
 /// every survivor, none applied twice.
 #[test]
 fn killed_leader_loses_no_acknowledged_write() {
-    if cluster::nats_missing() {
+    let Some(_alone) = cluster::alone() else {
         return;
-    }
+    };
     let nats = NatsCluster::start(3);
     let mut brokers = BrokerCluster::start(&nats, 3);
     let leader = brokers.wait_leader(Duration::from_secs(10));
@@ -342,9 +342,9 @@ fn killed_leader_loses_no_acknowledged_write() {
 /// commits nothing of its own, and has the new writes.
 #[test]
 fn paused_leader_steps_down_and_commits_nothing() {
-    if cluster::nats_missing() {
+    let Some(_alone) = cluster::alone() else {
         return;
-    }
+    };
     let nats = NatsCluster::start(3);
     let mut brokers = BrokerCluster::start(&nats, 3);
     let old = brokers.wait_leader(Duration::from_secs(10));
@@ -524,9 +524,9 @@ fn paused_leader_steps_down_and_commits_nothing() {
 /// plus `lease_ms` + 2 s); nothing acknowledged is lost.
 #[test]
 fn killed_nats_server_loses_nothing() {
-    if cluster::nats_missing() {
+    let Some(_alone) = cluster::alone() else {
         return;
-    }
+    };
     let mut nats = NatsCluster::start(3);
     let brokers = BrokerCluster::start(&nats, 3);
     brokers.wait_leader(Duration::from_secs(10));
@@ -627,9 +627,9 @@ fn killed_nats_server_loses_nothing() {
 /// last `Last-Event-ID` seen: every change exactly once, ids consecutive.
 #[test]
 fn event_stream_resumes_on_another_node_without_gap() {
-    if cluster::nats_missing() {
+    let Some(_alone) = cluster::alone() else {
         return;
-    }
+    };
     let nats = NatsCluster::start(3);
     let mut brokers = BrokerCluster::start(&nats, 3);
     // A is the leader: its stream must carry only what the cluster keeps.
@@ -726,13 +726,102 @@ fn event_stream_resumes_on_another_node_without_gap() {
 /// named so starts and leads.
 #[test]
 fn nats_urls_from_the_environment_as_comma_separated_text() {
-    if cluster::nats_missing() {
+    let Some(_alone) = cluster::alone() else {
         return;
-    }
+    };
     let nats = NatsCluster::start(3);
     let urls = nats.urls().join(",");
     let brokers = BrokerCluster::start_with(&nats, 1, &[("ORDER_BROKER_CLUSTER_NATS_URLS", &urls)]);
     assert_eq!(brokers.wait_leader(Duration::from_secs(10)), 0);
     let (status, body) = brokers.node(0).update(1, "Mixing").unwrap();
     assert_eq!(status, 200, "{body}");
+}
+
+/// Fast start: a node started after the stream was snapshotted and purged
+/// loads the newest snapshot and the stream's tail, and holds exactly what
+/// the others hold (the messages before the snapshot are gone from the
+/// stream, so nothing else could give it the early orders).
+#[test]
+fn a_node_started_after_a_purge_catches_up_from_the_snapshot_and_the_tail() {
+    let Some(_alone) = cluster::alone() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let mut brokers = BrokerCluster::start_with(
+        &nats,
+        3,
+        &[("ORDER_BROKER_CLUSTER_SNAPSHOT_EVERY_CHANGES", "400")],
+    );
+    let leader = brokers.wait_leader(Duration::from_secs(10));
+    let late = (leader + 1) % 3;
+    brokers.kill(late);
+    // 2,000 changes over 250 orders, through the leader, 8 writers at once.
+    let addr = brokers.node(leader).addr.clone();
+    let writers: Vec<_> = (0..8u64)
+        .map(|t| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for i in 0..250u64 {
+                    let id = 1 + (t * 250 + i) % 250;
+                    let body = serde_json::json!({"id": id, "status": format!("step-{t}-{i}")});
+                    let (status, answer) = cluster::http(
+                        &addr,
+                        "PUT",
+                        "/update_order",
+                        &[("Content-Type", "application/json")],
+                        &body.to_string(),
+                        Duration::from_secs(10),
+                    )
+                    .expect("the leader answers");
+                    assert_eq!(status, 200, "{answer}");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    // The leader snapshotted at least twice, so the stream was purged.
+    wait_for(
+        Duration::from_secs(20),
+        "a snapshot after which the stream was purged",
+        |last| {
+            let log = brokers.stderr(leader);
+            *last = log
+                .lines()
+                .rfind(|l| l.contains("snapshot stored"))
+                .unwrap_or("")
+                .to_string();
+            log.lines()
+                .any(|l| l.contains("snapshot stored") && !l.contains("purged_below=0"))
+                .then_some(())
+        },
+        || brokers.diagnostics(),
+    );
+    brokers.restart(late);
+    let up = [0, 1, 2];
+    brokers.wait_caught_up(&up, Duration::from_secs(30));
+    assert!(
+        brokers.stderr(late).contains("loaded the snapshot"),
+        "the late node started from the snapshot:\n{}",
+        brokers.stderr(late)
+    );
+    for id in 1..=250 {
+        let want = brokers
+            .node(leader)
+            .order(id)
+            .unwrap()
+            .expect("on the leader");
+        let got = brokers
+            .node(late)
+            .order(id)
+            .unwrap()
+            .expect("on the late node");
+        assert_eq!(got, want, "order {id} on the late node and on the leader");
+    }
+    // It follows on: a write after its start reaches it too.
+    let (status, _) = brokers.node(late).update(7, "after the start").unwrap();
+    assert_eq!(status, 200);
+    let seen = brokers.node(late).order(7).unwrap().unwrap();
+    assert_eq!(seen["status"], "after the start");
 }

@@ -34,6 +34,18 @@ pub fn nats_missing() -> bool {
     !ok
 }
 
+/// For a cluster test: None (after saying SKIPPED) without `nats-server`,
+/// else a guard that keeps the other cluster tests of this binary waiting,
+/// so one cluster at a time shares the machine's cores (`cargo test` runs
+/// tests on several threads) and their timing bounds hold.
+pub fn alone() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static ONE: Mutex<()> = Mutex::new(());
+    if nats_missing() {
+        return None;
+    }
+    Some(ONE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
 /// `n` loopback ports free right now (all bound at once, so distinct).
 pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
