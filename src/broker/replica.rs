@@ -120,9 +120,12 @@ impl Broker {
             }
             Record::Snapshot { .. } | Record::End { .. } | Record::Group { .. } => return,
         };
-        // The leader gave this change `seq`: the sequencer issues it.
+        // The leader gave this change `seq`: the sequencer issues it, and
+        // it goes to no queue (it is in the stream already).
         sequencer.last = Seq(seq.0 - 1);
+        let queue = sequencer.journal.take();
         sequencer.commit(change);
+        sequencer.journal = queue;
     }
 
     /// Drops an order's shop number and customer link (before it is
@@ -138,11 +141,15 @@ impl Broker {
         }
     }
 
-    /// From now on this node commits changes: every event goes to `queue`
-    /// (the cluster's publisher). None: it stops committing (a leader
-    /// stepping down).
-    pub(crate) fn set_replication(&self, queue: Option<crate::journal::Queue>) {
-        self.sequencer().journal = queue;
+    /// Where this node's own commits go from now on: the cluster's
+    /// publisher (leading) or a queue that tells the node its memory went
+    /// ahead of the stream (not leading). Returns the newest seq committed
+    /// before the switch, read under the same lock, so no commit falls
+    /// between the two.
+    pub(crate) fn set_replication(&self, queue: crate::journal::Queue) -> Seq {
+        let mut sequencer = self.sequencer();
+        sequencer.journal = Some(queue);
+        sequencer.last
     }
 
     /// Event ids are `<epoch>-<seq>`: in a cluster the epoch names the

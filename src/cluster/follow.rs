@@ -113,22 +113,11 @@ pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
                     .map(|v| v.as_str().to_string())
             };
             let fence = header(KIND_HEADER).is_some_and(|k| k == "fence");
-            let leading = cluster.role() == super::Role::Leader;
-            if fence && leading && header(NODE_HEADER).as_deref() != Some(&cluster.config.node_id) {
-                cluster.step_down("another node fenced the stream");
-            }
-            if !fence {
+            let record = if fence {
+                None
+            } else {
                 match Record::decode(&message.payload) {
-                    Ok(record) => {
-                        // A leader's own changes are applied already; one
-                        // it has not made is another leader's.
-                        if leading && first_seq(&record) > cluster.broker.last_seq() {
-                            cluster.step_down("another node appended to the stream");
-                        }
-                        let last = cluster.broker.apply_replicated(record);
-                        cluster.in_stream(last);
-                        cluster.applied.send_replace(last);
-                    }
+                    Ok(record) => Some(record),
                     Err(e) => {
                         // Nothing after it can be applied in order: this
                         // node stops following (and is not ready).
@@ -138,6 +127,31 @@ pub(super) async fn follow(cluster: Arc<Cluster>, stream: Stream) {
                         return;
                     }
                 }
+            };
+            if cluster.role() == super::Role::Leader {
+                // A leader's own changes are applied already; a fence or a
+                // change it did not make is another leader's.
+                if fence && header(NODE_HEADER).as_deref() != Some(&cluster.config.node_id) {
+                    cluster.step_down("another node fenced the stream");
+                }
+                if record
+                    .as_ref()
+                    .is_some_and(|r| first_seq(r) > cluster.broker.last_seq())
+                {
+                    cluster.step_down("another node appended to the stream");
+                }
+            }
+            // A leadership that ended may hold changes of its own with the
+            // seqs the stream's next changes carry: apply nothing until the
+            // publisher found out whether they are in the stream (if they
+            // are not, the node starts again).
+            while cluster.settling.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Some(record) = record {
+                let last = cluster.broker.apply_replicated(record);
+                cluster.in_stream(last);
+                cluster.applied.send_replace(last);
             }
             cluster.applied_stream.store(at, Ordering::Release);
             cluster.stream_seq.fetch_max(at, Ordering::AcqRel);

@@ -71,15 +71,15 @@ impl Cluster {
     /// Sends a write to the leader and returns its answer once this node
     /// applied the change (at most `cluster.lease_ms` + 5 s after the
     /// answer; then the answer goes back anyway, the change being durable).
-    /// `long`: the request may wait on the leader for a long time (a CPEE
-    /// long poll), so no deadline is set for the answer.
+    /// `deadline`: how long the leader's answer may take (a CPEE long poll
+    /// waits there).
     pub async fn forward(
         &self,
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: Bytes,
-        long: bool,
+        deadline: Duration,
     ) -> Result<Forwarded, ForwardError> {
         let leader = self.leader.lock().clone().ok_or(ForwardError::NoLeader)?;
         if leader.node_id == self.config.node_id {
@@ -117,13 +117,9 @@ impl Cluster {
                 .to_bytes();
             Ok::<_, ForwardError>((parts, body))
         };
-        let (parts, body) = if long {
-            answer.await?
-        } else {
-            tokio::time::timeout(Duration::from_secs(30), answer)
-                .await
-                .map_err(|_| ForwardError::Unreachable("no answer within 30 s".into()))??
-        };
+        let (parts, body) = tokio::time::timeout(deadline, answer)
+            .await
+            .map_err(|_| ForwardError::Unreachable(format!("no answer within {deadline:?}")))??;
         let seq = parts
             .headers
             .get(SEQ_HEADER)

@@ -130,21 +130,41 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
         url: config.advertise_url.trim_end_matches('/').to_string(),
     };
     let value: bytes::Bytes = serde_json::to_vec(&me).expect("plain JSON").into();
+    if let Ok(status) = store.status().await
+        && status.max_age() != lease
+    {
+        // The key's TTL is the bucket's: a lease that lasts longer on the
+        // leader than on the server would let two nodes commit.
+        tracing::error!(
+            bucket_ms = status.max_age().as_millis() as u64,
+            lease_ms = config.lease_ms,
+            "cluster: the lease bucket was made with another lease_ms; every node must use \
+             the bucket's (or delete the bucket <stream>_lease while no node runs); this node \
+             only follows"
+        );
+        return;
+    }
+    // The stream's end, for the lag and the stall check, on its own task so
+    // a slow answer never delays a renewal.
+    {
+        let (cluster, stream) = (cluster.clone(), stream.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut stream = stream.clone();
+                if let Ok(info) = stream.info().await {
+                    cluster
+                        .stream_seq
+                        .fetch_max(info.state.last_sequence, Ordering::AcqRel);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
     let mut revision = 0;
     let mut tick = tokio::time::interval(lease / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut info_due = Instant::now();
     loop {
         tick.tick().await;
-        if Instant::now() >= info_due {
-            info_due = Instant::now() + Duration::from_millis(500);
-            let mut stream = stream.clone();
-            if let Ok(info) = stream.info().await {
-                cluster
-                    .stream_seq
-                    .fetch_max(info.state.last_sequence, Ordering::AcqRel);
-            }
-        }
         if cluster.role() == Role::Leader && !cluster.deposed.load(Ordering::Acquire) {
             let sent = Instant::now();
             match store.update(LEASE_KEY, value.clone(), revision).await {
@@ -183,6 +203,12 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
             Err(_) => continue,
         }
         *cluster.leader.lock() = None;
+        // Only a node that could lead at once competes: one still
+        // catching up (or stopped by a record it cannot read) would hold
+        // the lease without committing.
+        if cluster.role() != Role::Follower || cluster.lag() > 0 {
+            continue;
+        }
         let sent = Instant::now();
         let Ok(next) = store.create(LEASE_KEY, value.clone()).await else {
             continue;
@@ -192,8 +218,11 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
         if take_over(&cluster, &js, &stream, sent + lease).await {
             *cluster.leader.lock() = Some(me.clone());
         } else {
-            // Let it run out; another node (or this one) tries again.
-            let _ = store.delete(LEASE_KEY).await;
+            // Give it up (only if it is still this node's); another node
+            // (or this one) tries again.
+            let _ = store
+                .delete_expect_revision(LEASE_KEY, Some(revision))
+                .await;
         }
     }
 }

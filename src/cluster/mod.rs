@@ -142,6 +142,7 @@ impl Cluster {
             client: forward::client(),
         });
         cluster.broker.attach_cluster(cluster.clone());
+        cluster.broker.set_replication(stray_queue());
         cluster
     }
 
@@ -238,11 +239,10 @@ impl Cluster {
         if self.deposed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (last, acked) = (self.broker.last_seq(), *self.acked.borrow());
-        if last > acked {
-            self.settling.store(true, Ordering::Release);
-        }
-        self.broker.set_replication(None);
+        // Settling first: the follow loop waits while it is set.
+        self.settling.store(true, Ordering::Release);
+        let last = self.broker.set_replication(stray_queue());
+        let acked = *self.acked.borrow();
         self.set_role(Role::Follower);
         *self.lease_until.lock() = None;
         // Until the lease names the new leader, writes get 503.
@@ -257,6 +257,30 @@ impl Cluster {
             "cluster: stepping down as leader"
         );
     }
+}
+
+/// Where a node that does not lead sends its own commits: there should be
+/// none (writes are forwarded, leader-only work runs on the leader), but a
+/// request or task that passed its check just before the leadership ended
+/// can still commit. Such a change is in this node's memory and never in
+/// the stream, and the stream's next change will carry its seq: the node
+/// starts again in place and rebuilds from the stream.
+fn stray_queue() -> crate::journal::Queue {
+    let (changes, strays) = crossbeam_channel::unbounded::<crate::journal::Msg>();
+    let (bell, _) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("cluster-strays".into())
+        .spawn(move || {
+            if strays.recv().is_ok() {
+                tracing::error!(
+                    "cluster: a change was committed here while this node does not lead; \
+                     starting again to rebuild its state from the stream"
+                );
+                restart_in_place();
+            }
+        })
+        .expect("a thread starts");
+    crate::journal::Queue::new(changes, bell)
 }
 
 /// Replaces this process with a fresh start of the same binary and

@@ -54,9 +54,7 @@ pub(super) fn start(
         fence,
         encoded_rx,
     ));
-    cluster
-        .broker
-        .set_replication(Some(Queue::new(changes, bell)));
+    cluster.broker.set_replication(Queue::new(changes, bell));
 }
 
 /// Encodes what the sequencer queues, as the journal would write it. Ends
@@ -111,6 +109,9 @@ async fn send(
     mut encoded: mpsc::UnboundedReceiver<(Seq, bytes::Bytes)>,
 ) {
     let mut batch: Vec<(Seq, bytes::Bytes)> = Vec::new();
+    let give_up = std::time::Duration::from_millis(cluster.config.lease_ms * 2);
+    let mut failing_since = None;
+    let mut backoff = std::time::Duration::from_millis(20);
     loop {
         if batch.is_empty() {
             match encoded.recv().await {
@@ -137,6 +138,20 @@ async fn send(
                 .counters
                 .publish_failures
                 .fetch_add(1, Ordering::Relaxed);
+            // A change the stream keeps refusing (too large for the
+            // servers' max_payload, storage full): give the leadership up
+            // rather than hold every write.
+            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > give_up {
+                warn!(
+                    seq = batch[stored].0.0,
+                    "cluster: the stream does not take this change"
+                );
+                cluster.step_down("a change could not be stored in the stream");
+                continue;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
             if !cluster.may_commit() {
                 cluster.step_down("the lease ran out while a change was being published");
                 continue;
@@ -152,6 +167,10 @@ async fn send(
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
             }
+        }
+        if stored == batch.len() {
+            failing_since = None;
+            backoff = std::time::Duration::from_millis(20);
         }
         if stored > 0 {
             last += stored as u64;

@@ -29,6 +29,9 @@ use crate::model::Seq;
 
 const OBJECT: &str = "latest";
 const STREAM_SEQ: &str = "stream_seq";
+/// The stream's identity (its creation time, the event ids' epoch): a
+/// snapshot of a stream since replaced is not loaded.
+const CREATED: &str = "stream_created";
 
 pub(super) async fn store(js: &Context, cluster: &Cluster) -> ObjectStore {
     let bucket = format!("{}_snapshots", cluster.config.stream);
@@ -53,15 +56,24 @@ pub(super) async fn store(js: &Context, cluster: &Cluster) -> ObjectStore {
     }
 }
 
-/// The newest snapshot's stream position (0: there is none).
-async fn position(store: &ObjectStore) -> u64 {
+/// The newest snapshot's stream position (0: there is none, or it is of
+/// another stream by that name, created at another time); Err when the
+/// store does not answer.
+async fn position(store: &ObjectStore, created: &str) -> Result<u64, String> {
+    use async_nats::jetstream::object_store::InfoErrorKind;
     match store.info(OBJECT).await {
-        Ok(info) if !info.deleted => info
-            .metadata
-            .get(STREAM_SEQ)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0),
-        _ => 0,
+        Ok(info)
+            if !info.deleted && info.metadata.get(CREATED).map(String::as_str) == Some(created) =>
+        {
+            Ok(info
+                .metadata
+                .get(STREAM_SEQ)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0))
+        }
+        Ok(_) => Ok(0),
+        Err(e) if e.kind() == InfoErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -73,30 +85,61 @@ pub(super) async fn load(
     store: &ObjectStore,
     first: u64,
 ) -> Result<u64, ClusterError> {
-    let at = position(store).await;
+    loop {
+        match try_load(cluster, store, first).await {
+            Ok(at) => return Ok(at),
+            Err(Load::Fatal(e)) => return Err(e),
+            Err(Load::Again(e)) => {
+                warn!(error = %e, "cluster: cannot load the snapshot yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+enum Load {
+    Fatal(ClusterError),
+    /// The store did not answer, or the snapshot changed while it was read.
+    Again(String),
+}
+
+async fn try_load(cluster: &Cluster, store: &ObjectStore, first: u64) -> Result<u64, Load> {
+    let created = &cluster.broker.epoch().to_string();
+    let at = position(store, created).await.map_err(Load::Again)?;
     if at <= 1 {
         if first > 1 {
-            return Err(ClusterError(format!(
+            return Err(Load::Fatal(ClusterError(format!(
                 "the stream starts at {first} (older messages were purged) and there is no \
                  snapshot to start from"
-            )));
+            ))));
         }
         return Ok(1);
     }
     let mut object = store
         .get(OBJECT)
         .await
-        .map_err(|e| ClusterError(format!("cannot read the cluster's snapshot: {e}")))?;
+        .map_err(|e| Load::Again(e.to_string()))?;
+    // The position of the object actually read (a newer one may have
+    // replaced the one asked about).
+    let at = object
+        .info()
+        .metadata
+        .get(STREAM_SEQ)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(at);
     let mut bytes = Vec::new();
     object
         .read_to_end(&mut bytes)
         .await
-        .map_err(|e| ClusterError(format!("cannot read the cluster's snapshot: {e}")))?;
+        .map_err(|e| Load::Again(e.to_string()))?;
+    // Checked before anything is restored, so a retry starts from empty.
+    check(&bytes).map_err(Load::Again)?;
     let broker = cluster.broker.clone();
     let size = bytes.len();
     let seq = tokio::task::spawn_blocking(move || restore(&broker, &bytes))
         .await
-        .map_err(|e| ClusterError(format!("loading the snapshot failed: {e}")))??;
+        .map_err(|e| Load::Fatal(ClusterError(format!("loading the snapshot failed: {e}"))))?
+        .map_err(Load::Fatal)?;
     info!(
         seq = seq.0,
         stream_seq = at,
@@ -104,6 +147,29 @@ pub(super) async fn load(
         "cluster: loaded the snapshot"
     );
     Ok(at)
+}
+
+/// The snapshot decodes whole: a snapshot record first, an end record
+/// that counts what came between.
+fn check(bytes: &[u8]) -> Result<(), String> {
+    let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    match lines.next().map(Record::decode) {
+        Some(Ok(Record::Snapshot { .. })) => {}
+        _ => return Err("it does not begin with a snapshot record".into()),
+    }
+    let mut records = 0;
+    for line in lines {
+        match Record::decode(line).map_err(|e| e.to_string())? {
+            Record::End { records: counted } if counted == records => return Ok(()),
+            Record::End { records: counted } => {
+                return Err(format!(
+                    "it holds {records} records, its end says {counted}"
+                ));
+            }
+            _ => records += 1,
+        }
+    }
+    Err("it has no end record (cut short)".into())
 }
 
 fn restore(broker: &crate::broker::Broker, bytes: &[u8]) -> Result<Seq, ClusterError> {
@@ -143,7 +209,8 @@ fn restore(broker: &crate::broker::Broker, bytes: &[u8]) -> Result<Seq, ClusterE
 /// snapshot (whoever led when it was taken).
 pub(super) async fn run(cluster: Arc<Cluster>, store: ObjectStore, stream: Stream) {
     let every = cluster.config.snapshot_every_changes;
-    let mut newest = position(&store).await;
+    let created = cluster.broker.epoch().to_string();
+    let mut newest = position(&store, &created).await.unwrap_or(0);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !cluster.may_commit() {
@@ -153,7 +220,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, store: ObjectStore, stream: Strea
         if acked.saturating_sub(newest.max(1)) < every {
             continue;
         }
-        newest = position(&store).await.max(newest);
+        newest = position(&store, &created).await.unwrap_or(0).max(newest);
         if acked.saturating_sub(newest.max(1)) < every {
             continue;
         }
@@ -164,9 +231,13 @@ pub(super) async fn run(cluster: Arc<Cluster>, store: ObjectStore, stream: Strea
     }
 }
 
-/// Stores a snapshot; returns its stream position.
+/// Stores a snapshot; returns its stream position. The cut's changes are
+/// all acknowledged by this leadership before it is stored (a cut may end
+/// in changes still in flight, which a deposed leader never gets into the
+/// stream), and a snapshot older than the stored one is not stored.
 async fn take(cluster: &Cluster, store: &ObjectStore, stream: &Stream) -> Result<u64, String> {
-    let before = position(store).await;
+    let created = &cluster.broker.epoch().to_string();
+    let before = position(store, created).await?;
     let at = cluster.acked_stream.load(Ordering::Acquire) + 1;
     let broker = cluster.broker.clone();
     let (bytes, seq) = tokio::task::spawn_blocking(move || {
@@ -181,12 +252,29 @@ async fn take(cluster: &Cluster, store: &ObjectStore, stream: &Stream) -> Result
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
+    let wait = Duration::from_millis(cluster.config.lease_ms);
+    if !matches!(
+        tokio::time::timeout(wait, cluster.durable(seq)).await,
+        Ok(Ok(()))
+    ) {
+        return Err(format!(
+            "the cut's changes (to seq {}) were not all acknowledged",
+            seq.0
+        ));
+    }
+    if !cluster.may_commit() {
+        return Err("the leadership ended during the snapshot".into());
+    }
+    if position(store, created).await? >= at {
+        return Err("a newer snapshot is stored already".into());
+    }
     let size = bytes.len();
     let meta = ObjectMetadata {
         name: OBJECT.into(),
         description: Some(format!("order-broker state at seq {}", seq.0)),
         metadata: [
             (STREAM_SEQ.to_string(), at.to_string()),
+            (CREATED.to_string(), created.clone()),
             ("seq".to_string(), seq.0.to_string()),
         ]
         .into_iter()
@@ -202,7 +290,7 @@ async fn take(cluster: &Cluster, store: &ObjectStore, stream: &Stream) -> Result
     if before > 1 {
         stream
             .purge()
-            .sequence(before)
+            .sequence(before.min(at))
             .await
             .map_err(|e| format!("purge: {e}"))?;
     }

@@ -75,12 +75,7 @@ pub fn group(route: Route) -> Option<ApiGroup> {
         return group(same);
     }
     Some(match route {
-        Route::Healthz
-        | Route::Readyz
-        | Route::Cluster
-        | Route::Board
-        | Route::StorePage
-        | Route::Docs => {
+        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage | Route::Docs => {
             return None;
         }
         Route::Update => ApiGroup::SeedWrites,
@@ -129,7 +124,7 @@ pub fn group(route: Route) -> Option<ApiGroup> {
         | Route::OrderReturn
         | Route::Analytics
         | Route::TrackingStream => ApiGroup::Fulfilment,
-        Route::Metrics | Route::OpenApi => ApiGroup::Ops,
+        Route::Metrics | Route::OpenApi | Route::Cluster => ApiGroup::Ops,
     })
 }
 
@@ -151,13 +146,10 @@ pub fn need(route: Route, method: &Method, param: Option<&str>) -> Need {
     }
     let read = method == Method::GET || method == Method::HEAD;
     match route {
-        Route::Healthz
-        | Route::Readyz
-        | Route::Cluster
-        | Route::Board
-        | Route::StorePage
-        | Route::Docs => Need::Nobody,
-        Route::Metrics | Route::OpenApi => Need::Anyone,
+        Route::Healthz | Route::Readyz | Route::Board | Route::StorePage | Route::Docs => {
+            Need::Nobody
+        }
+        Route::Metrics | Route::OpenApi | Route::Cluster => Need::Anyone,
         Route::GetAll
         | Route::GetCurrentOrder
         | Route::GetCompletedOrders

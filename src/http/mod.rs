@@ -765,9 +765,14 @@ impl App {
                 ));
             }
             let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            let long = leader_only;
+            // A long poll waits on the leader up to `cpee.max_wait_secs`.
+            let deadline = if leader_only {
+                std::time::Duration::from_secs(self.cpee_max_wait_secs + 30)
+            } else {
+                std::time::Duration::from_secs(30)
+            };
             let forwarded = cluster
-                .forward(&req.method, path, &req.headers, req.body.clone(), long)
+                .forward(&req.method, path, &req.headers, req.body.clone(), deadline)
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
             let mut response = Response::new(full(forwarded.body));
@@ -781,7 +786,8 @@ impl App {
         if after > before && cluster.durable(after).await.is_err() {
             return Err(unavailable(
                 "the change was not acknowledged by the cluster's stream (the leader \
-                 stepped down or lost its quorum); it is not durable, retry"
+                 stepped down or lost its quorum): its outcome is unknown; read before \
+                 writing again, or retry with the same Idempotency-Key"
                     .into(),
             ));
         }
