@@ -64,6 +64,12 @@ pub async fn serve(
         .cluster
         .enabled()
         .then(|| crate::cluster::Cluster::new(&config.cluster, app.broker().clone()));
+    if let Some(cluster) = &cluster {
+        // Leader-only work moves with the lease: the orders waiting for an
+        // orderbot are queued on the new leader.
+        let cpee = app.cpee.clone();
+        cluster.on_lead(move || cpee.requeue_intake_afresh());
+    }
     // After the cluster is attached: the renderer shows what is in the stream.
     tokio::spawn(app.live.clone().render(app.broker().clone()));
     let mut recovery = match &cluster {

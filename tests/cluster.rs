@@ -825,3 +825,57 @@ fn a_node_started_after_a_purge_catches_up_from_the_snapshot_and_the_tail() {
     let seen = brokers.node(late).order(7).unwrap().unwrap();
     assert_eq!(seen["status"], "after the start");
 }
+
+/// Leader-only work moves with the lease: an order taken in through one
+/// node is handed out by `next-order` after the leader that queued it died,
+/// by the new leader (reached through a follower).
+#[test]
+fn an_intake_order_is_handed_out_by_the_new_leader_after_a_failover() {
+    let Some(_alone) = cluster::alone() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let mut brokers = BrokerCluster::start(&nats, 3);
+    let leader = brokers.wait_leader(Duration::from_secs(10));
+    let other = (leader + 1) % 3;
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, body) = cluster::http(
+        &brokers.node(other).addr,
+        "POST",
+        "/orders/intake",
+        &form,
+        "drink=Mojito&size=L&name=Ann",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "intake through a follower: {body}");
+    let order: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = order["order_id"].as_u64().expect("an order id");
+    brokers.kill(leader);
+    let new = brokers.wait_leader_among(&[other, (leader + 2) % 3], LEASE * 6);
+    let asker = if new == other {
+        (leader + 2) % 3
+    } else {
+        other
+    };
+    let (status, body) = cluster::http(
+        &brokers.node(asker).addr,
+        "POST",
+        "/cpee/next-order?wait=5",
+        &form,
+        "orderbot_id=robot-1",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(
+        status,
+        200,
+        "next-order through node {} after the failover: {body}\n{}",
+        brokers.node(asker).id,
+        brokers.diagnostics()
+    );
+    assert!(
+        body.contains(&format!("\"order_id\":{id}")) || body.contains(&format!("\"id\":{id}")),
+        "the order taken in before the failover is handed out: {body}"
+    );
+}

@@ -118,6 +118,9 @@ pub struct Cluster {
     settling: AtomicBool,
     pub counters: Counters,
     client: forward::Client,
+    /// Run each time this node starts to lead (the server queues the
+    /// orders waiting for an orderbot again).
+    on_lead: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Cluster {
@@ -140,10 +143,22 @@ impl Cluster {
             settling: AtomicBool::new(false),
             counters: Counters::default(),
             client: forward::client(),
+            on_lead: std::sync::OnceLock::new(),
         });
         cluster.broker.attach_cluster(cluster.clone());
         cluster.broker.set_replication(stray_queue());
         cluster
+    }
+
+    /// Sets what runs each time this node starts to lead.
+    pub fn on_lead(&self, run: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_lead.set(Box::new(run));
+    }
+
+    fn led(&self) {
+        if let Some(run) = self.on_lead.get() {
+            run();
+        }
     }
 
     pub fn role(&self) -> Role {

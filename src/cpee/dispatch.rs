@@ -44,6 +44,14 @@ impl Cpee {
 
     /// After recovery: queues again every order taken in by intake that no
     /// orderbot got, oldest first.
+    /// In a cluster, when this node starts to lead: the queue it kept as a
+    /// follower is stale (the old leader queued what came since), so it is
+    /// built again from the orders that wait.
+    pub fn requeue_intake_afresh(self: &Arc<Self>) {
+        self.dispatch.lock().orders.clear();
+        self.requeue_intake();
+    }
+
     pub fn requeue_intake(self: &Arc<Self>) {
         let waiting = self.broker.undispatched_intake();
         if waiting.is_empty() {
