@@ -879,3 +879,79 @@ fn an_intake_order_is_handed_out_by_the_new_leader_after_a_failover() {
         "the order taken in before the failover is handed out: {body}"
     );
 }
+
+/// Two of three NATS servers gone: no quorum, so no write is acknowledged
+/// (503), while every broker still answers reads with the last state; once
+/// one server is back, writes are acknowledged again.
+#[test]
+fn without_a_nats_quorum_writes_stop_reads_go_on_and_writes_come_back() {
+    let Some(_alone) = cluster::alone() else {
+        return;
+    };
+    let mut nats = NatsCluster::start(3);
+    let brokers = BrokerCluster::start(&nats, 3);
+    brokers.wait_leader(Duration::from_secs(10));
+    for id in 1..=5 {
+        let (status, body) = brokers.node(id as usize % 3).update(id, "before").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    brokers.wait_caught_up(&[0, 1, 2], Duration::from_secs(10));
+    nats.kill(1);
+    nats.kill(2);
+    // Writes stop: within a few leases every answer is a refusal, never 200.
+    wait_for(
+        Duration::from_secs(20),
+        "writes to be refused on every node",
+        |last| {
+            let answers: Vec<u16> = (0..3)
+                .map(|i| brokers.node(i).update(6, "no quorum").map_or(0, |(s, _)| s))
+                .collect();
+            *last = format!("{answers:?}");
+            answers.iter().all(|s| *s == 503).then_some(())
+        },
+        || format!("{}{}", brokers.diagnostics(), nats.logs()),
+    );
+    // Once refused everywhere, a write is made nowhere (what was in flight
+    // when the servers died, order 6 above, may still be settled either way).
+    for _ in 0..3 {
+        for i in 0..3 {
+            let (status, body) = brokers.node(i).update(8, "refused").unwrap();
+            assert_eq!(status, 503, "node {i} without a NATS quorum: {body}");
+        }
+    }
+    // Reads go on with the last state on every node that kept its state
+    // (a leader that held unacknowledged changes may have started again
+    // and then waits for NATS to come back).
+    let mut serving = 0;
+    for i in 0..3 {
+        if let Ok(Some(order)) = brokers.node(i).order(3) {
+            assert_eq!(order["status"], "before", "node {i} serves the last state");
+            serving += 1;
+        }
+    }
+    assert!(
+        serving >= 2,
+        "at least the followers serve reads; {serving} did"
+    );
+    nats.restart(1);
+    wait_for(
+        Duration::from_secs(30),
+        "a write acknowledged after one NATS server came back",
+        |last| {
+            let answer = brokers.node(0).update(7, "quorum again");
+            *last = format!("{answer:?}");
+            matches!(answer, Ok((200, _))).then_some(())
+        },
+        || format!("{}{}", brokers.diagnostics(), nats.logs()),
+    );
+    brokers.wait_caught_up(&[0, 1, 2], Duration::from_secs(30));
+    for i in 0..3 {
+        let order = brokers.node(i).order(7).unwrap().expect("written");
+        assert_eq!(order["status"], "quorum again");
+        let order = brokers.node(i).order(8).unwrap();
+        assert!(
+            order.is_none(),
+            "a write refused without a quorum was not applied later on node {i}: {order:?}"
+        );
+    }
+}
