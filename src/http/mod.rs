@@ -787,7 +787,7 @@ impl App {
             return Err(unavailable(
                 "the change was not acknowledged by the cluster's stream (the leader \
                  stepped down or lost its quorum): its outcome is unknown; read before \
-                 writing again, or retry with the same Idempotency-Key"
+                 writing again, or write with If-Match"
                     .into(),
             ));
         }
