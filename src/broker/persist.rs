@@ -191,15 +191,8 @@ impl Broker {
     /// the indexes are rebuilt by [`Broker::finish_restore`].
     pub(crate) fn restore(&self, record: Record) {
         let inner = &self.inner;
-        // Assigned ids stay above chosen ones, never past the bound a
-        // client may choose (a journal from before the bound may hold a
-        // larger id: it keeps its order, and assignment skips taken ids).
         let cap = crate::model::MAX_CHOSEN_ORDER_ID + 1;
-        let order_seen = |id: OrderId| {
-            inner
-                .next_order_id
-                .fetch_max(id.0.saturating_add(1).min(cap), Ordering::Relaxed);
-        };
+        let order_seen = |id: OrderId| self.order_seen(id);
         match record {
             Record::Order { id, order, .. } => {
                 order_seen(id);
@@ -247,6 +240,17 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// An order id came from a record: assigned ids stay above it, never
+    /// past the bound a client may choose (a journal from before the bound
+    /// may hold a larger id: it keeps its order, and assignment skips taken
+    /// ids).
+    pub(super) fn order_seen(&self, id: OrderId) {
+        let cap = crate::model::MAX_CHOSEN_ORDER_ID + 1;
+        self.inner
+            .next_order_id
+            .fetch_max(id.0.saturating_add(1).min(cap), Ordering::Relaxed);
     }
 
     pub(super) fn restored(&self, stored: StoredOrder) -> Order {

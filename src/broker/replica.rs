@@ -48,12 +48,7 @@ impl Broker {
 
     fn apply_one(&self, sequencer: &mut Sequencer, seq: Seq, record: Record) {
         let inner = &self.inner;
-        let cap = crate::model::MAX_CHOSEN_ORDER_ID + 1;
-        let order_seen = |id: OrderId| {
-            inner
-                .next_order_id
-                .fetch_max(id.0.saturating_add(1).min(cap), Ordering::Relaxed);
-        };
+        let order_seen = |id: OrderId| self.order_seen(id);
         let change = match record {
             Record::Order { id, order, .. } => {
                 order_seen(id);
