@@ -16,11 +16,22 @@
 //!   leader that loses the lease, or whose publish is refused, stops
 //!   committing; if it holds changes the stream does not, it starts again
 //!   in place (`exec`) and rebuilds its state from the stream.
+//!   A publish that fails is read back from the stream; a leadership that
+//!   ends settles its unacknowledged changes against the stream
+//!   (`publish::settle`). A node that does not lead sends its own commits
+//!   (there should be none) to a queue that restarts it (`stray_queue`).
 //! - **Any node takes any request** (`forward.rs`): a follower forwards
 //!   writes to the leader's `advertise_url` and answers once it applied
 //!   the change itself (the leader says which seq in `Order-Broker-Seq`).
+//! - **Readers see only what is in the stream**: `Broker::visible_seq`
+//!   caps the feed at what JetStream acknowledged (leader) or what was
+//!   applied (follower), so an event id never names two changes.
+//! - **Fast start** (`snapshot.rs`): the leader stores snapshots in the
+//!   object store `<stream>_snapshots` and purges the stream below the one
+//!   before; a starting node loads the newest and follows from there.
 //!
-//! Leader-only work (scheduled release, eviction) runs on the leader only.
+//! Leader-only work (scheduled release, eviction) runs on the leader only;
+//! a new leader queues the orders waiting for an orderbot again (`on_lead`).
 
 mod follow;
 mod forward;
