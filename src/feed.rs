@@ -48,6 +48,12 @@ pub enum Change {
     CustomerRemoved(CustomerId),
     Template(Arc<Template>),
     TemplateRemoved(TemplateId),
+    /// A callback owed to CPEE was registered or given an order (never in
+    /// an event stream: only the journal, the cluster and `crate::cpee`
+    /// read it).
+    Callback(Arc<crate::cpee::Callback>),
+    /// A callback is owed no more, by id.
+    CallbackEnded(u64),
 }
 
 impl Event {

@@ -65,10 +65,17 @@ pub async fn serve(
         .enabled()
         .then(|| crate::cluster::Cluster::new(&config.cluster, app.broker().clone()));
     if let Some(cluster) = &cluster {
-        // Leader-only work moves with the lease: the orders waiting for an
-        // orderbot are queued on the new leader.
+        // Leader-only work moves with the lease: the new leader takes over
+        // the callbacks owed and the orders waiting for an orderbot; one
+        // that steps down lets go of them.
         let cpee = app.cpee.clone();
-        cluster.on_lead(move || cpee.requeue_intake_afresh());
+        cluster.on_leadership(move |leads| {
+            if leads {
+                cpee.take_over()
+            } else {
+                cpee.let_go()
+            }
+        });
     }
     // After the cluster is attached: the renderer shows what is in the stream.
     tokio::spawn(app.live.clone().render(app.broker().clone()));
@@ -216,11 +223,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// Once the state is in place: queues again what waits for an orderbot,
-/// builds the analytics and starts following the feed for them, and opens
+/// Once the state is in place: takes over the callbacks owed and what
+/// waits for an orderbot (alone; in a cluster the leader does, see
+/// `serve`), builds the analytics and starts following the feed for them, and opens
 /// the doors. Nothing writes before this returns.
 fn open(app: &Arc<App>) -> tokio::task::JoinHandle<()> {
-    app.cpee.requeue_intake();
+    if app.broker().cluster().is_none() {
+        app.cpee.take_over();
+    }
     let from = app.analytics.rebuild(app.broker());
     let follower = tokio::spawn(app.analytics.clone().follow(app.broker().clone(), from));
     app.ready.store(true, std::sync::atomic::Ordering::Release);

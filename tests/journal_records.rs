@@ -9,8 +9,9 @@ use std::sync::Arc;
 use order_broker::catalog::{
     Customer, CustomerId, Product, ProductId, Template, TemplateId, TemplateItem,
 };
+use order_broker::cpee::{Audience, Callback, Owes, Target};
 use order_broker::journal::record::{Frames, Record, Retired, StoredOrder};
-use order_broker::model::{Millis, OrderId, Seq};
+use order_broker::model::{Millis, OrderId, Seq, Stage};
 use order_broker::money::{MAX_UNITS, Money};
 use order_broker::shop::{
     Delivery, Feedback, HistoryEntry, Item, Ledger, Location, PaymentStatus, Return, ReturnItem,
@@ -410,6 +411,45 @@ fn leaf_records() -> BoxedStrategy<Record> {
             seq,
             id: TemplateId(id),
         }),
+        1 => (seqs(), ids(), any::<u8>(), texts(), any::<bool>()).prop_map(|(seq, id, kind, text, set)| {
+            let some = |t: &String| set.then(|| t.clone());
+            let audience = match kind % 4 {
+                0 => Audience::Everything,
+                1 => Audience::Customer(id),
+                2 => Audience::Partner(text.clone()),
+                _ => Audience::Board,
+            };
+            let owes = match kind % 3 {
+                0 => Owes::Work {
+                    orderbot: text.clone(),
+                    order: set.then_some(OrderId(id)),
+                },
+                1 => Owes::State {
+                    order: OrderId(id),
+                    target: Target::Status(text.clone()),
+                    updates: set,
+                },
+                _ => Owes::State {
+                    order: OrderId(id),
+                    target: Target::Stage(Stage::ALL[usize::from(kind) % Stage::ALL.len()]),
+                    updates: !set,
+                },
+            };
+            Record::Callback {
+                seq,
+                callback: Arc::new(Callback {
+                    id,
+                    url: text.clone(),
+                    instance: some(&text),
+                    instance_url: some(&text),
+                    label: some(&text),
+                    created: Millis(id),
+                    audience,
+                    owes,
+                }),
+            }
+        }),
+        1 => (seqs(), ids()).prop_map(|(seq, id)| Record::CallbackEnded { seq, id }),
         1 => (seqs(), ids(), ids(), ids(), ids()).prop_map(|(seq, order, product, customer, template)| {
             Record::Snapshot {
                 seq,
@@ -417,6 +457,7 @@ fn leaf_records() -> BoxedStrategy<Record> {
                 next_product_id: product,
                 next_customer_id: customer,
                 next_template_id: template,
+                next_callback_id: order ^ template,
                 retired: Retired {
                     products: vec![order, product],
                     customers: vec![customer],
@@ -561,6 +602,7 @@ fn every_kind_with_every_field_set_and_unset() {
             next_product_id: u64::MAX,
             next_customer_id: u64::MAX,
             next_template_id: u64::MAX,
+            next_callback_id: u64::MAX,
             retired: Retired {
                 products: vec![0, u64::MAX],
                 customers: vec![u64::MAX],
@@ -648,6 +690,26 @@ fn every_kind_with_every_field_set_and_unset() {
             seq: max,
             id: TemplateId(u64::MAX),
         },
+        Record::Callback {
+            seq: max,
+            callback: Arc::new(Callback {
+                id: u64::MAX,
+                url: long.clone(),
+                instance: Some(long.clone()),
+                instance_url: Some(long.clone()),
+                label: Some(long.clone()),
+                created: Millis(u64::MAX),
+                audience: Audience::Partner(long.clone()),
+                owes: Owes::Work {
+                    orderbot: long.clone(),
+                    order: Some(OrderId(u64::MAX)),
+                },
+            }),
+        },
+        Record::CallbackEnded {
+            seq: max,
+            id: u64::MAX,
+        },
         Record::End { records: u64::MAX },
     ];
     let group = Record::Group {
@@ -672,6 +734,8 @@ fn every_kind_is_generated(record: &Record) {
         | Record::CustomerRemoved { .. }
         | Record::Template { .. }
         | Record::TemplateRemoved { .. }
+        | Record::Callback { .. }
+        | Record::CallbackEnded { .. }
         | Record::Snapshot { .. }
         | Record::End { .. } => {}
         Record::Group { records } => records.iter().for_each(every_kind_is_generated),

@@ -22,6 +22,7 @@
 //! on its own path, because it must read stock under the product locks.
 
 mod bulk;
+mod callbacks;
 mod catalog;
 mod evict;
 mod fulfilment;
@@ -245,6 +246,8 @@ struct Inner {
     customers: Table<Customer>,
     /// Customers' saved orders.
     templates: Table<crate::catalog::Template>,
+    /// Callbacks owed to CPEE (`callbacks.rs`).
+    callbacks: callbacks::Callbacks,
     /// Shop order numbers → ids. Written while the order's shard is locked.
     numbers: DashMap<String, OrderId>,
     /// Each customer's orders. Written while the order's shard is locked.
@@ -444,6 +447,7 @@ impl Broker {
                 products: Table::default(),
                 customers: Table::default(),
                 templates: Table::default(),
+                callbacks: callbacks::Callbacks::default(),
                 numbers: DashMap::new(),
                 by_customer: DashMap::new(),
                 next_order_id: AtomicU64::new(1),

@@ -59,7 +59,7 @@ impl Broker {
         // reclaimed until it is written out.
         let _pin = self.pin();
         let mut attempt = 0;
-        let (seq, orders, products, customers, templates) = loop {
+        let (seq, orders, products, customers, templates, callbacks) = loop {
             attempt += 1;
             let s0 = self.last_seq();
             // Sized up front: growing it while a shard is locked would copy
@@ -69,6 +69,7 @@ impl Broker {
             let products = inner.products.list();
             let customers = inner.customers.list();
             let templates = inner.templates.list();
+            let callbacks = self.callbacks();
             // S1 is read under the sequencer lock, so it never falls inside
             // a group; the events up to it are read a chunk at a time, so
             // writers never wait for more than one chunk's copy.
@@ -114,6 +115,7 @@ impl Broker {
             let mut p = Overrides(HashMap::new());
             let mut c = Overrides(HashMap::new());
             let mut t = Overrides(HashMap::new());
+            let mut b = Overrides(HashMap::new());
             for event in events {
                 match event.change {
                     Change::Order { id, order, .. } => drop(o.0.insert(id, Some(order))),
@@ -124,12 +126,22 @@ impl Broker {
                     Change::CustomerRemoved(id) => drop(c.0.insert(id, None)),
                     Change::Template(r) => drop(t.0.insert(r.id, Some(Arc::unwrap_or_clone(r)))),
                     Change::TemplateRemoved(id) => drop(t.0.insert(id, None)),
+                    Change::Callback(r) => drop(b.0.insert(r.id, Some(r))),
+                    Change::CallbackEnded(id) => drop(b.0.insert(id, None)),
                 }
             }
             let products = p.apply(products.into_iter().map(|r| (r.id, r)).collect());
             let customers = c.apply(customers.into_iter().map(|r| (r.id, r)).collect());
             let templates = t.apply(templates.into_iter().map(|r| (r.id, r)).collect());
-            break (s1, o.apply(orders), products, customers, templates);
+            let callbacks = b.apply(callbacks.into_iter().map(|r| (r.id, r)).collect());
+            break (
+                s1,
+                o.apply(orders),
+                products,
+                customers,
+                templates,
+                callbacks,
+            );
         };
         // Read after the cut: they only grow, and must be above every id in it.
         out(&Record::Snapshot {
@@ -138,6 +150,7 @@ impl Broker {
             next_product_id: inner.products.next_id(),
             next_customer_id: inner.customers.next_id(),
             next_template_id: inner.templates.next_id(),
+            next_callback_id: inner.callbacks.next_id.load(Ordering::Relaxed),
             retired: crate::journal::record::Retired {
                 products: inner.products.retired(),
                 customers: inner.customers.retired(),
@@ -183,6 +196,10 @@ impl Broker {
             })?;
             records += 1;
         }
+        for (_, callback) in callbacks {
+            out(&Record::Callback { seq, callback })?;
+            records += 1;
+        }
         out(&Record::End { records })?;
         Ok(seq)
     }
@@ -215,14 +232,21 @@ impl Broker {
                 inner.templates.restore(Arc::unwrap_or_clone(template))
             }
             Record::TemplateRemoved { id, .. } => inner.templates.restore_removed(id),
+            Record::Callback { callback, .. } => inner.callbacks.put(callback),
+            Record::CallbackEnded { id, .. } => drop(inner.callbacks.end(id)),
             Record::Snapshot {
                 next_order_id,
                 next_product_id,
                 next_customer_id,
                 next_template_id,
+                next_callback_id,
                 retired,
                 ..
             } => {
+                inner
+                    .callbacks
+                    .next_id
+                    .fetch_max(next_callback_id, Ordering::Relaxed);
                 inner.products.restore_retired(&retired.products);
                 inner.customers.restore_retired(&retired.customers);
                 inner.templates.restore_retired(&retired.templates);

@@ -113,6 +113,14 @@ impl Broker {
                 inner.templates.restore_removed(id);
                 Change::TemplateRemoved(id)
             }
+            Record::Callback { callback, .. } => {
+                inner.callbacks.put(callback.clone());
+                Change::Callback(callback)
+            }
+            Record::CallbackEnded { id, .. } => {
+                inner.callbacks.end(id);
+                Change::CallbackEnded(id)
+            }
             Record::Snapshot { .. } | Record::End { .. } | Record::Group { .. } => return,
         };
         // The leader gave this change `seq`: the sequencer issues it, and

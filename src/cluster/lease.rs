@@ -284,7 +284,7 @@ async fn take_over(cluster: &Arc<Cluster>, js: &Context, stream: &Stream, until:
             .counters
             .lease_changes
             .fetch_add(1, Ordering::Relaxed);
-        cluster.led();
+        cluster.leadership(true);
         info!(
             fence = at,
             seq = cluster.broker.last_seq().0,

@@ -31,7 +31,9 @@
 //!   before; a starting node loads the newest and follows from there.
 //!
 //! Leader-only work (scheduled release, eviction) runs on the leader only;
-//! a new leader queues the orders waiting for an orderbot again (`on_lead`).
+//! a new leader takes over CPEE's callbacks owed (they are records in the
+//! stream) and queues the orders waiting for an orderbot again, and one
+//! that steps down lets go of them (`on_leadership`).
 
 mod follow;
 mod forward;
@@ -129,9 +131,9 @@ pub struct Cluster {
     settling: AtomicBool,
     pub counters: Counters,
     client: forward::Client,
-    /// Run each time this node starts to lead (the server queues the
-    /// orders waiting for an orderbot again).
-    on_lead: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Run with true each time this node starts to lead, with false when
+    /// it stops (the server hands CPEE's callbacks and dispatch over).
+    on_leadership: std::sync::OnceLock<Box<dyn Fn(bool) + Send + Sync>>,
 }
 
 impl Cluster {
@@ -154,21 +156,22 @@ impl Cluster {
             settling: AtomicBool::new(false),
             counters: Counters::default(),
             client: forward::client(),
-            on_lead: std::sync::OnceLock::new(),
+            on_leadership: std::sync::OnceLock::new(),
         });
         cluster.broker.attach_cluster(cluster.clone());
         cluster.broker.set_replication(stray_queue());
         cluster
     }
 
-    /// Sets what runs each time this node starts to lead.
-    pub fn on_lead(&self, run: impl Fn() + Send + Sync + 'static) {
-        let _ = self.on_lead.set(Box::new(run));
+    /// Sets what runs each time this node starts (true) or stops (false)
+    /// leading.
+    pub fn on_leadership(&self, run: impl Fn(bool) + Send + Sync + 'static) {
+        let _ = self.on_leadership.set(Box::new(run));
     }
 
-    fn led(&self) {
-        if let Some(run) = self.on_lead.get() {
-            run();
+    fn leadership(&self, leads: bool) {
+        if let Some(run) = self.on_leadership.get() {
+            run(leads);
         }
     }
 
@@ -276,6 +279,7 @@ impl Cluster {
         self.counters.lease_changes.fetch_add(1, Ordering::Relaxed);
         // Wake the waiters: they fail now.
         self.acked.send_modify(|_| {});
+        self.leadership(false);
         warn!(
             why,
             seq = last.0,

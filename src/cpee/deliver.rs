@@ -161,6 +161,9 @@ impl Cpee {
             // What a callback reports (an order handed out, a state reached)
             // is on disk before CPEE hears of it.
             if self.broker.durable().await.is_err() {
+                if !self.delivers() {
+                    return false; // the new leader delivers it
+                }
                 warn!(callback, "journal failed: the callback is not sent");
                 self.give_up(callback, owed.order.take());
                 return false;
@@ -195,8 +198,7 @@ impl Cpee {
                         p.last_error = None;
                     }
                     if owed.update.is_none() {
-                        self.pending.remove(&callback);
-                        self.outbox.remove(&callback);
+                        self.end(callback);
                         return false;
                     }
                     return true;
@@ -320,8 +322,7 @@ impl Cpee {
         callback: u64,
         order: Option<(OrderId, String, Viewer)>,
     ) {
-        self.outbox.remove(&callback);
-        if let Some((_, pending)) = self.pending.remove(&callback)
+        if let Some(pending) = self.end(callback)
             && pending.kind == "wait"
             && let Some(order) = pending.order_id
         {

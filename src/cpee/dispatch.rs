@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::deliver::Owed;
-use super::{Cpee, CpeeCall};
+use super::{Audience, Cpee, CpeeCall, Owes};
 use crate::broker::BrokerError;
 use crate::http::access::Viewer;
 use crate::model::OrderId;
@@ -85,6 +85,11 @@ impl Cpee {
     /// (its orderbot is cleared first), at the head: it waited longest.
     /// Whoever calls it outside `dispatch_ready` calls that next.
     pub(super) fn put_back(&self, order: OrderId, orderbot: &str) {
+        // A node that stopped leading changes nothing (the new leader
+        // queues what waits for an orderbot).
+        if !self.delivers() {
+            return;
+        }
         if self.broker.unclaim(order, orderbot) {
             self.dispatch.lock().orders.push_front(order);
         }
@@ -123,8 +128,18 @@ impl Cpee {
     }
 
     /// Waits for work with a callback: the order is PUT when one comes.
-    pub fn wait_for_work(self: &Arc<Self>, call: &CpeeCall, orderbot: &str, viewer: Viewer) -> u64 {
-        let id = self.register("next-order", call, None, Some(orderbot));
+    pub fn wait_for_work(
+        self: &Arc<Self>,
+        call: &CpeeCall,
+        orderbot: &str,
+        audience: Audience,
+    ) -> u64 {
+        let viewer = audience.viewer();
+        let owes = Owes::Work {
+            orderbot: orderbot.to_string(),
+            order: None,
+        };
+        let id = self.register(call, owes, audience);
         self.dispatch.lock().waiters.push_back(Waiter::Callback {
             id,
             orderbot: orderbot.to_string(),
@@ -146,6 +161,26 @@ impl Cpee {
             viewer,
         });
         self.dispatch_ready();
+    }
+
+    /// Records that work callback `id` is being handed `order`, before the
+    /// order is claimed for it: after a restart or a failover the order is
+    /// delivered to it if the claim happened (`Cpee::take_over`).
+    fn handing(&self, id: u64, order: OrderId) {
+        let Some(record) = self.broker.callback(id) else {
+            return; // cancelled meanwhile
+        };
+        let Owes::Work { orderbot, .. } = &record.owes else {
+            return;
+        };
+        let owes = Owes::Work {
+            orderbot: orderbot.clone(),
+            order: Some(order),
+        };
+        self.broker.put_callback(super::Callback {
+            owes,
+            ..(*record).clone()
+        });
     }
 
     /// Waits for work by long poll; the receiver gets the order.
@@ -192,6 +227,9 @@ impl Cpee {
             let orderbot = match &waiter {
                 Waiter::Poll { orderbot, .. } | Waiter::Callback { orderbot, .. } => orderbot,
             };
+            if let Waiter::Callback { id, .. } = &waiter {
+                self.handing(*id, order);
+            }
             let claimed = match self.broker.claim_for(order, orderbot) {
                 Ok(claimed) => claimed,
                 // Served, cancelled or taken meanwhile: never handed out.

@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,17 +40,20 @@ use serde::Serialize;
 use crate::broker::Broker;
 use crate::config::CpeeConfig;
 use crate::feed::Demand;
-use crate::model::{Millis, OrderId, Stage};
+use crate::model::{Millis, OrderId};
 
 mod deliver;
 mod dispatch;
 mod instances;
 mod pool;
+pub mod record;
+mod takeover;
 mod waits;
 
 use deliver::Outbox;
 pub use dispatch::Taken;
 use dispatch::{Dispatch, Waiter};
+pub use record::{Audience, Callback, Owes, Target};
 use waits::StateWait;
 pub use waits::WaitAnswer;
 
@@ -96,13 +99,6 @@ impl CpeeCall {
     }
 }
 
-/// What an order must reach for a state wait.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Status(String),
-    Stage(Stage),
-}
-
 /// A callback the broker owes CPEE, as `GET /cpee/callbacks` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Pending {
@@ -131,6 +127,31 @@ pub struct Pending {
     pub last_error: Option<String>,
 }
 
+impl Pending {
+    /// A callback's live state as it starts: no attempt yet.
+    fn of(record: &Callback) -> Pending {
+        let (order_id, orderbot_id) = match &record.owes {
+            Owes::Work { orderbot, order } => (*order, Some(orderbot.clone())),
+            Owes::State { order, .. } => (Some(*order), None),
+        };
+        Pending {
+            id: record.id,
+            kind: record.kind(),
+            url: record.url.clone(),
+            instance: record.instance.clone(),
+            instance_url: record.instance_url.clone(),
+            label: record.label.clone(),
+            order_id,
+            orderbot_id,
+            created: record.created,
+            attempts: 0,
+            stopped_since: None,
+            stopped_pause: None,
+            last_error: None,
+        }
+    }
+}
+
 /// How a call was answered, remembered for re-sends.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -155,7 +176,6 @@ pub struct Cpee {
     /// Answers owed to callbacks and whether a task delivers them, by id;
     /// an entry lives as long as its callback is pending.
     outbox: DashMap<u64, Outbox>,
-    next_id: AtomicU64,
     /// Answers of calls with a resend key, and when they were given.
     resent: DashMap<String, (Instant, Answer)>,
     /// Connections for deliveries: at most `cpee.max_deliveries` open.
@@ -217,7 +237,6 @@ impl Cpee {
             demand: Demand::default(),
             pending: DashMap::new(),
             outbox: DashMap::new(),
-            next_id: AtomicU64::new(1),
             resent: DashMap::new(),
             pool,
             deliveries,
@@ -276,37 +295,47 @@ impl Cpee {
         Ok(())
     }
 
-    fn register(
-        &self,
-        kind: &'static str,
-        call: &CpeeCall,
-        order_id: Option<OrderId>,
-        orderbot: Option<&str>,
-    ) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.pending.insert(
+    /// Registers a callback: owed from now on, in the journal or the
+    /// cluster's stream as well as here (the caller answers
+    /// `CPEE-CALLBACK: true` only once that is durable).
+    fn register(&self, call: &CpeeCall, owes: Owes, audience: Audience) -> u64 {
+        let id = self.broker.next_callback_id();
+        let record = Callback {
             id,
-            Pending {
-                id,
-                kind,
-                url: call.callback.clone().unwrap_or_default(),
-                instance: call.instance.clone(),
-                // Asked for its state only where a callback may go too.
-                instance_url: call
-                    .instance_url
-                    .clone()
-                    .filter(|u| self.check_url(u).is_ok()),
-                label: call.label.clone(),
-                order_id,
-                orderbot_id: orderbot.map(str::to_string),
-                created: Millis::now(),
-                attempts: 0,
-                stopped_since: None,
-                stopped_pause: None,
-                last_error: None,
-            },
-        );
+            url: call.callback.clone().unwrap_or_default(),
+            instance: call.instance.clone(),
+            // Asked for its state only where a callback may go too.
+            instance_url: call
+                .instance_url
+                .clone()
+                .filter(|u| self.check_url(u).is_ok()),
+            label: call.label.clone(),
+            created: Millis::now(),
+            audience,
+            owes,
+        };
+        self.pending.insert(id, Pending::of(&record));
+        self.broker.put_callback(record);
         id
+    }
+
+    /// A callback is owed no more (answered, given up, cancelled): gone
+    /// here, and ended in the journal or the stream, so a restart or a new
+    /// leader does not answer it again. Nothing is recorded where this
+    /// node does not deliver (a follower; a leader that stepped down).
+    fn end(&self, id: u64) -> Option<Pending> {
+        self.outbox.remove(&id);
+        let pending = self.pending.remove(&id).map(|(_, p)| p);
+        if self.delivers() {
+            self.broker.end_callback(id);
+        }
+        pending
+    }
+
+    /// Whether this node delivers callbacks and hands out work: always
+    /// alone, only while it may commit in a cluster.
+    pub(super) fn delivers(&self) -> bool {
+        self.broker.cluster().is_none_or(|c| c.may_commit())
     }
 
     /// Records why an attempt at a callback got no answer. A TLS failure
@@ -334,10 +363,9 @@ impl Cpee {
 
     /// Cancels a pending callback; false if there is none by that id.
     pub fn cancel(&self, id: u64) -> bool {
-        let Some((_, pending)) = self.pending.remove(&id) else {
+        let Some(pending) = self.end(id) else {
             return false;
         };
-        self.outbox.remove(&id);
         match pending.kind {
             "next-order" => self
                 .dispatch

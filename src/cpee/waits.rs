@@ -8,17 +8,17 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::deliver::Owed;
-use super::{Cpee, CpeeCall, CpeeError, Target};
+use super::{Audience, Cpee, CpeeCall, CpeeError, Owes, Target};
 use crate::feed::Change;
 use crate::http::access::Viewer;
 use crate::model::{Order, OrderId, Stage};
 
 pub(super) struct StateWait {
-    callback: u64,
-    target: Target,
-    updates: bool,
+    pub(super) callback: u64,
+    pub(super) target: Target,
+    pub(super) updates: bool,
     /// What the caller that registered it may see of the order.
-    viewer: Viewer,
+    pub(super) viewer: Viewer,
 }
 
 impl Cpee {
@@ -33,8 +33,9 @@ impl Cpee {
         order: OrderId,
         target: Target,
         updates: bool,
-        viewer: Viewer,
+        audience: Audience,
     ) -> Result<WaitAnswer, CpeeError> {
+        let viewer = audience.viewer();
         let max = self.config.max_waits_per_order;
         let full = |waits: &HashMap<OrderId, Vec<StateWait>>| {
             waits.get(&order).is_some_and(|list| list.len() >= max)
@@ -45,13 +46,18 @@ impl Cpee {
         // Every change from now on must be checked against this wait: note
         // where "now" is, count the wait, then wake the feed task from there.
         let from = crate::model::Seq(self.broker.last_seq().0 + 1);
-        let id = self.register("wait", call, Some(order), None);
+        let owes = Owes::State {
+            order,
+            target: target.clone(),
+            updates,
+        };
+        let id = self.register(call, owes, audience);
         {
             let mut waits = self.waits.lock();
             // Checked again where it counts: two waits may race for the last place.
             if full(&waits) {
                 drop(waits);
-                self.pending.remove(&id);
+                self.end(id);
                 return Err(CpeeError::TooManyWaits { order, max });
             }
             waits.entry(order).or_default().push(StateWait {
@@ -67,16 +73,15 @@ impl Cpee {
         let answer = match &current {
             Some(o) if self.reached(o, &target) => WaitAnswer::Reached(o.clone()),
             Some(o) if !self.reachable(o, &target) => WaitAnswer::Never(Some(o.clone())),
-            Some(_) => return Ok(WaitAnswer::Later),
+            Some(_) => return Ok(WaitAnswer::Later(id)),
             None => WaitAnswer::Never(None),
         };
         if self.drop_wait(order, id) {
-            self.pending.remove(&id);
-            self.outbox.remove(&id);
+            self.end(id);
             return Ok(answer);
         }
         // The feed task answered it meanwhile.
-        Ok(WaitAnswer::Later)
+        Ok(WaitAnswer::Later(id))
     }
 
     /// Whether `order` can still reach `target` (when it has not yet): a
@@ -167,7 +172,7 @@ impl Cpee {
         }
     }
 
-    fn changed(self: &Arc<Self>, id: OrderId, order: &Order) {
+    pub(super) fn changed(self: &Arc<Self>, id: OrderId, order: &Order) {
         type Due = Vec<(u64, Viewer)>;
         let (done, never, updates): (Due, Due, Due) = {
             let mut waits = self.waits.lock();
@@ -241,7 +246,7 @@ impl Cpee {
     /// An order with waits left the broker (deleted, or evicted: then its
     /// final state comes along): no wait on it can be met any more, so each
     /// is answered with `CPEE-SALVAGE: true`.
-    fn removed(self: &Arc<Self>, id: OrderId, evicted: Option<&Order>) {
+    pub(super) fn removed(self: &Arc<Self>, id: OrderId, evicted: Option<&Order>) {
         let Some(list) = self.waits.lock().remove(&id) else {
             return;
         };
@@ -269,6 +274,6 @@ pub enum WaitAnswer {
     Reached(Order),
     /// The order can never get there (cancelled, finished, or gone: None).
     Never(Option<Order>),
-    /// A callback will say.
-    Later,
+    /// The callback with this id will say.
+    Later(u64),
 }

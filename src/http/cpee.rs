@@ -14,7 +14,7 @@ use super::access::Viewer;
 use super::body::{Fields, parse_fields};
 use super::error::ApiError;
 use super::{App, Body, Req, empty, json_bytes, json_response};
-use crate::cpee::{Answer, CpeeCall, CpeeError, Target, WaitAnswer};
+use crate::cpee::{Answer, Audience, CpeeCall, CpeeError, Target, WaitAnswer};
 use crate::model::{OrderId, Stage};
 
 impl From<CpeeError> for ApiError {
@@ -105,7 +105,12 @@ pub async fn intake(app: &App, req: &Req) -> Result<Response<Body>, ApiError> {
 }
 
 /// `POST|GET /cpee/next-order`: the oldest waiting order for this orderbot.
-pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>, ApiError> {
+pub async fn next_order(
+    app: &App,
+    req: &Req,
+    audience: Audience,
+) -> Result<Response<Body>, ApiError> {
+    let viewer = audience.viewer();
     let call = CpeeCall::from_headers(&req.headers);
     let key = call.resend_key("next-order");
     if let Some(answer) = key.as_deref().and_then(|k| app.cpee.resent(k)) {
@@ -140,7 +145,8 @@ pub async fn next_order(app: &App, req: &Req, viewer: Viewer) -> Result<Response
     }
     if let Some(url) = &call.callback {
         app.cpee.check_callback(url)?;
-        app.cpee.wait_for_work(&call, &orderbot, viewer);
+        let id = app.cpee.wait_for_work(&call, &orderbot, audience);
+        registered(app, id).await?;
         app.cpee.remember(key, Answer::Later);
         return Ok(later());
     }
@@ -179,9 +185,26 @@ async fn durable(app: &App) -> Result<(), ApiError> {
     })
 }
 
+/// Waits until a callback just registered is on disk (or in the cluster's
+/// stream): `CPEE-CALLBACK: true` promises an answer that a restart or a
+/// failover must not lose. If it cannot be written, the callback is
+/// cancelled and the call fails.
+async fn registered(app: &App, callback: u64) -> Result<(), ApiError> {
+    if app.broker().durable().await.is_err() {
+        app.cpee.cancel(callback);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the journal cannot be written (or this node stopped leading the cluster); \
+             the callback is not registered: call again",
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /cpee/wait`: `order_id` and a `status` or `stage`; `updates=true`
 /// also PUTs each change before it (with `CPEE-UPDATE: true`).
-pub async fn wait(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>, ApiError> {
+pub async fn wait(app: &App, req: &Req, audience: Audience) -> Result<Response<Body>, ApiError> {
+    let viewer = audience.viewer();
     let call = CpeeCall::from_headers(&req.headers);
     let key = call.resend_key("wait");
     if let Some(answer) = key.as_deref().and_then(|k| app.cpee.resent(k)) {
@@ -213,41 +236,46 @@ pub async fn wait(app: &App, req: &Req, viewer: Viewer) -> Result<Response<Body>
         }
     };
     let updates = text(&fields, "updates").is_some_and(|u| u == "true" || u == "1");
-    let _pin = app.broker().pin();
-    let order = app
-        .broker()
-        .get(id)
-        .ok_or_else(|| ApiError::not_found("Order not found"))?;
-    if app.cpee.reached(&order, &target) {
-        return Ok(json_bytes(
-            StatusCode::OK,
-            super::order_json(app.broker(), id, &order, viewer),
-        ));
-    }
-    if !app.cpee.reachable(&order, &target) {
-        return Err(never(app, id, Some(&order), viewer));
-    }
-    let Some(url) = &call.callback else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the order has not reached that state; send a CPEE-CALLBACK header to wait for it",
-        ));
-    };
-    app.cpee.check_callback(url)?;
-    match app
-        .cpee
-        .wait_for_state(&call, id, target, updates, viewer)?
-    {
-        WaitAnswer::Reached(order) => Ok(json_bytes(
-            StatusCode::OK,
-            super::order_json(app.broker(), id, &order, viewer),
-        )),
-        WaitAnswer::Never(order) => Err(never(app, id, order.as_ref(), viewer)),
-        WaitAnswer::Later => {
-            app.cpee.remember(key, Answer::Later);
-            Ok(later())
+    let answer = {
+        let _pin = app.broker().pin();
+        let order = app
+            .broker()
+            .get(id)
+            .ok_or_else(|| ApiError::not_found("Order not found"))?;
+        if app.cpee.reached(&order, &target) {
+            return Ok(json_bytes(
+                StatusCode::OK,
+                super::order_json(app.broker(), id, &order, viewer),
+            ));
         }
-    }
+        if !app.cpee.reachable(&order, &target) {
+            return Err(never(app, id, Some(&order), viewer));
+        }
+        let Some(url) = &call.callback else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the order has not reached that state; send a CPEE-CALLBACK header to wait for it",
+            ));
+        };
+        app.cpee.check_callback(url)?;
+        match app
+            .cpee
+            .wait_for_state(&call, id, target, updates, audience)?
+        {
+            WaitAnswer::Reached(order) => {
+                return Ok(json_bytes(
+                    StatusCode::OK,
+                    super::order_json(app.broker(), id, &order, viewer),
+                ));
+            }
+            WaitAnswer::Never(order) => return Err(never(app, id, order.as_ref(), viewer)),
+            WaitAnswer::Later(callback) => callback,
+        }
+    };
+    // Not under the pin: waiting on the journal must not hold words back.
+    registered(app, answer).await?;
+    app.cpee.remember(key, Answer::Later);
+    Ok(later())
 }
 
 /// 409 for a wait that can never be met (the order is cancelled, finished

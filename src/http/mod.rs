@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError};
+use crate::cpee::Audience;
 use error::ApiError;
 
 /// Every response body: a buffer for most routes, a stream for live ones.
@@ -752,8 +753,11 @@ impl App {
     ) -> Result<Response<Body>, ApiError> {
         let read = req.method == Method::GET || req.method == Method::HEAD;
         // Handing out work and waiting for a state register on the leader,
-        // which delivers.
-        let leader_only = matches!(route, Route::NextOrder | Route::CpeeWait);
+        // which delivers; it alone knows how their deliveries stand.
+        let leader_only = matches!(
+            route,
+            Route::NextOrder | Route::CpeeWait | Route::CpeeCallbacks
+        );
         if read && !leader_only {
             return self.handler(route, req, caller).await;
         }
@@ -816,11 +820,13 @@ impl App {
             // Not HEAD: it would take an order and throw its answer away.
             Route::NextOrder if m == Method::GET || m == Method::POST => {
                 let viewer = access::viewer(self, route, caller);
-                return cpee::next_order(self, req, viewer).await;
+                let audience = Audience::of(viewer, caller.and_then(|c| c.partner_id()));
+                return cpee::next_order(self, req, audience).await;
             }
             Route::CpeeWait if m == Method::POST => {
                 let viewer = access::viewer(self, route, caller);
-                return cpee::wait(self, req, viewer).await;
+                let audience = Audience::of(viewer, caller.and_then(|c| c.partner_id()));
+                return cpee::wait(self, req, audience).await;
             }
             _ => {}
         }

@@ -70,6 +70,15 @@ pub enum Record {
         seq: Seq,
         id: TemplateId,
     },
+    /// A callback owed to CPEE (`crate::cpee::record`).
+    Callback {
+        seq: Seq,
+        callback: Arc<crate::cpee::Callback>,
+    },
+    CallbackEnded {
+        seq: Seq,
+        id: u64,
+    },
     /// A snapshot's first record: every change up to `seq` is in it.
     Snapshot {
         seq: Seq,
@@ -79,6 +88,10 @@ pub enum Record {
         next_customer_id: u64,
         #[serde(default)]
         next_template_id: u64,
+        /// Above every callback id given (snapshots before callbacks were
+        /// kept have none).
+        #[serde(default)]
+        next_callback_id: u64,
         /// Ids of deleted products, customers and templates (never reused).
         #[serde(default, skip_serializing_if = "Retired::is_empty")]
         retired: Retired,
@@ -173,6 +186,11 @@ impl Record {
                 template: template.clone(),
             },
             Change::TemplateRemoved(id) => Record::TemplateRemoved { seq, id: *id },
+            Change::Callback(callback) => Record::Callback {
+                seq,
+                callback: callback.clone(),
+            },
+            Change::CallbackEnded(id) => Record::CallbackEnded { seq, id: *id },
         }
     }
 
@@ -187,6 +205,8 @@ impl Record {
             | Record::CustomerRemoved { seq, .. }
             | Record::Template { seq, .. }
             | Record::TemplateRemoved { seq, .. }
+            | Record::Callback { seq, .. }
+            | Record::CallbackEnded { seq, .. }
             | Record::Snapshot { seq, .. } => Some(*seq),
             Record::End { .. } => None,
             Record::Group { records } => records.last().and_then(Record::seq),

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod engine;
 pub mod process;
 
 use std::net::SocketAddr;
