@@ -3,7 +3,8 @@
 //! are the same on every node, a killed or paused leader costs no
 //! acknowledged write, a lost NATS server costs nothing, an event stream
 //! resumes on another node with no gap and no duplicate, a late node starts
-//! from the snapshot, work waiting for an orderbot moves with the lease, no
+//! from the snapshot, work waiting for an orderbot and CPEE's callbacks owed
+//! move with the lease, no
 //! write is made without a NATS quorum, and money and stock are conserved on
 //! every node through leader kills and pauses.
 //!
@@ -21,6 +22,7 @@ use common::cluster::{
     self, BrokerCluster, EventStream, LEASE, Load, NatsCluster, Write, check_writes, event_seq,
     wait_for,
 };
+use common::engine::Engine;
 
 /// The harness itself: three JetStream servers elect a meta leader, and
 /// after the leader is killed the other two elect one again.
@@ -881,6 +883,200 @@ fn an_intake_order_is_handed_out_by_the_new_leader_after_a_failover() {
         body.contains(&format!("\"order_id\":{id}")) || body.contains(&format!("\"id\":{id}")),
         "the order taken in before the failover is handed out: {body}"
     );
+}
+
+/// A CPEE wait and two waiting orderbots (one registered through a
+/// follower) answered `CPEE-CALLBACK: true` by the leader; the leader is
+/// killed; the new leader delivers each, once: the wait when its order gets
+/// there, each orderbot one order taken in after the failover.
+#[test]
+fn cpee_callbacks_owed_by_a_killed_leader_are_delivered_by_the_next_one() {
+    let Some(_alone) = cluster::alone() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let mut brokers = BrokerCluster::start_with(
+        &nats,
+        3,
+        &[
+            ("ORDER_BROKER_CPEE_CALLBACK_BACKOFF_MS", "20"),
+            ("ORDER_BROKER_CPEE_CALLBACK_TIMEOUT_MS", "500"),
+        ],
+    );
+    let engine = Engine::start();
+    let leader = brokers.wait_leader(Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    let a = brokers.node(leader).addr.clone();
+    let f = brokers.node(follower).addr.clone();
+    let (status, body) = brokers.node(leader).update(1, "Mixing").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let register = |addr: &str, path: &str, headers: Vec<(String, String)>, body: &str| {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let answer = cluster::http(addr, "POST", path, &headers, body, Duration::from_secs(10));
+        assert_eq!(
+            answer,
+            Ok((200, String::new())),
+            "{path} {body} through {addr}"
+        );
+    };
+    register(
+        &a,
+        "/cpee/wait",
+        engine.call(1, "w1"),
+        "order_id=1&status=Done",
+    );
+    register(
+        &a,
+        "/cpee/next-order",
+        engine.call(2, "n1"),
+        "orderbot_id=bot-a",
+    );
+    register(
+        &f,
+        "/cpee/next-order",
+        engine.call(3, "n2"),
+        "orderbot_id=bot-f",
+    );
+    let ids = |addr: &str| -> Vec<u64> {
+        let all = cluster::get_json(addr, "/cpee/callbacks", Duration::from_secs(10)).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_u64().unwrap())
+            .collect()
+    };
+    let before = ids(&f);
+    assert_eq!(
+        before.len(),
+        3,
+        "the leader's callbacks, asked through a follower"
+    );
+
+    brokers.kill(leader);
+    let others = [follower, (leader + 2) % 3];
+    let new = brokers.wait_leader_among(&others, LEASE * 6);
+    let b = brokers.node(new).addr.clone();
+    let survivor = brokers.node(others[0]).addr.clone();
+    assert_eq!(ids(&b), before, "the new leader owes the same callbacks");
+
+    let (status, body) = brokers.node(others[1]).update(1, "Done").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let mut taken = Vec::new();
+    for drink in ["tea", "mate"] {
+        let (status, body) = cluster::http(
+            &survivor,
+            "POST",
+            "/orders/intake",
+            &form,
+            &format!("drink={drink}"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let order: serde_json::Value = serde_json::from_str(&body).unwrap();
+        taken.push(order["order_id"].as_u64().unwrap());
+    }
+    let paths = [
+        Engine::path(1, "w1"),
+        Engine::path(2, "n1"),
+        Engine::path(3, "n2"),
+    ];
+    let all = engine.until(
+        "every callback is answered",
+        Duration::from_secs(15),
+        |all| {
+            paths
+                .iter()
+                .all(|p| all.iter().any(|d| &d.path == p && !d.update))
+        },
+    );
+    let of = |path: &String| all.iter().find(|d| &d.path == path).unwrap();
+    assert_eq!(of(&paths[0]).body["status"], "Done");
+    let mut handed = vec![
+        of(&paths[1]).body["id"].as_u64().unwrap(),
+        of(&paths[2]).body["id"].as_u64().unwrap(),
+    ];
+    handed.sort_unstable();
+    assert_eq!(
+        handed, taken,
+        "each orderbot got one of the orders: {all:?}"
+    );
+    assert_eq!(all.len(), 3, "each callback answered once: {all:?}");
+    wait_for(
+        Duration::from_secs(5),
+        "no callback left",
+        |last| {
+            let left = ids(&b);
+            *last = format!("{left:?}");
+            left.is_empty().then_some(())
+        },
+        || brokers.diagnostics(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(engine.repeated().is_empty(), "{:?}", engine.repeated());
+}
+
+/// A leader paused (SIGSTOP) with a CPEE wait it owes, until another took
+/// over, then woken: it steps down and lets go of the wait (and a node
+/// that does not lead sends no callback), so when the order gets there
+/// only the new leader answers it, once. Fails with neither defence.
+#[test]
+fn a_paused_leader_lets_go_of_the_callbacks_it_owed() {
+    let Some(_alone) = cluster::alone() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let mut brokers =
+        BrokerCluster::start_with(&nats, 3, &[("ORDER_BROKER_CPEE_CALLBACK_BACKOFF_MS", "20")]);
+    let engine = Engine::start();
+    let leader = brokers.wait_leader(Duration::from_secs(10));
+    let (status, body) = brokers.node(leader).update(1, "Mixing").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let headers = engine.call(1, "w1");
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let answer = cluster::http(
+        &brokers.node(leader).addr,
+        "POST",
+        "/cpee/wait",
+        &headers,
+        "order_id=1&status=Done",
+        Duration::from_secs(10),
+    );
+    assert_eq!(answer, Ok((200, String::new())));
+    brokers.stop(leader);
+    let others = [(leader + 1) % 3, (leader + 2) % 3];
+    brokers.wait_leader_among(&others, LEASE * 6);
+    brokers.cont(leader);
+    wait_for(
+        Duration::from_secs(10),
+        "the woken leader to follow",
+        |last| {
+            let status = brokers.node(leader).cluster().ok()?;
+            *last = status.to_string();
+            (status["role"] == "follower").then_some(())
+        },
+        || brokers.diagnostics(),
+    );
+    let (status, body) = brokers.node(others[0]).update(1, "Done").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let path = Engine::path(1, "w1");
+    engine.until("the wait is answered", Duration::from_secs(10), |all| {
+        all.iter().any(|d| d.path == path)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        engine.repeated().is_empty(),
+        "answered twice: {:?}",
+        engine.repeated()
+    );
+    assert_eq!(engine.deliveries().len(), 1, "{:?}", engine.deliveries());
 }
 
 /// Two of three NATS servers gone: no quorum, so no write is acknowledged
