@@ -29,6 +29,7 @@
 //!   cancellation with its give-back, feedback (`broker/fulfilment.rs`),
 //!   bulk changes and the gate that makes them atomic (`broker/bulk.rs`),
 //!   scheduled orders (`broker/schedule.rs`), returns (`broker/returns.rs`),
+//!   the callbacks owed to CPEE as records (`broker/callbacks.rs`),
 //!   snapshot dumps and recovery (`broker/persist.rs`), eviction of finished
 //!   orders (`broker/evict.rs`), reclaiming unused words
 //!   (`broker/reclaim.rs`).
@@ -53,8 +54,10 @@
 //!   to waiting orderbots (`dispatch.rs`), waits for a state and salvage of
 //!   those that can never be met (`waits.rs`), one delivery task per
 //!   callback with stop/resume handling (`deliver.rs`), instance state
-//!   probes (`instances.rs`), the bounded connection pool (`pool.rs`), and
-//!   answers kept for re-sent calls.
+//!   probes (`instances.rs`), the bounded connection pool (`pool.rs`),
+//!   answers kept for re-sent calls, a callback as the journal keeps it
+//!   (`record.rs`), and taking the callbacks over after a restart or a
+//!   failover (`takeover.rs`).
 //! - [`analytics`]: aggregates kept from the change feed (revenue, spend,
 //!   delivery and stage times, cancellations) for `/analytics`.
 //! - [`auth`]: who is calling (static tokens, JWTs), their role, the strict

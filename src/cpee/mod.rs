@@ -23,7 +23,10 @@
 //!   `cpee.min_update_interval_ms`; the sockets they go out on are bounded
 //!   in all (`pool`);
 //! - a re-sent call (same instance UUID and callback id) gets the first
-//!   call's answer and takes nothing twice.
+//!   call's answer and takes nothing twice;
+//! - every callback owed is a record in the journal or the cluster's stream
+//!   (`record.rs`), so the node that delivers after a restart or a failover
+//!   takes them over (`takeover.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
