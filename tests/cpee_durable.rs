@@ -135,6 +135,9 @@ fn callbacks_owed_survive_a_sigkill_and_each_is_answered_once() {
     let got = broker.json(&format!("/orders/{order}"));
     assert_eq!(got["orderbot_id"], "bot-2");
     until_no_pending(&broker);
+    // An acknowledged write after the ends: they are on disk before it.
+    let (status, _) = broker.request("PUT", "/update_order", r#"{"id": 9, "status": "Mixing"}"#);
+    assert_eq!(status, 200);
     broker.kill();
 
     // Answered callbacks are ended in the journal: nothing is sent again.
@@ -191,6 +194,53 @@ fn an_order_being_handed_out_when_the_broker_dies_reaches_its_orderbot_after_res
         "orderbot_id=bot-8",
     );
     assert_eq!(status, 204, "{body}");
+}
+
+/// The engine got the order but the broker died before the answer: the
+/// broker that starts again sends it again, CPEE answers 404 (it has it),
+/// and the order stays with its orderbot, handed out to nobody else.
+#[test]
+fn an_order_delivered_just_before_the_broker_died_is_not_handed_out_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start();
+    let broker = start(dir.path());
+    let mut headers = engine.call(5, "n5");
+    headers.push((
+        "cpee-instance-url".into(),
+        format!("http://{}/5/", engine.addr),
+    ));
+    register(&broker, "/cpee/next-order", &headers, "orderbot_id=bot-5");
+    engine.late(true);
+    let order = intake(&broker);
+    let n5 = Engine::path(5, "n5");
+    engine.until("the order arrives", WAIT, |all| {
+        !finals(all, &n5).is_empty()
+    });
+    broker.kill();
+    engine.late(false);
+
+    let broker = start(dir.path());
+    let deadline = std::time::Instant::now() + WAIT;
+    while engine.repeated().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing sent again");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    until_no_pending(&broker);
+    assert_eq!(
+        broker.json(&format!("/orders/{order}"))["orderbot_id"],
+        "bot-5"
+    );
+    let (status, body) = call(
+        &broker,
+        "/cpee/next-order",
+        &[(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        )],
+        "orderbot_id=bot-6",
+    );
+    assert_eq!(status, 204, "the order was handed out again: {body}");
+    assert_eq!(finals(&engine.deliveries(), &n5).len(), 1);
 }
 
 #[test]

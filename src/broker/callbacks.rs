@@ -63,6 +63,25 @@ impl Broker {
         event
     }
 
+    /// Changes a callback's record if it is still owed (`change` says the
+    /// new record, or None to leave it): read and written under the
+    /// sequencer lock, so an end committed meanwhile is never undone.
+    pub fn change_callback(
+        &self,
+        id: u64,
+        change: impl FnOnce(&Callback) -> Option<Callback>,
+    ) -> Option<Event> {
+        let event = {
+            let mut sequencer = self.sequencer();
+            let current = self.inner.callbacks.owed.lock().get(&id).cloned()?;
+            let next = Arc::new(change(&current)?);
+            self.inner.callbacks.put(next.clone());
+            sequencer.commit(Change::Callback(next))
+        };
+        self.published(Some(event.clone()));
+        Some(event)
+    }
+
     /// Records that a callback is owed no more; None if it was not.
     pub fn end_callback(&self, id: u64) -> Option<Event> {
         let event = {

@@ -36,6 +36,11 @@ pub(super) struct Owed {
     /// A work answer's order, with the orderbot and viewer it went to: put
     /// back in the queue (its orderbot cleared) if it is not delivered.
     pub(super) order: Option<(OrderId, String, Viewer)>,
+    /// Sent again after a restart or a failover (`Cpee::take_over`): it
+    /// may have been delivered already, and CPEE answers a callback it got
+    /// with 404, so a 4xx does not put a work answer's order back while
+    /// its instance lives.
+    pub(super) again: bool,
 }
 
 /// A callback's deliveries: at most one task sends them, one at a time.
@@ -84,15 +89,20 @@ impl Cpee {
             idle
         };
         if start {
-            tokio::spawn(self.clone().deliver(callback));
+            tokio::spawn(self.clone().deliver(callback, self.term()));
         }
     }
 
     /// A callback's delivery task: sends its answers one at a time, the
     /// newest each time, until none is left or the callback ends.
-    async fn deliver(self: Arc<Self>, callback: u64) {
+    /// It belongs to one `term` of this node's delivering (see
+    /// [`Cpee::term`]): once that ended, it stops and touches nothing.
+    async fn deliver(self: Arc<Self>, callback: u64, term: u64) {
         let interval = Duration::from_millis(self.config.min_update_interval_ms);
         loop {
+            if self.term() != term {
+                return;
+            }
             // An update waits out the interval since the last one (a newer
             // one may replace it meanwhile); a final answer does not.
             let pause = {
@@ -132,7 +142,7 @@ impl Cpee {
                 }
                 owed
             };
-            if !self.send(callback, owed).await {
+            if !self.send(callback, owed, term).await {
                 return;
             }
         }
@@ -153,15 +163,18 @@ impl Cpee {
     ///   `cpee.callback_retries` failed attempts.
     ///
     /// A newer answer that comes while a retry waits is sent instead.
-    async fn send(self: &Arc<Self>, callback: u64, mut owed: Owed) -> bool {
+    async fn send(self: &Arc<Self>, callback: u64, mut owed: Owed, term: u64) -> bool {
         let mut delay = Duration::from_millis(self.config.callback_backoff_ms);
         let timeout = Duration::from_millis(self.config.callback_timeout_ms);
         let mut failed = 0;
+        // This node stopped delivering (it no longer leads, or it took the
+        // callbacks over again since): the task leaves everything as it is.
+        let over = || self.term() != term || !self.delivers();
         loop {
             // What a callback reports (an order handed out, a state reached)
             // is on disk before CPEE hears of it.
             if self.broker.durable().await.is_err() {
-                if !self.delivers() {
+                if over() {
                     return false; // the new leader delivers it
                 }
                 warn!(callback, "journal failed: the callback is not sent");
@@ -188,8 +201,14 @@ impl Cpee {
                 let Ok(_slot) = self.deliveries.acquire().await else {
                     return false;
                 };
+                if over() {
+                    return false;
+                }
                 tokio::time::timeout(timeout, self.pool.send(request)).await
             };
+            if over() {
+                return false;
+            }
             let retry = match outcome {
                 Ok(Ok(pool::Reply { status, .. })) if status.is_success() => {
                     if let Some(mut p) = self.pending.get_mut(&callback) {
@@ -208,19 +227,28 @@ impl Cpee {
                     if let Some((order, orderbot, viewer)) = owed.order.take() {
                         // Others get the order meanwhile; this instance
                         // waits for the next one once it resumes.
+                        self.handing(callback, None);
                         self.put_back_and_dispatch(order, &orderbot);
                         if let Some(mut p) = self.pending.get_mut(&callback) {
                             p.order_id = None;
                         }
                         self.outbox.remove(&callback);
-                        if self.until_resumed(callback).await {
+                        let resumed = self.until_resumed(callback).await;
+                        if over() {
+                            return false;
+                        }
+                        if resumed {
                             self.wait_again(callback, orderbot, viewer);
                         } else {
                             self.give_up(callback, None);
                         }
                         return false;
                     }
-                    if !self.until_resumed(callback).await {
+                    let resumed = self.until_resumed(callback).await;
+                    if over() {
+                        return false;
+                    }
+                    if !resumed {
                         self.give_up(callback, None);
                         return false;
                     }
@@ -233,7 +261,16 @@ impl Cpee {
                     if status.is_client_error() || status.as_u16() == 508 =>
                 {
                     debug!(callback, %status, answer = %String::from_utf8_lossy(&body[..body.len().min(256)]), "callback closed by CPEE");
-                    self.give_up(callback, owed.order.take());
+                    let mut order = owed.order.take();
+                    if owed.again && order.is_some() && !self.instance_over(callback).await {
+                        // Most likely delivered before the restart: the
+                        // order stays with its orderbot.
+                        order = None;
+                    }
+                    if over() {
+                        return false;
+                    }
+                    self.give_up(callback, order);
                     return false;
                 }
                 Ok(Ok(pool::Reply { status, body })) => {
@@ -252,6 +289,9 @@ impl Cpee {
                 return false;
             }
             tokio::time::sleep(delay).await;
+            if over() {
+                return false;
+            }
             delay = (delay * 2).min(Duration::from_secs(10));
             self.take_newer(callback, &mut owed);
         }

@@ -139,12 +139,15 @@ impl Cpee {
             orderbot: orderbot.to_string(),
             order: None,
         };
+        // Not while the callbacks are being taken over (see `take_over`).
+        let handover = self.handover.lock();
         let id = self.register(call, owes, audience);
         self.dispatch.lock().waiters.push_back(Waiter::Callback {
             id,
             orderbot: orderbot.to_string(),
             viewer,
         });
+        drop(handover);
         self.dispatch_ready();
         id
     }
@@ -163,24 +166,29 @@ impl Cpee {
         self.dispatch_ready();
     }
 
-    /// Records that work callback `id` is being handed `order`, before the
-    /// order is claimed for it: after a restart or a failover the order is
-    /// delivered to it if the claim happened (`Cpee::take_over`).
-    fn handing(&self, id: u64, order: OrderId) {
-        let Some(record) = self.broker.callback(id) else {
-            return; // cancelled meanwhile
-        };
-        let Owes::Work { orderbot, .. } = &record.owes else {
+    /// Records that work callback `id` is being handed `order` (before the
+    /// order is claimed for it), or no order any more (None, before the
+    /// order is put back): after a restart or a failover the order is
+    /// delivered to it if the claim happened (`Cpee::take_over`). Nothing
+    /// for a callback that ended, nor where this node does not deliver.
+    pub(super) fn handing(&self, id: u64, order: Option<OrderId>) {
+        if !self.delivers() {
             return;
-        };
-        let owes = Owes::Work {
-            orderbot: orderbot.clone(),
-            order: Some(order),
-        };
-        self.broker.put_callback(super::Callback {
-            owes,
-            ..(*record).clone()
-        });
+        }
+        self.broker
+            .change_callback(id, |record| match &record.owes {
+                Owes::Work {
+                    orderbot,
+                    order: was,
+                } if *was != order => Some(super::Callback {
+                    owes: Owes::Work {
+                        orderbot: orderbot.clone(),
+                        order,
+                    },
+                    ..record.clone()
+                }),
+                _ => None,
+            });
     }
 
     /// Waits for work by long poll; the receiver gets the order.
@@ -228,7 +236,7 @@ impl Cpee {
                 Waiter::Poll { orderbot, .. } | Waiter::Callback { orderbot, .. } => orderbot,
             };
             if let Waiter::Callback { id, .. } = &waiter {
-                self.handing(*id, order);
+                self.handing(*id, Some(order));
             }
             let claimed = match self.broker.claim_for(order, orderbot) {
                 Ok(claimed) => claimed,
@@ -277,6 +285,7 @@ impl Cpee {
                             status: None,
                             salvage: false,
                             order: Some((order, orderbot, viewer)),
+                            again: false,
                         },
                     );
                 }

@@ -77,6 +77,19 @@ impl Cpee {
         }
     }
 
+    /// Whether a callback's instance is known to be over (gone, finished,
+    /// abandoned); false without its instance URL.
+    pub(super) async fn instance_over(&self, callback: u64) -> bool {
+        let url = self
+            .pending
+            .get(&callback)
+            .and_then(|p| p.instance_url.clone());
+        match url {
+            Some(url) => self.instance_state(&url).await == InstanceState::Over,
+            None => false,
+        }
+    }
+
     /// Every `cpee.probe_interval_secs`: drops queued orders that can no
     /// longer be dispatched, and the pending callbacks whose instance is
     /// gone, finished or abandoned (each instance asked once). Runs until

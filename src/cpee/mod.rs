@@ -186,6 +186,12 @@ pub struct Cpee {
     /// Deliveries in flight at once (`cpee.max_deliveries`): they share
     /// the pool, so N pending callbacks never open N sockets.
     deliveries: Arc<tokio::sync::Semaphore>,
+    /// Held while the callbacks are taken over or let go, and while one is
+    /// registered, so a registration is wholly before or after it.
+    handover: Mutex<()>,
+    /// Counts the times this node took the callbacks over or let go of
+    /// them: a delivery task of an earlier term stops (see `deliver`).
+    term: std::sync::atomic::AtomicU64,
 }
 
 /// Marks every callback the broker sends; a request that carries it is a
@@ -243,6 +249,8 @@ impl Cpee {
             resent: DashMap::new(),
             pool,
             deliveries,
+            handover: Mutex::new(()),
+            term: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -335,6 +343,11 @@ impl Cpee {
         pending
     }
 
+    /// The current term of delivering (see `Cpee::term`'s field).
+    pub(super) fn term(&self) -> u64 {
+        self.term.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether this node delivers callbacks and hands out work: always
     /// alone, only while it may commit in a cluster.
     pub(super) fn delivers(&self) -> bool {
@@ -364,7 +377,9 @@ impl Cpee {
         all
     }
 
-    /// Cancels a pending callback; false if there is none by that id.
+    /// Cancels a pending callback; false if there is none by that id. An
+    /// order on its way to it goes back to the queue when its delivery
+    /// task sees the callback gone (not here: the PUT may be landing).
     pub fn cancel(&self, id: u64) -> bool {
         let Some(pending) = self.end(id) else {
             return false;

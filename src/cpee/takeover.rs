@@ -26,11 +26,17 @@ impl Cpee {
     /// What was in flight when the last deliverer died (an answer sent but
     /// not yet recorded as ended) is sent again: CPEE answers a callback it
     /// already got with 404, which ends it here.
+    ///
+    /// Registrations wait meanwhile (`handover`), and the delivery tasks of
+    /// an earlier term stop (`term`).
     pub fn take_over(self: &Arc<Self>) {
-        self.let_go();
+        let handover = self.handover.lock();
+        self.forget();
         let _pin = self.broker.pin();
         let records = self.broker.callbacks();
         let mut waited: Vec<OrderId> = Vec::new();
+        // An order goes to one callback at most (the oldest that names it).
+        let mut handed_out: Vec<OrderId> = Vec::new();
         for record in &records {
             let mut pending = Pending::of(record);
             let viewer = record.audience.viewer();
@@ -39,11 +45,13 @@ impl Cpee {
                     let handed = order.and_then(|id| {
                         let order = self.broker.get(id)?;
                         let claimed = order.stage == Stage::New
+                            && !handed_out.contains(&id)
                             && order
                                 .orderbot_id
                                 .is_some_and(|b| self.broker.symbols().text(b) == orderbot);
                         claimed.then_some((id, order))
                     });
+                    handed_out.extend(handed.as_ref().map(|(id, _)| *id));
                     pending.order_id = handed.as_ref().map(|(id, _)| *id);
                     self.pending.insert(record.id, pending);
                     match handed {
@@ -55,6 +63,7 @@ impl Cpee {
                                 status: None,
                                 salvage: false,
                                 order: Some((id, orderbot.clone(), viewer)),
+                                again: true,
                             };
                             self.owe(record.id, owed);
                         }
@@ -71,17 +80,15 @@ impl Cpee {
                     updates,
                 } => {
                     self.pending.insert(record.id, pending);
-                    self.waits
-                        .lock()
-                        .entry(*order)
-                        .or_default()
-                        .push(StateWait {
-                            callback: record.id,
-                            target: target.clone(),
-                            updates: *updates,
-                            viewer,
-                        });
+                    let mut waits = self.waits.lock();
+                    waits.entry(*order).or_default().push(StateWait {
+                        callback: record.id,
+                        target: target.clone(),
+                        updates: *updates,
+                        viewer,
+                    });
                     self.wait_count.fetch_add(1, Ordering::AcqRel);
+                    drop(waits);
                     if !waited.contains(order) {
                         waited.push(*order);
                     }
@@ -99,6 +106,7 @@ impl Cpee {
                 None => self.removed(id, None),
             }
         }
+        drop(handover);
         if !records.is_empty() {
             tracing::info!(
                 callbacks = records.len(),
@@ -113,6 +121,13 @@ impl Cpee {
     /// the queue and the answers kept for re-sent calls. Deliveries in
     /// flight find their callback gone and stop; long polls end with 204.
     pub fn let_go(&self) {
+        let _handover = self.handover.lock();
+        self.forget();
+    }
+
+    /// Ends the current term and drops every callback's live state.
+    fn forget(&self) {
+        self.term.fetch_add(1, Ordering::AcqRel);
         self.pending.clear();
         self.outbox.clear();
         {

@@ -51,6 +51,8 @@ impl Cpee {
             target: target.clone(),
             updates,
         };
+        // Not while the callbacks are being taken over (see `take_over`).
+        let handover = self.handover.lock();
         let id = self.register(call, owes, audience);
         {
             let mut waits = self.waits.lock();
@@ -66,8 +68,10 @@ impl Cpee {
                 updates,
                 viewer,
             });
+            // Counted under the lock, as every change to the waits is.
+            self.wait_count.fetch_add(1, Ordering::AcqRel);
         }
-        self.wait_count.fetch_add(1, Ordering::AcqRel);
+        drop(handover);
         self.demand.want(from);
         let current = self.broker.get(order);
         let answer = match &current {
@@ -199,10 +203,10 @@ impl Cpee {
             if list.is_empty() {
                 waits.remove(&id);
             }
+            self.wait_count
+                .fetch_sub(done.len() + never.len(), Ordering::Relaxed);
             (done, never, updates)
         };
-        self.wait_count
-            .fetch_sub(done.len() + never.len(), Ordering::Relaxed);
         let status = self.broker.symbols().text(order.status).to_string();
         // One rendering per kind of viewer among the callbacks.
         let mut bodies: Vec<(Viewer, Bytes)> = Vec::new();
@@ -225,6 +229,7 @@ impl Cpee {
                     status: Some(status.clone()),
                     salvage: false,
                     order: None,
+                    again: false,
                 },
             );
         }
@@ -237,6 +242,7 @@ impl Cpee {
                     status: None,
                     salvage,
                     order: None,
+                    again: false,
                 };
                 self.owe(callback, owed);
             }
@@ -247,10 +253,14 @@ impl Cpee {
     /// final state comes along): no wait on it can be met any more, so each
     /// is answered with `CPEE-SALVAGE: true`.
     pub(super) fn removed(self: &Arc<Self>, id: OrderId, evicted: Option<&Order>) {
-        let Some(list) = self.waits.lock().remove(&id) else {
-            return;
+        let list = {
+            let mut waits = self.waits.lock();
+            let Some(list) = waits.remove(&id) else {
+                return;
+            };
+            self.wait_count.fetch_sub(list.len(), Ordering::Relaxed);
+            list
         };
-        self.wait_count.fetch_sub(list.len(), Ordering::Relaxed);
         for wait in list {
             let body = match evicted {
                 Some(order) => crate::http::order_json(&self.broker, id, order, wait.viewer),
@@ -262,6 +272,7 @@ impl Cpee {
                 status: None,
                 salvage: true,
                 order: None,
+                again: false,
             };
             self.owe(wait.callback, owed);
         }

@@ -3,7 +3,9 @@
 //! `/<instance>/callbacks/<id>/` is recorded and answered 200; a final
 //! answer closes the callback, so a second one gets 404, as CPEE answers a
 //! callback it no longer waits on. While held, a PUT is never answered and
-//! not recorded (the connection is dropped when the hold ends).
+//! not recorded (the connection is dropped when the hold ends); while late,
+//! it is recorded but its answer never comes (the broker cannot tell it
+//! arrived). Every instance's `properties/state/` is `running`.
 
 #![allow(dead_code)]
 
@@ -32,6 +34,7 @@ struct State {
     closed: HashSet<String>,
     hold: bool,
     held: usize,
+    late: bool,
 }
 
 #[derive(Clone)]
@@ -80,6 +83,10 @@ impl Engine {
 
     pub fn hold(&self, on: bool) {
         self.state.lock().unwrap().hold = on;
+    }
+
+    pub fn late(&self, on: bool) {
+        self.state.lock().unwrap().late = on;
     }
 
     /// PUTs that came while held.
@@ -167,6 +174,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                 salvage,
                 body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             };
+            if method == "GET" && path.ends_with("/properties/state/") {
+                drop(s);
+                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nrunning";
+                if stream.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+                continue;
+            }
             if method != "PUT" || !path.contains("/callbacks/") {
                 404
             } else if s.closed.contains(&path) {
@@ -177,6 +192,13 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
                     s.closed.insert(path.clone());
                 }
                 s.deliveries.push(delivery);
+                if s.late {
+                    drop(s);
+                    while state.lock().unwrap().late {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    return; // the answer never comes
+                }
                 200
             }
         };
