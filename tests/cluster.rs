@@ -1079,6 +1079,66 @@ fn a_paused_leader_lets_go_of_the_callbacks_it_owed() {
     assert_eq!(engine.deliveries().len(), 1, "{:?}", engine.deliveries());
 }
 
+/// With `auth.cpee_networks`, an engine's anonymous call is let in only
+/// from those networks, through a follower too: the leader applies the rule
+/// to the client's address (vouched for by the token in its lease), not to
+/// the follower's. A caller elsewhere is refused on either node, also with
+/// forged forwarding headers.
+#[test]
+fn the_engine_networks_rule_sees_the_client_through_a_follower() {
+    let Some(_alone) = cluster::alone() else {
+        return;
+    };
+    let nats = NatsCluster::start(3);
+    let brokers = BrokerCluster::start_with(
+        &nats,
+        3,
+        &[
+            ("ORDER_BROKER_AUTH_JWT_SECRET", "cluster-test-secret"),
+            ("ORDER_BROKER_AUTH_OPEN", r#"["cpee", "views", "ops"]"#),
+            ("ORDER_BROKER_AUTH_CPEE_NETWORKS", r#"["127.0.0.5/32"]"#),
+        ],
+    );
+    let leader = brokers.wait_leader(Duration::from_secs(10));
+    let follower = brokers.node((leader + 1) % 3).addr.clone();
+    let leader = brokers.node(leader).addr.clone();
+    let intake = |source: &str, addr: &str, extra: &[(&str, &str)]| {
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        headers.extend_from_slice(extra);
+        cluster::http_from(
+            source,
+            addr,
+            "POST",
+            "/orders/intake",
+            &headers,
+            "drink=tea",
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    };
+    let (status, body) = intake("127.0.0.5", &follower, &[]);
+    assert_eq!(status, 200, "the engine through a follower: {body}");
+    let (status, body) = intake("127.0.0.5", &leader, &[]);
+    assert_eq!(status, 200, "the engine at the leader: {body}");
+    for addr in [&follower, &leader] {
+        let (status, body) = intake("127.0.0.6", addr, &[]);
+        assert_eq!(
+            status, 401,
+            "a caller outside the networks at {addr}: {body}"
+        );
+        let forged = [
+            ("Order-Broker-Forwarded", "a"),
+            ("Order-Broker-Client", "127.0.0.5"),
+            ("Order-Broker-Token", "00000000000000000000000000000000"),
+        ];
+        let (status, body) = intake("127.0.0.6", addr, &forged);
+        assert_eq!(status, 401, "forged forwarding headers at {addr}: {body}");
+    }
+    // The token is never shown.
+    let shown = brokers.node(0).cluster().unwrap();
+    assert!(shown["leader"].get("token").is_none(), "{shown}");
+}
+
 /// Two of three NATS servers gone: no quorum, so no write is acknowledged
 /// (503), while every broker still answers reads with the last state; once
 /// one server is back, writes are acknowledged again.

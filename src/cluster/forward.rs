@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{Cluster, FORWARDED_HEADER};
+use super::{CLIENT_HEADER, Cluster, FORWARDED_HEADER, TOKEN_HEADER};
 use crate::model::Seq;
 
 /// On the leader's answer to a change: the newest seq the request's
@@ -67,12 +67,24 @@ const HOP: [HeaderName; 6] = [
     header::CONTENT_LENGTH,
 ];
 
+/// What only the forwarding node says: a client's own are dropped.
+const OURS: [&str; 3] = [FORWARDED_HEADER, CLIENT_HEADER, TOKEN_HEADER];
+
+/// Whether `name` goes to the leader as the client sent it: not a
+/// hop-by-hop header, nor one the `Connection` header names, nor ours.
+fn passes(name: &HeaderName, connection: &[String]) -> bool {
+    !HOP.contains(name)
+        && !OURS.contains(&name.as_str())
+        && !connection.iter().any(|c| c == name.as_str())
+}
+
 impl Cluster {
     /// Sends a write to the leader and returns its answer once this node
     /// applied the change (at most `cluster.lease_ms` + 5 s after the
     /// answer; then the answer goes back anyway, the change being durable).
     /// `deadline`: how long the leader's answer may take (a CPEE long poll
-    /// waits there).
+    /// waits there). `client`: the address of the client this node serves,
+    /// which the leader's access rules see (with the lease's token).
     pub async fn forward(
         &self,
         method: &Method,
@@ -80,6 +92,7 @@ impl Cluster {
         headers: &HeaderMap,
         body: Bytes,
         deadline: Duration,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Forwarded, ForwardError> {
         let leader = self.leader.lock().clone().ok_or(ForwardError::NoLeader)?;
         if leader.node_id == self.config.node_id {
@@ -89,10 +102,23 @@ impl Cluster {
         let mut request = Request::builder()
             .method(method.clone())
             .uri(format!("{}{}", leader.url, path_and_query));
+        let connection: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
         for (name, value) in headers {
-            if !HOP.contains(name) {
+            if passes(name, &connection) {
                 request = request.header(name, value);
             }
+        }
+        if let Some(client) = client {
+            request = request.header(CLIENT_HEADER, client.to_string());
+        }
+        if let Ok(token) = HeaderValue::from_str(&leader.token) {
+            request = request.header(TOKEN_HEADER, token);
         }
         let request = request
             .header(
@@ -144,5 +170,30 @@ impl Cluster {
             headers,
             body,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_end_to_end_headers_of_the_client_are_forwarded() {
+        let connection = vec!["x-secret-hop".to_string()];
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).unwrap();
+        assert!(passes(&name("authorization"), &connection));
+        assert!(passes(&name("idempotency-key"), &connection));
+        for dropped in [
+            "connection",
+            "transfer-encoding",
+            "host",
+            "content-length",
+            "x-secret-hop",
+            FORWARDED_HEADER,
+            CLIENT_HEADER,
+            TOKEN_HEADER,
+        ] {
+            assert!(!passes(&name(dropped), &connection), "{dropped}");
+        }
     }
 }

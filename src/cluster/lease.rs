@@ -128,6 +128,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
     let me = LeaderInfo {
         node_id: config.node_id.clone(),
         url: config.advertise_url.trim_end_matches('/').to_string(),
+        token: cluster.token.clone(),
     };
     let value: bytes::Bytes = serde_json::to_vec(&me).expect("plain JSON").into();
     if let Ok(status) = store.status().await

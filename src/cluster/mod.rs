@@ -70,11 +70,31 @@ pub enum Role {
     Leader,
 }
 
+/// On a forwarded request: the address of the client the forwarding node
+/// served, and the leader's token that vouches for it (see
+/// [`Cluster::forwarded_peer`]). Set by the forwarding node only.
+pub const CLIENT_HEADER: &str = "order-broker-client";
+pub const TOKEN_HEADER: &str = "order-broker-token";
+
 /// Who leads, as the lease names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LeaderInfo {
     pub node_id: String,
     pub url: String,
+    /// Random per process: a request forwarded with it comes from a node
+    /// that read the lease (never shown: `GET /cluster` leaves it out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+}
+
+impl LeaderInfo {
+    /// As `GET /cluster` shows it.
+    fn shown(&self) -> LeaderInfo {
+        LeaderInfo {
+            token: String::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// `GET /cluster`'s answer.
@@ -102,6 +122,8 @@ pub struct Counters {
 /// The cluster as this node sees it; shared by the tasks and the handlers.
 pub struct Cluster {
     config: ClusterConfig,
+    /// This node's token in the lease while it leads (see `LeaderInfo`).
+    token: String,
     broker: Broker,
     role: AtomicU8,
     leader: Mutex<Option<LeaderInfo>>,
@@ -142,6 +164,7 @@ impl Cluster {
     pub fn new(config: &ClusterConfig, broker: Broker) -> Arc<Cluster> {
         let cluster = Arc::new(Cluster {
             config: config.clone(),
+            token: random_token(),
             broker,
             role: AtomicU8::new(Role::Starting as u8),
             leader: Mutex::new(None),
@@ -200,7 +223,7 @@ impl Cluster {
         ClusterStatus {
             node_id: self.config.node_id.clone(),
             role: self.role(),
-            leader: self.leader.lock().clone(),
+            leader: self.leader.lock().as_ref().map(LeaderInfo::shown),
             applied_seq: self.applied_stream.load(Ordering::Acquire),
             stream_seq: self
                 .stream_seq
@@ -225,6 +248,27 @@ impl Cluster {
             *v = (*v).max(seq);
             moved
         });
+    }
+
+    /// A request another node forwarded to this one while it leads, with
+    /// this node's token: the address of the client that node served
+    /// (Some(None) if it named none), which access rules then apply to as
+    /// if the client had called here (`auth.cpee_networks`); that node
+    /// already held it to `http.require_https`. None for any other request.
+    pub fn forwarded_peer(&self, headers: &hyper::HeaderMap) -> Option<Option<std::net::IpAddr>> {
+        if self.role() != Role::Leader || !headers.contains_key(FORWARDED_HEADER) {
+            return None;
+        }
+        let token = headers.get(TOKEN_HEADER)?.as_bytes();
+        if !same_bytes(token, self.token.as_bytes()) {
+            return None;
+        }
+        Some(
+            headers
+                .get(CLIENT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        )
     }
 
     /// Stream messages the node has yet to apply (as far as it knows).
@@ -287,6 +331,23 @@ impl Cluster {
             "cluster: stepping down as leader"
         );
     }
+}
+
+/// Compares in time independent of where the bytes differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// 128 random bits as hex (from the OS-seeded hasher keys).
+fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut token = String::new();
+    for i in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        token.push_str(&format!("{:016x}", h.finish()));
+    }
+    token
 }
 
 /// Where a node that does not lead sends its own commits: there should be

@@ -615,10 +615,22 @@ impl App {
         peer: Option<std::net::IpAddr>,
         tls: bool,
     ) -> Result<Response<Body>, ApiError> {
+        // A request another node of the cluster forwarded, vouched for by
+        // this leader's token: its client's address is the one the access
+        // rules see, and that node held it to `http.require_https`.
+        let forwarded = self
+            .broker
+            .cluster()
+            .and_then(|c| c.forwarded_peer(req.headers()));
+        let peer = forwarded.unwrap_or(peer);
         // Load balancers probe over plain http; nothing else is answered
         // over it with `http.require_https`, not even a 404.
         let probe = matches!(found, Some((Route::Healthz | Route::Readyz, _)));
-        if self.require_https && !probe && !self.came_over_https(&req, peer, tls) {
+        if self.require_https
+            && !probe
+            && forwarded.is_none()
+            && !self.came_over_https(&req, peer, tls)
+        {
             return Ok(https_required(req.uri().path()));
         }
         let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
@@ -776,7 +788,14 @@ impl App {
                 std::time::Duration::from_secs(30)
             };
             let forwarded = cluster
-                .forward(&req.method, path, &req.headers, req.body.clone(), deadline)
+                .forward(
+                    &req.method,
+                    path,
+                    &req.headers,
+                    req.body.clone(),
+                    deadline,
+                    req.peer,
+                )
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
             let mut response = Response::new(full(forwarded.body));

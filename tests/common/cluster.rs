@@ -104,7 +104,49 @@ pub fn http(
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("no address")?;
-    let mut stream = TcpStream::connect_timeout(&sock, timeout).map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect_timeout(&sock, timeout).map_err(|e| e.to_string())?;
+    exchange(stream, method, path, headers, body, timeout)
+}
+
+/// As [`http`], from the loopback address `source` (any 127.x.y.z: Linux
+/// routes all of 127.0.0.0/8 to the loopback), so a test can tell callers
+/// apart by address.
+pub fn http_from(
+    source: &str,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let source: std::net::SocketAddr = format!("{source}:0").parse().map_err(|e| format!("{e}"))?;
+    let target: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(source)?;
+        let stream = tokio::time::timeout(timeout, socket.connect(target))
+            .await
+            .map_err(|_| std::io::Error::other("connect timed out"))??;
+        stream.into_std()
+    });
+    let stream = stream.map_err(|e| e.to_string())?;
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    exchange(stream, method, path, headers, body, timeout)
+}
+
+fn exchange(
+    mut stream: TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     stream.set_read_timeout(Some(timeout)).unwrap();
     stream.set_write_timeout(Some(timeout)).unwrap();
     let mut head = format!(
