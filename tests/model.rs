@@ -27,6 +27,13 @@
 //! `MODEL_SEED=S` (decimal or 0x-hex) and `MODEL_STEPS=N` choose the run
 //! (default: a fixed seed, 300 steps, a restart every 100 steps).
 //!
+//! The same sequence runs against a cluster too (three brokers on three
+//! `nats-server`s, see tests/common/cluster.rs): each step goes to a node
+//! picked at random (its read-back to the same node), a restart SIGKILLs
+//! the leader and starts it again once another leads, and every full check
+//! runs on every node once all applied the whole stream. Without
+//! `nats-server` it says SKIPPED and passes.
+//!
 //! Readings of SEMANTICS.md where it leaves a choice open are marked
 //! "Reading:" below: `Versioned` (zero-unit / zero-cent touches),
 //! `flow_state` (free in-progress words in the delivery flow),
@@ -44,6 +51,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod common;
+
+use common::cluster::{self as cluster_harness, BrokerCluster, NatsCluster};
 
 const DEFAULT_SEED: u64 = 0x1510_0005;
 const DEFAULT_STEPS: usize = 300;
@@ -858,12 +869,36 @@ enum Expect {
 
 type Check = Result<(), String>;
 
+/// What the operations run against.
+enum Backend {
+    /// One broker with its journal.
+    Single { dir: tempfile::TempDir, proc: Proc },
+    /// Three brokers on three NATS servers; `node` is the one spoken to.
+    Cluster {
+        brokers: BrokerCluster,
+        node: usize,
+        // Dropped after the brokers: they stop first.
+        _nats: NatsCluster,
+    },
+}
+
+/// The config of the model's brokers, as environment for cluster nodes
+/// (a single broker gets it in its file, see `start_broker`).
+const CLUSTER_ENV: [(&str, &str); 6] = [
+    ("ORDER_BROKER_SHOP_TAX_RATE", "0.10"),
+    ("ORDER_BROKER_SHOP_SERVICE_CHARGE_RATE", "0.05"),
+    ("ORDER_BROKER_RETURNS_RESTOCK", "true"),
+    ("ORDER_BROKER_RETURNS_WINDOW_SECS", "1209600"),
+    ("ORDER_BROKER_LIMITS_HEADER_READ_TIMEOUT_SECS", "3600"),
+    // Snapshots and purges happen within a run.
+    ("ORDER_BROKER_CLUSTER_SNAPSHOT_EVERY_CHANGES", "60"),
+];
+
 struct Harness {
     seed: u64,
     rng: Rng,
     model: Model,
-    dir: tempfile::TempDir,
-    proc: Proc,
+    backend: Backend,
     http: Http,
     boots: usize,
     log: Vec<String>,
@@ -899,12 +934,28 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let proc = start_broker(dir.path(), 0);
         let http = Http::connect(&proc.addr).unwrap();
+        Harness::with(seed, Backend::Single { dir, proc }, http)
+    }
+
+    fn on_cluster(seed: u64) -> Harness {
+        let nats = NatsCluster::start(3);
+        let brokers = BrokerCluster::start_with(&nats, 3, &CLUSTER_ENV);
+        let node = brokers.wait_leader(Duration::from_secs(30));
+        let http = Http::connect(&brokers.node(node).addr).unwrap();
+        let backend = Backend::Cluster {
+            brokers,
+            node,
+            _nats: nats,
+        };
+        Harness::with(seed, backend, http)
+    }
+
+    fn with(seed: u64, backend: Backend, http: Http) -> Harness {
         Harness {
             seed,
             rng: Rng(seed),
             model: Model::default(),
-            dir,
-            proc,
+            backend,
             http,
             boots: 1,
             log: Vec::new(),
@@ -2049,11 +2100,47 @@ impl Harness {
     }
 
     fn restart(&mut self) -> Check {
-        self.proc.kill();
-        self.proc = start_broker(self.dir.path(), self.boots);
+        let boots = self.boots;
         self.boots += 1;
-        self.http = Http::connect(&self.proc.addr).map_err(|e| format!("reconnect: {e}"))?;
-        self.check_all("after SIGKILL and restart")
+        match &mut self.backend {
+            Backend::Single { dir, proc } => {
+                proc.kill();
+                *proc = start_broker(dir.path(), boots);
+                self.http = Http::connect(&proc.addr).map_err(|e| format!("reconnect: {e}"))?;
+                self.check_all("after SIGKILL and restart")
+            }
+            Backend::Cluster { brokers, node, .. } => {
+                // The leader dies; another takes over; the dead one starts
+                // again (from the stream) and follows.
+                let leader = brokers.wait_leader(Duration::from_secs(30));
+                brokers.kill(leader);
+                let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+                let new = brokers.wait_leader_among(&others, Duration::from_secs(30));
+                brokers.restart(leader);
+                brokers.wait_leader_among(&[0, 1, 2], Duration::from_secs(30));
+                *node = new;
+                self.http = Http::connect(&brokers.node(new).addr)
+                    .map_err(|e| format!("reconnect: {e}"))?;
+                self.check_all("after SIGKILL of the leader and its restart")
+            }
+        }
+    }
+
+    /// On a cluster: the next step talks to a node picked at random.
+    fn pick_node(&mut self) -> Check {
+        if let Backend::Cluster { brokers, node, .. } = &mut self.backend {
+            *node = self.rng.below(3) as usize;
+            self.http = Http::connect(&brokers.node(*node).addr)
+                .map_err(|e| format!("connect to node {node}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        match &self.backend {
+            Backend::Single { proc, .. } => proc.log_tail(),
+            Backend::Cluster { brokers, .. } => brokers.diagnostics(),
+        }
     }
 
     // -- comparing ---------------------------------------------------------
@@ -2309,7 +2396,24 @@ impl Harness {
 
     /// Everything: every order (and no other), product and customer, and
     /// the board views.
+    /// Everything against the model: on the one broker, or on every node
+    /// of the cluster once all applied the whole stream.
     fn check_all(&mut self, context: &str) -> Check {
+        let Backend::Cluster { brokers, node, .. } = &self.backend else {
+            return self.check_all_here(context);
+        };
+        brokers.wait_caught_up(&[0, 1, 2], Duration::from_secs(30));
+        let addrs: Vec<String> = (0..3).map(|i| brokers.node(i).addr.clone()).collect();
+        let back = *node;
+        for (i, addr) in addrs.iter().enumerate() {
+            self.http = Http::connect(addr).map_err(|e| format!("connect to node {i}: {e}"))?;
+            self.check_all_here(&format!("{context}, node {i}"))?;
+        }
+        self.http = Http::connect(&addrs[back]).map_err(|e| format!("reconnect: {e}"))?;
+        Ok(())
+    }
+
+    fn check_all_here(&mut self, context: &str) -> Check {
         let mut seen = Vec::new();
         let mut path = "/orders?limit=1000".to_string();
         loop {
@@ -2422,11 +2526,7 @@ impl Harness {
         for line in &self.log {
             let _ = writeln!(out, "  {line}");
         }
-        let _ = writeln!(
-            out,
-            "\nthe broker's log (last lines):\n{}",
-            self.proc.log_tail()
-        );
+        let _ = writeln!(out, "\nthe broker's log (last lines):\n{}", self.log_tail());
         panic!("{out}");
     }
 }
@@ -2434,9 +2534,22 @@ impl Harness {
 #[test]
 fn random_operations_agree_with_the_reference_model() {
     let seed = env_number("MODEL_SEED").unwrap_or(DEFAULT_SEED);
+    run(Harness::new(seed));
+}
+
+#[test]
+fn random_operations_agree_with_the_reference_model_on_a_cluster() {
+    let Some(_alone) = cluster_harness::alone() else {
+        return;
+    };
+    let seed = env_number("MODEL_SEED").unwrap_or(DEFAULT_SEED);
+    run(Harness::on_cluster(seed));
+}
+
+fn run(mut h: Harness) {
+    let seed = h.seed;
     let steps = env_number("MODEL_STEPS").map_or(DEFAULT_STEPS, |n| n as usize);
     let started = Instant::now();
-    let mut h = Harness::new(seed);
     if let Err(e) = h.setup() {
         h.fail(0, steps, &e);
     }
@@ -2446,6 +2559,9 @@ fn random_operations_agree_with_the_reference_model() {
         } else {
             h.generate()
         };
+        if let Err(e) = h.pick_node() {
+            h.fail(step, steps, &e);
+        }
         let mut touched = Touched::default();
         let context = format!("step {step}");
         let outcome = h.apply(&op, &mut touched);
