@@ -115,9 +115,13 @@ impl ClusterConfig {
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return bad("node_id must be 1 to 64 bytes when nats_urls is set");
         }
-        if !self.advertise_url.starts_with("http://") {
-            return bad("advertise_url must be this node's http:// base URL \
-                 (forwarding to https is not built yet)");
+        let url_ok = ["http://", "https://"].iter().any(|scheme| {
+            self.advertise_url
+                .strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty())
+        });
+        if !url_ok {
+            return bad("advertise_url must be this node's http:// or https:// base URL");
         }
         let name_ok = |n: &str| {
             !n.is_empty()

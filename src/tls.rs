@@ -4,7 +4,9 @@
 //!   `http.tls_key_file`, offering ALPN `http/1.1`;
 //! - [`callback_connector`]: what `https://` callbacks go out with: the
 //!   system's CA certificates (read once per process) plus those of
-//!   `cpee.callback_ca_file`.
+//!   `cpee.callback_ca_file`;
+//! - [`node_client_config`]: what a cluster node forwards to an `https://`
+//!   leader with: the system's CA certificates plus `cluster.ca_file`'s.
 //!
 //! Every file is read and checked when the broker starts; a bad one is a
 //! startup error that names its key.
@@ -18,7 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{ConfigError, CpeeConfig, HttpConfig};
+use crate::config::{ClusterConfig, ConfigError, CpeeConfig, HttpConfig};
 
 /// The only protocol either side speaks (hyper's HTTP/1 is all the broker has).
 const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -32,6 +34,9 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn check(config: &crate::Config) -> Result<(), ConfigError> {
     acceptor(&config.http)?;
     callback_connector(&config.cpee)?;
+    if config.cluster.enabled() {
+        node_client_config(&config.cluster)?;
+    }
     Ok(())
 }
 
@@ -71,17 +76,30 @@ pub fn acceptor(http: &HttpConfig) -> Result<Option<TlsAcceptor>, ConfigError> {
 /// The connector `https://` callbacks use: certificates are verified
 /// against the system's CA certificates and `cpee.callback_ca_file`'s.
 pub fn callback_connector(cpee: &CpeeConfig) -> Result<TlsConnector, ConfigError> {
+    let config = client_config("cpee.callback_ca_file", &cpee.callback_ca_file)?;
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// What a cluster node forwards writes to an `https://` leader with: the
+/// system's CA certificates and those of `cluster.ca_file` (the CA of the
+/// NATS servers and of the nodes, when it is a private one).
+pub fn node_client_config(cluster: &ClusterConfig) -> Result<ClientConfig, ConfigError> {
+    let mut config = client_config("cluster.ca_file", Path::new(&cluster.ca_file))?;
+    // The forwarding client offers `http/1.1` itself.
+    config.alpn_protocols.clear();
+    Ok(config)
+}
+
+/// A client config that trusts the system's CA certificates and those in
+/// `path` (the config key `key` names it; empty: none).
+fn client_config(key: &str, path: &Path) -> Result<ClientConfig, ConfigError> {
     let mut roots = system_roots().clone();
-    let own = !cpee.callback_ca_file.as_os_str().is_empty();
+    let own = !path.as_os_str().is_empty();
     if own {
-        let path = &cpee.callback_ca_file;
-        for (i, cert) in certificates("cpee.callback_ca_file", path)?
-            .into_iter()
-            .enumerate()
-        {
+        for (i, cert) in certificates(key, path)?.into_iter().enumerate() {
             roots.add(cert).map_err(|e| {
                 ConfigError::new(format!(
-                    "cpee.callback_ca_file: {}: certificate {} is not a usable CA certificate: {e}",
+                    "{key}: {}: certificate {} is not a usable CA certificate: {e}",
                     path.display(),
                     i + 1
                 ))
@@ -90,8 +108,8 @@ pub fn callback_connector(cpee: &CpeeConfig) -> Result<TlsConnector, ConfigError
     }
     if roots.is_empty() {
         tracing::warn!(
-            "no CA certificates found on this system and cpee.callback_ca_file is not set: \
-             every https callback will fail certificate verification"
+            "no CA certificates found on this system and {key} is not set: \
+             every https connection it is for will fail certificate verification"
         );
     }
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -100,7 +118,7 @@ pub fn callback_connector(cpee: &CpeeConfig) -> Result<TlsConnector, ConfigError
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// The system's CA certificates, read once per process (every broker in

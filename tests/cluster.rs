@@ -16,6 +16,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
@@ -1137,6 +1138,84 @@ fn the_engine_networks_rule_sees_the_client_through_a_follower() {
     // The token is never shown.
     let shown = brokers.node(0).cluster().unwrap();
     assert!(shown["leader"].get("token").is_none(), "{shown}");
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1, as PEM files
+/// in `dir`; and a client config that trusts only that CA.
+fn test_certificates(dir: &std::path::Path) -> (Vec<(String, String)>, Arc<rustls::ClientConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.use_authority_key_identifier_extension = true;
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let env = vec![
+        (
+            "ORDER_BROKER_HTTP_TLS_CERT_FILE".to_string(),
+            file("node.pem", &leaf_cert.pem()),
+        ),
+        (
+            "ORDER_BROKER_HTTP_TLS_KEY_FILE".to_string(),
+            file("node-key.pem", &leaf_key.serialize_pem()),
+        ),
+        (
+            "ORDER_BROKER_CLUSTER_CA_FILE".to_string(),
+            file("ca.pem", &ca_cert.pem()),
+        ),
+    ];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (env, Arc::new(client))
+}
+
+/// Nodes that serve only https (`http.tls_cert_file`) advertise
+/// `https://` URLs: a follower forwards a write to the leader over TLS,
+/// verified with `cluster.ca_file`, and the write is read on every node.
+#[test]
+fn nodes_that_serve_https_forward_writes_to_an_https_leader() {
+    let Some(_alone) = cluster::alone() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (env, client) = test_certificates(dir.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let nats = NatsCluster::start(3);
+    let brokers = BrokerCluster::start_serving(&nats, 3, &env, Some(client));
+    let leader = brokers.wait_leader(Duration::from_secs(10));
+    let shown = brokers.node(leader).cluster().unwrap();
+    assert!(
+        shown["leader"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"),
+        "{shown}"
+    );
+    for (i, status) in ["Mixing", "Pouring"].iter().enumerate() {
+        let through = (leader + 1 + i) % 3;
+        let (code, body) = brokers.node(through).update(1, status).unwrap();
+        assert_eq!(code, 200, "a write through follower {through}: {body}");
+        for node in 0..3 {
+            let order = brokers.node(node).order(1).unwrap().expect("order 1");
+            let order = serde_json::to_string(&order).unwrap();
+            assert!(order.contains(status), "node {node}: {order}");
+        }
+    }
 }
 
 /// Two of three NATS servers gone: no quorum, so no write is acknowledged

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,12 +23,20 @@ use crate::model::Seq;
 /// change(s) may have, so the node that forwarded it waits for that seq.
 pub const SEQ_HEADER: &str = "order-broker-seq";
 
-pub(super) type Client = HyperClient<HttpConnector, Full<Bytes>>;
+pub(super) type Client = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-pub(super) fn client() -> Client {
+/// The client that forwards to the leader's `advertise_url`, `http://` or
+/// `https://` (verified with `tls`, see `crate::tls::node_client_config`).
+pub(super) fn client(tls: rustls::ClientConfig) -> Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector)

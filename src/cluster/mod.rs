@@ -178,7 +178,12 @@ impl Cluster {
             deposed: AtomicBool::new(false),
             settling: AtomicBool::new(false),
             counters: Counters::default(),
-            client: forward::client(),
+            // The binary checked the CA file at start (`crate::tls::check`).
+            client: forward::client(crate::tls::node_client_config(config).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cluster: TLS for forwarding");
+                crate::tls::node_client_config(&ClusterConfig::default())
+                    .expect("the system's CA certificates alone")
+            })),
             on_leadership: std::sync::OnceLock::new(),
         });
         cluster.broker.attach_cluster(cluster.clone());

@@ -99,13 +99,21 @@ pub fn http(
     body: &str,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
-    let stream = TcpStream::connect_timeout(&sock, timeout).map_err(|e| e.to_string())?;
-    exchange(stream, method, path, headers, body, timeout)
+    http_with(addr, None, method, path, headers, body, timeout)
+}
+
+/// As [`http`], over TLS when `tls` is given (a node serving https).
+pub fn http_with(
+    addr: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let stream = super::process::connect(addr, tls, timeout).map_err(|e| e.to_string())?;
+    exchange(stream, method, path, headers, body)
 }
 
 /// As [`http`], from the loopback address `source` (any 127.x.y.z: Linux
@@ -136,19 +144,18 @@ pub fn http_from(
     });
     let stream = stream.map_err(|e| e.to_string())?;
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-    exchange(stream, method, path, headers, body, timeout)
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.set_write_timeout(Some(timeout)).unwrap();
+    exchange(Box::new(stream), method, path, headers, body)
 }
 
 fn exchange(
-    mut stream: TcpStream,
+    mut stream: Box<dyn super::process::Stream>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-    timeout: Duration,
 ) -> Result<(u16, String), String> {
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    stream.set_write_timeout(Some(timeout)).unwrap();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -168,19 +175,9 @@ fn exchange(
         .write_all(head.as_bytes())
         .and_then(|_| stream.write_all(body.as_bytes()))
         .map_err(|e| format!("sending: {e}"))?;
-    let deadline = Instant::now() + timeout;
+    stream.flush().map_err(|e| format!("sending: {e}"))?;
     let mut response = Vec::new();
-    let mut buf = [0u8; 16384];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => response.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("reading: {e}")),
-        }
-        if Instant::now() > deadline {
-            return Err("reading: answer not finished in time".into());
-        }
-    }
+    super::process::read_all(&mut *stream, &mut response).map_err(|e| format!("reading: {e}"))?;
     let response = String::from_utf8_lossy(&response).into_owned();
     let status = response
         .split(' ')
@@ -650,6 +647,8 @@ pub struct Node {
     pub addr: String,
     /// `http://127.0.0.1:PORT`, its advertise URL.
     pub url: String,
+    /// Set when the node serves https.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub state: State,
     broker: Option<Broker>,
     dir: tempfile::TempDir,
@@ -660,12 +659,35 @@ pub struct Node {
 impl Node {
     /// A request with a 10 s bound.
     pub fn request(&self, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
-        http(&self.addr, method, path, &[], body, Duration::from_secs(10))
+        self.call(method, path, &[], body, Duration::from_secs(10))
+    }
+
+    /// A request with headers, over TLS if the node serves https.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        http_with(
+            &self.addr,
+            self.tls.as_ref(),
+            method,
+            path,
+            headers,
+            body,
+            timeout,
+        )
     }
 
     /// `GET /cluster`.
     pub fn cluster(&self) -> Result<Value, String> {
-        get_json(&self.addr, "/cluster", Duration::from_secs(3))
+        match self.call("GET", "/cluster", &[], "", Duration::from_secs(3))? {
+            (200, body) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            (status, body) => Err(format!("{status} {body}")),
+        }
     }
 
     /// `PUT /update_order` `{"id", "status"}`.
@@ -724,12 +746,26 @@ impl BrokerCluster {
 
     /// As [`Self::start`], with more environment for every node.
     pub fn start_with(nats: &NatsCluster, n: usize, env: &[(&str, &str)]) -> BrokerCluster {
+        Self::start_serving(nats, n, env, None)
+    }
+
+    /// As [`Self::start_with`]; with `tls`, the nodes serve https (`env`
+    /// names their certificate files) and advertise `https://` URLs, and
+    /// the harness verifies them with it.
+    pub fn start_serving(
+        nats: &NatsCluster,
+        n: usize,
+        env: &[(&str, &str)],
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> BrokerCluster {
         let ports = free_ports(n);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let nodes = (0..n)
             .map(|i| Node {
                 id: ((b'a' + i as u8) as char).to_string(),
                 addr: format!("127.0.0.1:{}", ports[i]),
-                url: format!("http://127.0.0.1:{}", ports[i]),
+                url: format!("{scheme}://127.0.0.1:{}", ports[i]),
+                tls: tls.clone(),
                 state: State::Killed,
                 broker: None,
                 dir: tempfile::tempdir().unwrap(),
@@ -796,6 +832,7 @@ impl BrokerCluster {
         loop {
             let mut start = Start::new(node.dir.path())
                 .listen(&node.addr)
+                .tls(node.tls.clone())
                 .env("ORDER_BROKER_CLUSTER_NATS_URLS", &self.nats_urls)
                 .env("ORDER_BROKER_CLUSTER_NODE_ID", &node.id)
                 .env("ORDER_BROKER_CLUSTER_ADVERTISE_URL", &node.url)

@@ -1,9 +1,10 @@
 //! The real `order-broker` binary as a child process, on a data directory
 //! of the caller's: started (optionally under `strace` to slow a syscall),
-//! asked over plain HTTP/1.1, stopped with SIGTERM or SIGKILL.
+//! asked over HTTP/1.1 (plain, or over TLS for a broker that serves https),
+//! stopped with SIGTERM or SIGKILL.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,54 @@ pub struct Broker {
     pub pid: u32,
     pub addr: String,
     stderr: Arc<Mutex<String>>,
+    /// For a broker that serves https: what requests verify it with.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A connection, plain or TLS.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A connection to `addr` (an IP and port), every read and write bounded
+/// by `timeout`; over TLS when `tls` is given (the server's certificate
+/// must name that IP).
+pub fn connect(
+    addr: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> std::io::Result<Box<dyn Stream>> {
+    let sock = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let tcp = TcpStream::connect_timeout(&sock, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::IpAddress(sock.ip().into());
+            let conn = rustls::ClientConnection::new(config.clone(), name)
+                .map_err(std::io::Error::other)?;
+            Ok(Box::new(rustls::StreamOwned::new(conn, tcp)))
+        }
+    }
+}
+
+/// Reads until the peer closes (a TLS peer that closes without
+/// `close_notify` ends the answer too).
+pub fn read_all(stream: &mut dyn Stream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut buf = [0u8; 16384];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// How to start one: environment overrides and an optional slowed syscall.
@@ -28,6 +77,9 @@ pub struct Start<'a> {
     /// `--listen` (default `127.0.0.1:0`): a fixed port, for brokers whose
     /// address others must know before they start (cluster tests).
     pub listen: Option<String>,
+    /// The broker serves https (its env names the files): requests verify
+    /// it with this.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<'a> Start<'a> {
@@ -37,7 +89,13 @@ impl<'a> Start<'a> {
             env: Vec::new(),
             slow: None,
             listen: None,
+            tls: None,
         }
+    }
+
+    pub fn tls(mut self, client: Option<Arc<rustls::ClientConfig>>) -> Self {
+        self.tls = client;
+        self
     }
 
     pub fn listen(mut self, addr: impl ToString) -> Self {
@@ -108,6 +166,10 @@ impl<'a> Start<'a> {
         let Some(addr) = line
             .trim()
             .strip_prefix("order-broker listening on http://")
+            .or_else(|| {
+                line.trim()
+                    .strip_prefix("order-broker listening on https://")
+            })
             .map(str::to_string)
         else {
             let _ = child.wait();
@@ -123,6 +185,7 @@ impl<'a> Start<'a> {
             pid,
             addr,
             stderr,
+            tls: self.tls.clone(),
         };
         for _ in 0..1500 {
             if let Ok(Some(_)) = broker.child.try_wait() {
@@ -165,7 +228,7 @@ impl Broker {
     }
 
     pub fn try_request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(&self.addr).ok()?;
+        let mut stream = connect(&self.addr, self.tls.as_ref(), Duration::from_secs(300)).ok()?;
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\
@@ -173,8 +236,10 @@ impl Broker {
             body.len()
         )
         .ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
+        stream.flush().ok()?;
+        let mut bytes = Vec::new();
+        read_all(&mut *stream, &mut bytes).ok()?;
+        let response = String::from_utf8_lossy(&bytes).into_owned();
         let status = response.split(' ').nth(1)?.parse().ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
         let chunked = head
