@@ -57,6 +57,13 @@ fn until_no_pending(broker: &Broker) {
     }
 }
 
+/// `PUT /update_order`, acknowledged.
+fn set_status(broker: &Broker, id: u64, status: &str) {
+    let body = serde_json::json!({"id": id, "status": status}).to_string();
+    let (code, answer) = broker.request("PUT", "/update_order", &body);
+    assert_eq!(code, 200, "{answer}");
+}
+
 fn intake(broker: &Broker) -> u64 {
     let (status, body) = http(
         &broker.addr,
@@ -82,8 +89,7 @@ fn callbacks_owed_survive_a_sigkill_and_each_is_answered_once() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start();
     let broker = start(dir.path());
-    let (status, _) = broker.request("PUT", "/update_order", r#"{"id": 1, "status": "Mixing"}"#);
-    assert_eq!(status, 200);
+    set_status(&broker, 1, "Mixing");
     register(
         &broker,
         "/cpee/wait",
@@ -115,8 +121,7 @@ fn callbacks_owed_survive_a_sigkill_and_each_is_answered_once() {
 
     // The wait with updates hears the state the order is in, then the one
     // it waited for.
-    let (status, _) = broker.request("PUT", "/update_order", r#"{"id": 1, "status": "Done"}"#);
-    assert_eq!(status, 200);
+    set_status(&broker, 1, "Done");
     let w1 = Engine::path(1, "w1");
     let all = engine.until("the wait is answered", WAIT, |all| {
         !finals(all, &w1).is_empty()
@@ -136,8 +141,7 @@ fn callbacks_owed_survive_a_sigkill_and_each_is_answered_once() {
     assert_eq!(got["orderbot_id"], "bot-2");
     until_no_pending(&broker);
     // An acknowledged write after the ends: they are on disk before it.
-    let (status, _) = broker.request("PUT", "/update_order", r#"{"id": 9, "status": "Mixing"}"#);
-    assert_eq!(status, 200);
+    set_status(&broker, 9, "Mixing");
     broker.kill();
 
     // Answered callbacks are ended in the journal: nothing is sent again.
@@ -255,8 +259,7 @@ fn a_snapshot_keeps_the_callbacks_owed() {
             .unwrap()
     };
     let broker = snapshotting(dir.path());
-    let (status, _) = broker.request("PUT", "/update_order", r#"{"id": 1, "status": "Mixing"}"#);
-    assert_eq!(status, 200);
+    set_status(&broker, 1, "Mixing");
     register(
         &broker,
         "/cpee/wait",
@@ -287,8 +290,7 @@ fn a_snapshot_keeps_the_callbacks_owed() {
 
     let broker = snapshotting(dir.path());
     assert_eq!(pending(&broker).len(), 1, "{:?}", pending(&broker));
-    let (status, _) = broker.request("PUT", "/update_order", r#"{"id": 1, "status": "Done"}"#);
-    assert_eq!(status, 200);
+    set_status(&broker, 1, "Done");
     let w3 = Engine::path(3, "w3");
     engine.until("the wait is answered", WAIT, |all| {
         !finals(all, &w3).is_empty()
