@@ -85,7 +85,8 @@ pub fn callback_connector(cpee: &CpeeConfig) -> Result<TlsConnector, ConfigError
 /// NATS servers and of the nodes, when it is a private one).
 pub fn node_client_config(cluster: &ClusterConfig) -> Result<ClientConfig, ConfigError> {
     let mut config = client_config("cluster.ca_file", Path::new(&cluster.ca_file))?;
-    // The forwarding client offers `http/1.1` itself.
+    // hyper-rustls refuses a config that names protocols; with HTTP/1
+    // only, it offers none (servers then speak HTTP/1.1).
     config.alpn_protocols.clear();
     Ok(config)
 }

@@ -1083,8 +1083,8 @@ fn a_paused_leader_lets_go_of_the_callbacks_it_owed() {
 /// With `auth.cpee_networks`, an engine's anonymous call is let in only
 /// from those networks, through a follower too: the leader applies the rule
 /// to the client's address (vouched for by the token in its lease), not to
-/// the follower's. A caller elsewhere is refused on either node, also with
-/// forged forwarding headers.
+/// the follower's. A caller elsewhere is refused on either node; forged
+/// forwarding headers are not taken (503).
 #[test]
 fn the_engine_networks_rule_sees_the_client_through_a_follower() {
     let Some(_alone) = cluster::alone() else {
@@ -1132,8 +1132,10 @@ fn the_engine_networks_rule_sees_the_client_through_a_follower() {
             ("Order-Broker-Client", "127.0.0.5"),
             ("Order-Broker-Token", "00000000000000000000000000000000"),
         ];
+        // Not judged at all: only a node that leads takes a forwarded
+        // request, and only with its current token.
         let (status, body) = intake("127.0.0.6", addr, &forged);
-        assert_eq!(status, 401, "forged forwarding headers at {addr}: {body}");
+        assert_eq!(status, 503, "forged forwarding headers at {addr}: {body}");
     }
     // The token is never shown.
     let shown = brokers.node(0).cluster().unwrap();
@@ -1184,9 +1186,10 @@ fn test_certificates(dir: &std::path::Path) -> (Vec<(String, String)>, Arc<rustl
     (env, Arc::new(client))
 }
 
-/// Nodes that serve only https (`http.tls_cert_file`) advertise
-/// `https://` URLs: a follower forwards a write to the leader over TLS,
-/// verified with `cluster.ca_file`, and the write is read on every node.
+/// Nodes that serve only https (`http.tls_cert_file`, and
+/// `http.require_https`) advertise `https://` URLs: a follower forwards a
+/// write to the leader over TLS, verified with `cluster.ca_file`, and the
+/// write is read on every node.
 #[test]
 fn nodes_that_serve_https_forward_writes_to_an_https_leader() {
     let Some(_alone) = cluster::alone() else {
@@ -1194,7 +1197,9 @@ fn nodes_that_serve_https_forward_writes_to_an_https_leader() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (env, client) = test_certificates(dir.path());
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The leader takes the follower's word that its client came over https.
+    env.push(("ORDER_BROKER_HTTP_REQUIRE_HTTPS", "true"));
     let nats = NatsCluster::start(3);
     let brokers = BrokerCluster::start_serving(&nats, 3, &env, Some(client));
     let leader = brokers.wait_leader(Duration::from_secs(10));

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{CLIENT_HEADER, Cluster, FORWARDED_HEADER, TOKEN_HEADER};
+use super::{CLIENT_HEADER, Cluster, FORWARDED_HEADER, HTTPS_HEADER, TOKEN_HEADER};
 use crate::model::Seq;
 
 /// On the leader's answer to a change: the newest seq the request's
@@ -65,24 +65,28 @@ impl std::fmt::Display for ForwardError {
     }
 }
 
-/// Hop-by-hop headers, not forwarded (RFC 9110 7.6.1), and the length,
-/// which the client sets for the body it sends.
-const HOP: [HeaderName; 6] = [
+/// Hop-by-hop headers, not forwarded (RFC 9110 7.6.1), the old ones
+/// proxies still meet, and the length, which the client sets for the body
+/// it sends.
+const HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
     header::TE,
+    header::TRAILER,
     header::UPGRADE,
     header::HOST,
     header::CONTENT_LENGTH,
 ];
+const OLD_HOP: [&str; 2] = ["keep-alive", "proxy-connection"];
 
 /// What only the forwarding node says: a client's own are dropped.
-const OURS: [&str; 3] = [FORWARDED_HEADER, CLIENT_HEADER, TOKEN_HEADER];
+const OURS: [&str; 4] = [FORWARDED_HEADER, CLIENT_HEADER, TOKEN_HEADER, HTTPS_HEADER];
 
 /// Whether `name` goes to the leader as the client sent it: not a
 /// hop-by-hop header, nor one the `Connection` header names, nor ours.
 fn passes(name: &HeaderName, connection: &[String]) -> bool {
     !HOP.contains(name)
+        && !OLD_HOP.contains(&name.as_str())
         && !OURS.contains(&name.as_str())
         && !connection.iter().any(|c| c == name.as_str())
 }
@@ -92,8 +96,9 @@ impl Cluster {
     /// applied the change (at most `cluster.lease_ms` + 5 s after the
     /// answer; then the answer goes back anyway, the change being durable).
     /// `deadline`: how long the leader's answer may take (a CPEE long poll
-    /// waits there). `client`: the address of the client this node serves,
-    /// which the leader's access rules see (with the lease's token).
+    /// waits there). `client`: the address of the client this node serves
+    /// and whether it came over https, which the leader's access rules see
+    /// (vouched for by the lease's token).
     pub async fn forward(
         &self,
         method: &Method,
@@ -101,7 +106,7 @@ impl Cluster {
         headers: &HeaderMap,
         body: Bytes,
         deadline: Duration,
-        client: Option<std::net::IpAddr>,
+        client: super::Vouched,
     ) -> Result<Forwarded, ForwardError> {
         let leader = self.leader.lock().clone().ok_or(ForwardError::NoLeader)?;
         if leader.node_id == self.config.node_id {
@@ -114,17 +119,23 @@ impl Cluster {
         let connection: Vec<String> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         for (name, value) in headers {
             if passes(name, &connection) {
                 request = request.header(name, value);
             }
         }
-        if let Some(client) = client {
-            request = request.header(CLIENT_HEADER, client.to_string());
+        if let Some(address) = client.client {
+            request = request.header(CLIENT_HEADER, address.to_string());
+        }
+        if client.https {
+            request = request.header(HTTPS_HEADER, "1");
         }
         if let Ok(token) = HeaderValue::from_str(&leader.token) {
             request = request.header(TOKEN_HEADER, token);
@@ -198,9 +209,12 @@ mod tests {
             "host",
             "content-length",
             "x-secret-hop",
+            "keep-alive",
+            "trailer",
             FORWARDED_HEADER,
             CLIENT_HEADER,
             TOKEN_HEADER,
+            HTTPS_HEADER,
         ] {
             assert!(!passes(&name(dropped), &connection), "{dropped}");
         }

@@ -125,12 +125,12 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
     let config = cluster.config.clone();
     let lease = Duration::from_millis(config.lease_ms);
     let store = bucket(&js, &config).await;
-    let me = LeaderInfo {
+    let mut me = LeaderInfo {
         node_id: config.node_id.clone(),
         url: config.advertise_url.trim_end_matches('/').to_string(),
-        token: cluster.token.clone(),
+        token: cluster.token.lock().clone(),
     };
-    let value: bytes::Bytes = serde_json::to_vec(&me).expect("plain JSON").into();
+    let mut value: bytes::Bytes = serde_json::to_vec(&me).expect("plain JSON").into();
     if let Ok(status) = store.status().await
         && status.max_age() != lease
     {
@@ -210,6 +210,11 @@ pub(super) async fn run(cluster: Arc<Cluster>, js: Context, stream: Stream) {
         if cluster.role() != Role::Follower || cluster.lag() > 0 {
             continue;
         }
+        // Each leadership vouches for forwarded requests with a token of
+        // its own (`Cluster::forwarded_peer`).
+        me.token = super::random_token();
+        *cluster.token.lock() = me.token.clone();
+        value = serde_json::to_vec(&me).expect("plain JSON").into();
         let sent = Instant::now();
         let Ok(next) = store.create(LEASE_KEY, value.clone()).await else {
             continue;

@@ -75,6 +75,16 @@ pub enum Role {
 /// [`Cluster::forwarded_peer`]). Set by the forwarding node only.
 pub const CLIENT_HEADER: &str = "order-broker-client";
 pub const TOKEN_HEADER: &str = "order-broker-token";
+/// On a forwarded request: `1` if the client's request came over https.
+pub const HTTPS_HEADER: &str = "order-broker-https";
+
+/// What the forwarding node says of a request's client (see
+/// [`Cluster::forwarded_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vouched {
+    pub client: Option<std::net::IpAddr>,
+    pub https: bool,
+}
 
 /// Who leads, as the lease names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -122,8 +132,9 @@ pub struct Counters {
 /// The cluster as this node sees it; shared by the tasks and the handlers.
 pub struct Cluster {
     config: ClusterConfig,
-    /// This node's token in the lease while it leads (see `LeaderInfo`).
-    token: String,
+    /// This node's token in the lease while it leads (see `LeaderInfo`);
+    /// a new one for each leadership.
+    token: Mutex<String>,
     broker: Broker,
     role: AtomicU8,
     leader: Mutex<Option<LeaderInfo>>,
@@ -164,7 +175,7 @@ impl Cluster {
     pub fn new(config: &ClusterConfig, broker: Broker) -> Arc<Cluster> {
         let cluster = Arc::new(Cluster {
             config: config.clone(),
-            token: random_token(),
+            token: Mutex::new(random_token()),
             broker,
             role: AtomicU8::new(Role::Starting as u8),
             leader: Mutex::new(None),
@@ -256,24 +267,25 @@ impl Cluster {
     }
 
     /// A request another node forwarded to this one while it leads, with
-    /// this node's token: the address of the client that node served
-    /// (Some(None) if it named none), which access rules then apply to as
-    /// if the client had called here (`auth.cpee_networks`); that node
-    /// already held it to `http.require_https`. None for any other request.
-    pub fn forwarded_peer(&self, headers: &hyper::HeaderMap) -> Option<Option<std::net::IpAddr>> {
+    /// the token of this leadership: the address of the client that node
+    /// served and whether it came over https, which the access rules and
+    /// `http.require_https` then judge as if the client had called here.
+    /// None for any other request.
+    pub fn forwarded_peer(&self, headers: &hyper::HeaderMap) -> Option<Vouched> {
         if self.role() != Role::Leader || !headers.contains_key(FORWARDED_HEADER) {
             return None;
         }
         let token = headers.get(TOKEN_HEADER)?.as_bytes();
-        if !same_bytes(token, self.token.as_bytes()) {
+        if !same_bytes(token, self.token.lock().as_bytes()) {
             return None;
         }
-        Some(
-            headers
+        Some(Vouched {
+            client: headers
                 .get(CLIENT_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
-        )
+            https: headers.get(HTTPS_HEADER).is_some_and(|v| v == "1"),
+        })
     }
 
     /// Stream messages the node has yet to apply (as far as it knows).
@@ -343,16 +355,14 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// 128 random bits as hex (from the OS-seeded hasher keys).
-fn random_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut token = String::new();
-    for i in 0..2u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        token.push_str(&format!("{:016x}", h.finish()));
-    }
-    token
+/// 128 bits from the operating system's secure random source, as hex.
+pub(super) fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .expect("the system's random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where a node that does not lead sends its own commits: there should be

@@ -363,6 +363,9 @@ pub struct Req {
     pub param: Option<String>,
     /// The address the request came from (`auth.cpee_networks`).
     pub peer: Option<std::net::IpAddr>,
+    /// It came over https (directly, through a trusted proxy, or to the
+    /// cluster node that forwarded it).
+    pub https: bool,
 }
 
 impl Req {
@@ -616,21 +619,29 @@ impl App {
         tls: bool,
     ) -> Result<Response<Body>, ApiError> {
         // A request another node of the cluster forwarded, vouched for by
-        // this leader's token: its client's address is the one the access
-        // rules see, and that node held it to `http.require_https`.
-        let forwarded = self
-            .broker
-            .cluster()
-            .and_then(|c| c.forwarded_peer(req.headers()));
-        let peer = forwarded.unwrap_or(peer);
+        // this leader's token: its client's address and whether it came
+        // over https are what that node says. One that names no current
+        // token (this node stopped leading, or led again since the other
+        // read the lease) is not judged as the follower's own: retry.
+        let forwarded = match self.broker.cluster() {
+            Some(cluster) if req.headers().contains_key(crate::cluster::FORWARDED_HEADER) => {
+                Some(cluster.forwarded_peer(req.headers()).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this node does not lead the cluster (any more); retry",
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        let (peer, https) = match forwarded {
+            Some(vouched) => (vouched.client, vouched.https),
+            None => (peer, self.came_over_https(&req, peer, tls)),
+        };
         // Load balancers probe over plain http; nothing else is answered
         // over it with `http.require_https`, not even a 404.
         let probe = matches!(found, Some((Route::Healthz | Route::Readyz, _)));
-        if self.require_https
-            && !probe
-            && forwarded.is_none()
-            && !self.came_over_https(&req, peer, tls)
-        {
+        if self.require_https && !probe && !https {
             return Ok(https_required(req.uri().path()));
         }
         let (route, param) = found.ok_or_else(|| ApiError::not_found("Not found"))?;
@@ -671,6 +682,7 @@ impl App {
             body: Bytes::new(),
             param,
             peer,
+            https,
         };
         // Who calls, and whether they may, is settled from the head alone:
         // a caller without the right costs no body read.
@@ -794,7 +806,10 @@ impl App {
                     &req.headers,
                     req.body.clone(),
                     deadline,
-                    req.peer,
+                    crate::cluster::Vouched {
+                        client: req.peer,
+                        https: req.https,
+                    },
                 )
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;

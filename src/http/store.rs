@@ -45,6 +45,7 @@ pub fn create_order(
         body,
         param: req.param.clone(),
         peer: req.peer,
+        https: req.https,
     };
     orders::create(app, &req, caller, orders::Placing::Orders)
 }
