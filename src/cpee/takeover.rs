@@ -3,6 +3,7 @@
 //! over from those, the single node after recovery and a cluster's node
 //! each time it starts to lead; a leader that steps down lets go of them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -34,9 +35,11 @@ impl Cpee {
         self.forget();
         let _pin = self.broker.pin();
         let records = self.broker.callbacks();
+        // Each order waited on, checked once below (in order of first wait).
         let mut waited: Vec<OrderId> = Vec::new();
+        let mut seen: HashSet<OrderId> = HashSet::new();
         // An order goes to one callback at most (the oldest that names it).
-        let mut handed_out: Vec<OrderId> = Vec::new();
+        let mut handed_out: HashSet<OrderId> = HashSet::new();
         for record in &records {
             let mut pending = Pending::of(record);
             let viewer = record.audience.viewer();
@@ -89,7 +92,7 @@ impl Cpee {
                     });
                     self.wait_count.fetch_add(1, Ordering::AcqRel);
                     drop(waits);
-                    if !waited.contains(order) {
+                    if seen.insert(*order) {
                         waited.push(*order);
                     }
                 }
