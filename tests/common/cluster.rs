@@ -428,22 +428,12 @@ impl NatsServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("nats-server starts");
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = self.log.clone();
-        sink.lock()
-            .unwrap()
-            .push_str(&format!("--- {} started (pid {})\n", self.name, child.id()));
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        self.log.lock().unwrap().push_str(&format!(
+            "--- {} started (pid {})\n",
+            self.name,
+            child.id()
+        ));
+        super::process::drain_into(child.stderr.take().unwrap(), self.log.clone());
         self.child = Some(child);
     }
 

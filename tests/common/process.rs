@@ -21,6 +21,22 @@ pub struct Broker {
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// Copies what `pipe` says into `sink` on a thread of its own, until it
+/// closes (so a chatty child never blocks on a full pipe).
+pub fn drain_into(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+}
+
 /// A connection, plain or TLS.
 pub trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
@@ -144,19 +160,7 @@ impl<'a> Start<'a> {
         let mut child = cmd.spawn().expect("the broker (or strace) starts");
         // Drain stderr, so a chatty broker never blocks on a full pipe.
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        drain_into(child.stderr.take().unwrap(), stderr.clone());
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         stdout.read_line(&mut line).unwrap();
